@@ -1,0 +1,36 @@
+"""modelpress: prune, distill and quantize PyTorch models, export verified ONNX, report the gains.
+
+    import compress
+    result = compress.run(model, "recipe.yaml", data=compress.TaskData(eval=loader))
+    result.model, result.metrics, result.report_path
+
+Importing this package loads torch and pydantic only; ONNX Runtime and transformers
+are imported when a step needs them.
+"""
+
+from compress.api import CompressionResult, report_run, run, run_recipe
+from compress.config import PassConfig
+from compress.data import TaskData
+from compress.errors import InputError, ModelpressError, RecipeError, SelectionError
+from compress.evaluate import EVALUATORS, Evaluator
+from compress.recipe import Recipe, load_recipe
+from compress.registry import list_passes, register_pass
+
+__all__ = [
+    "EVALUATORS",
+    "CompressionResult",
+    "Evaluator",
+    "InputError",
+    "ModelpressError",
+    "PassConfig",
+    "Recipe",
+    "RecipeError",
+    "SelectionError",
+    "TaskData",
+    "list_passes",
+    "load_recipe",
+    "register_pass",
+    "report_run",
+    "run",
+    "run_recipe",
+]

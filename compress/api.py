@@ -1,0 +1,132 @@
+"""The public entry points: ``run`` (a module in, a result out) and the recipe-driven variants.
+
+``run`` = pipeline (passes, per-stage metrics, resume) -> export (ONNX + parity)
+-> report (metric in ONNX Runtime, latency, report.json/report.md).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress import log
+from compress.data import TaskData, as_task_data, take_rows
+from compress.errors import InputError
+from compress.evaluate import Evaluator, resolve_evaluator
+from compress.io import read_json, write_json_atomic, write_text_atomic
+from compress.loading import load_data, load_model
+from compress.pipeline import run_pipeline
+from compress.recipe import Recipe, load_recipe
+from compress.stages import StageResult, read_stages
+
+
+@dataclass
+class CompressionResult:
+    """What a run produced: the compressed module, every stage's metrics, the files written."""
+
+    model: torch.nn.Module | None
+    stages: list[StageResult]
+    artifacts: list[dict] = field(default_factory=list)
+    out_dir: Path | None = None
+    report_path: Path | None = None
+
+    @property
+    def failures(self) -> list[str]:
+        """One line per artifact whose export or parity check failed."""
+        return [f"{a['name']}: {a.get('error', 'failed')}" for a in self.artifacts if a.get("status") != "passed"]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {s.name: s.metric for s in self.stages}
+
+
+def _example_inputs(evaluator: Evaluator, data: TaskData) -> Any:
+    for batch in data.batches("eval"):
+        # Two rows: torch.export specializes dimensions of size 1, which would fix the batch axis.
+        return take_rows(evaluator.inputs_of(batch)[0], 2)
+    raise InputError("task data: the eval split is empty; it must hold at least one batch")
+
+
+def _save_recipe(out_dir: Path, recipe: Recipe, search_dir: Path | None) -> None:
+    import yaml
+
+    write_text_atomic(out_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    write_json_atomic(out_dir / "run.json", {"recipe_sha256": recipe.sha256(), "search_dir": str(search_dir or "")})
+
+
+def run(
+    model: torch.nn.Module,
+    recipe: Any,
+    data: Any,
+    *,
+    example_inputs: Any = None,
+    out_dir: str | Path | None = None,
+    evaluator: Any = None,
+    export: bool = True,
+    report: bool = True,
+    search_dir: Path | None = None,
+) -> CompressionResult:
+    """Compress ``model`` with ``recipe`` (YAML path, dict, Recipe, or list of pass configs).
+
+    ``data`` is TaskData, a dict of splits, or an iterable of eval batches. The run folder
+    (default ``runs/<recipe name>``) receives stages, ONNX artifacts and the report; rerunning
+    into the same folder resumes after the last completed stage.
+    """
+    recipe = load_recipe(recipe)
+    data = as_task_data(data)
+    evaluator = resolve_evaluator(evaluator or recipe.task.metric, search_dir)
+    if example_inputs is None:
+        example_inputs = _example_inputs(evaluator, data)
+    out = Path(out_dir or Path("runs") / recipe.name)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_recipe(out, recipe, search_dir)
+    result = run_pipeline(model, recipe, data, evaluator, example_inputs, out)
+    outcome = CompressionResult(result.model, result.stages, out_dir=out)
+    if export and recipe.export.enabled:
+        from export.artifacts import export_artifacts
+
+        models = {"compressed": (result.model, result.stages[-1].name)}
+        if recipe.export.baseline:
+            models = {"baseline": (result.baseline, "baseline"), **models}
+        outcome.artifacts = export_artifacts(out, models, recipe, evaluator, data, example_inputs)
+        if report:
+            outcome.report_path, outcome.artifacts = measure_and_report(out, recipe, evaluator, data)
+    return outcome
+
+
+def measure_and_report(out: Path, recipe: Recipe, evaluator: Evaluator, data: TaskData):
+    """Measure the run's artifacts in ONNX Runtime and write report.json / report.md."""
+    from export.artifacts import measure_artifacts
+    from export.environment import collect_environment
+    from export.report import build_report, write_report
+
+    artifacts = measure_artifacts(out, recipe, evaluator, data)
+    path = write_report(out, build_report(recipe, read_stages(out), artifacts, collect_environment()))
+    log.info(f"report: {path} and {path.with_suffix('.md')}")
+    return path, artifacts
+
+
+def run_recipe(source: str | Path | Recipe, out_dir: str | Path | None = None, export: bool = True, report: bool = True):
+    """Load the recipe's model and data (factories, checkpoint) and ``run`` it."""
+    recipe = load_recipe(source)
+    search_dir = Path(source).resolve().parent if isinstance(source, (str, Path)) else None
+    model = load_model(recipe.model, search_dir)
+    data = load_data(recipe.data, search_dir)
+    return run(model, recipe, data, out_dir=out_dir, export=export, report=report, search_dir=search_dir)
+
+
+def report_run(out_dir: str | Path) -> CompressionResult:
+    """Re-measure the artifacts of an earlier run folder on this machine and rewrite its report."""
+    out = Path(out_dir)
+    run_info = read_json(out / "run.json")
+    if run_info is None or not (out / "recipe.yaml").is_file():
+        raise InputError(f"{out}: not a modelpress run folder (no run.json/recipe.yaml); run 'modelpress run' first")
+    search_dir = Path(run_info["search_dir"]) if run_info.get("search_dir") else None
+    recipe = load_recipe(out / "recipe.yaml")
+    if not any((out / "artifacts").glob("*.json")):
+        raise InputError(f"{out}: no exported artifacts; run 'modelpress export RECIPE --out {out}' first")
+    evaluator = resolve_evaluator(recipe.task.metric, search_dir)
+    data = load_data(recipe.data, search_dir)
+    path, artifacts = measure_and_report(out, recipe, evaluator, data)
+    return CompressionResult(None, read_stages(out), artifacts, out, path)

@@ -1,0 +1,117 @@
+"""The ``modelpress`` command line: run, demo, export, report, passes.
+
+Bad input (recipe, checkpoint, data, folder) ends with one plain line per problem
+on stderr and exit status 2; an artifact that fails export or parity, exit status 1.
+"""
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from compress.errors import ModelpressError
+
+EXAMPLES = {
+    "run": "example:\n  modelpress run recipe.yaml --out runs/my-model",
+    "demo": "example:\n  modelpress demo --out runs/demo",
+    "export": "example:\n  modelpress export recipe.yaml --out runs/my-model   # then: modelpress report runs/my-model",
+    "report": "example:\n  modelpress report runs/my-model   # re-measure on this machine, rewrite report.json/md",
+    "passes": "example:\n  modelpress passes",
+}
+
+
+def demo_recipe_path() -> Path:
+    return Path(str(resources.files("compress").joinpath("recipes/demo.yaml")))
+
+
+def _finish(result) -> int:
+    for line in result.failures:
+        print(f"modelpress: artifact failed: {line}", file=sys.stderr)
+    if result.report_path:
+        print(result.report_path)
+    return 1 if result.failures else 0
+
+
+def _cmd_run(args) -> int:
+    from compress.api import run_recipe
+
+    return _finish(run_recipe(args.recipe, args.out))
+
+
+def _cmd_demo(args) -> int:
+    from compress.api import run_recipe
+
+    return _finish(run_recipe(demo_recipe_path(), args.out or "runs/demo"))
+
+
+def _cmd_export(args) -> int:
+    from compress.api import run_recipe
+
+    result = run_recipe(args.recipe, args.out, report=False)
+    for artifact in result.artifacts:
+        print(artifact["path"])
+    return _finish(result)
+
+
+def _cmd_report(args) -> int:
+    from compress.api import report_run
+
+    return _finish(report_run(args.run_dir))
+
+
+def _cmd_passes(args) -> int:
+    from compress.registry import get_pass, list_passes
+
+    for name in list_passes():
+        doc = (get_pass(name).apply.__module__ and sys.modules[get_pass(name).apply.__module__].__doc__) or ""
+        print(f"{name}: {doc.strip().splitlines()[0] if doc.strip() else ''}")
+    return 0
+
+
+COMMANDS = {
+    "run": (_cmd_run, "compress a checkpoint with a recipe, export ONNX, verify, benchmark, report"),
+    "demo": (_cmd_demo, "run the embedded default recipe on a residual CNN trained on digits"),
+    "export": (_cmd_export, "run the recipe's passes (resuming) and export + verify the ONNX artifacts"),
+    "report": (_cmd_report, "measure the artifacts of a run folder in ONNX Runtime and write the report"),
+    "passes": (_cmd_passes, "list the registered passes"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelpress",
+        description="Prune, distill and quantize PyTorch models; export verified ONNX with a report.",
+        epilog="example:\n  modelpress demo --out runs/demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (handler, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(
+            name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cmd.set_defaults(handler=handler)
+        if name in ("run", "export"):
+            cmd.add_argument("recipe", help="recipe YAML file")
+        if name == "report":
+            cmd.add_argument("run_dir", help="folder of an earlier run or export")
+        if name in ("run", "demo", "export"):
+            cmd.add_argument("--out", help="run folder (default: runs/<recipe name>); rerunning into it resumes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ModelpressError as exc:
+        for line in str(exc).splitlines():
+            print(f"modelpress: error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("modelpress: interrupted; completed stages are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""What a pass can see besides the model: data, teacher, inputs, seed and history."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.data import TaskData
+
+
+@dataclass
+class Context:
+    """Shared state of one pipeline run.
+
+    ``teacher`` is the model as it entered the pipeline (the default teacher for
+    distillation). ``evaluate(model)`` scores a torch model with the task metric.
+    ``history`` holds one replayable record per completed pass.
+    """
+
+    data: TaskData
+    example_inputs: Any
+    teacher: torch.nn.Module
+    evaluate: Callable[[torch.nn.Module], float]
+    seed: int = 0
+    work_dir: Path | None = None
+    history: list[dict] = field(default_factory=list)
+    _record: dict = field(default_factory=dict)
+
+    def record(self, **facts: Any) -> None:
+        """Add facts about the running pass (kept indices, per-layer sparsity...) to its record."""
+        self._record.update(facts)

@@ -1,0 +1,100 @@
+"""Task data, and the conventions for feeding a model and reading its output.
+
+A batch's model inputs are a Tensor, a tuple of Tensors (positional arguments) or a
+dict of Tensors (keyword arguments, as Hugging Face models take them). A split is an
+iterable of batches, or a zero-argument callable returning one, so it can be read
+more than once (a DataLoader is fine; a generator is not).
+"""
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from compress.errors import InputError
+
+BatchSource = Iterable | Callable[[], Iterable]
+
+
+@dataclass
+class TaskData:
+    """The splits a run may use: ``eval`` is required and must be held out from training."""
+
+    eval: BatchSource
+    train: BatchSource | None = None
+    calibration: BatchSource | None = None
+
+    def batches(self, split: str) -> Iterable:
+        source = getattr(self, split)
+        if source is None:
+            raise InputError(f"the task data has no {split!r} split; return it from your data factory")
+        return source() if callable(source) else source
+
+
+def as_task_data(data: Any) -> TaskData:
+    """Accept TaskData, a dict with its fields, or a bare iterable used as ``eval``."""
+    if isinstance(data, TaskData):
+        return data
+    if isinstance(data, Mapping):
+        known = {f.name for f in fields(TaskData)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"task data: unknown split(s) {unknown}; valid splits: {sorted(known)}")
+        if "eval" not in data:
+            raise InputError("task data: an 'eval' split is required (held-out batches for metrics and parity)")
+        return TaskData(**data)
+    if isinstance(data, Iterable) or callable(data):
+        return TaskData(eval=data)
+    raise InputError(f"task data: expected TaskData, a dict of splits or an iterable of batches; got {type(data).__name__}")
+
+
+def call_model(model: torch.nn.Module, inputs: Any) -> Any:
+    """Call ``model`` on one batch of inputs, following the batch conventions."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """The tensor a model output stands for: itself, or its first element or value."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        return first_tensor(next(iter(output.values())))
+    if isinstance(output, (tuple, list)):
+        return first_tensor(output[0])
+    raise InputError(f"the model returned {type(output).__name__}; modelpress needs a Tensor (or a tuple/dict of them)")
+
+
+def batch_size_of(inputs: Any) -> int:
+    tensors = flatten_inputs(inputs)[1]
+    return int(tensors[0].shape[0])
+
+
+def flatten_inputs(inputs: Any) -> tuple[list[str], list[torch.Tensor]]:
+    """Stable input names and tensors: ``input``; ``input_0, input_1``; or the dict keys."""
+    if isinstance(inputs, Mapping):
+        return list(inputs), list(inputs.values())
+    if isinstance(inputs, (tuple, list)):
+        return [f"input_{i}" for i in range(len(inputs))], list(inputs)
+    return ["input"], [inputs]
+
+
+def rebuild_inputs(template: Any, tensors: list[torch.Tensor]) -> Any:
+    """Inverse of ``flatten_inputs``: the tensors arranged like ``template``."""
+    if isinstance(template, Mapping):
+        return dict(zip(template, tensors))
+    if isinstance(template, (tuple, list)):
+        return tuple(tensors)
+    return tensors[0]
+
+
+def take_rows(inputs: Any, count: int) -> Any:
+    """The first ``count`` rows of every input tensor, cycling when there are fewer."""
+    template = inputs
+    tensors = flatten_inputs(inputs)[1]
+    rows = torch.arange(count) % tensors[0].shape[0]
+    return rebuild_inputs(template, [t[rows] for t in tensors])

@@ -1,0 +1,1 @@
+"""The embedded default workload of ``modelpress demo``."""

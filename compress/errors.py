@@ -1,0 +1,27 @@
+"""User-facing errors: each says what is wrong, where, and how to fix it.
+
+The CLI turns any ``ModelpressError`` into one plain line and exit status 2;
+anything else is a bug in modelpress and keeps its traceback.
+"""
+
+
+class ModelpressError(Exception):
+    """Bad input from the user (recipe, checkpoint, data, output folder)."""
+
+    exit_code = 2
+
+
+class RecipeError(ModelpressError):
+    """The recipe does not validate; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class InputError(ModelpressError):
+    """A checkpoint, factory or data source cannot be used."""
+
+
+class SelectionError(ModelpressError):
+    """A layer pattern in a pass matches no layer of the model."""

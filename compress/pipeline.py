@@ -1,0 +1,121 @@
+"""Runs the recipe's passes in order, evaluating and saving after every stage.
+
+Rerunning the same recipe into the same folder resumes after the last completed
+stage: completed stages are loaded, not recomputed.
+"""
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress import log
+from compress.context import Context
+from compress.data import TaskData
+from compress.evaluate import Evaluator, torch_predictor
+from compress.metrics import count_nonzero_params, count_params, weights_fingerprint
+from compress.recipe import Recipe
+from compress.registry import get_pass
+from compress.stages import StageResult, chain_fingerprint, find_stage, load_stage_weights, save_stage
+
+
+@dataclass
+class PipelineOutput:
+    model: torch.nn.Module
+    baseline: torch.nn.Module
+    stages: list[StageResult]
+
+
+def _measure(model, evaluator: Evaluator, data: TaskData) -> float:
+    return evaluator.score(torch_predictor(model), data.batches("eval"))
+
+
+def _stage_names(recipe: Recipe) -> list[str]:
+    names, seen = [], {}
+    for config in recipe.passes:
+        seen[config.pass_name] = seen.get(config.pass_name, 0) + 1
+        count = seen[config.pass_name]
+        names.append(config.pass_name if count == 1 else f"{config.pass_name}-{count}")
+    return names
+
+
+def _resume(model, recipe: Recipe, fingerprints: list[str], out_dir: Path | None) -> list[StageResult]:
+    """Completed stages matching this run; the model is brought to the last one's state."""
+    if out_dir is None:
+        return []
+    done = []
+    for index, fingerprint in enumerate(fingerprints):
+        stage = find_stage(out_dir, index, fingerprint)
+        if stage is None:
+            break
+        done.append(stage)
+    for stage in done[1:]:
+        restore = get_pass(stage.pass_name).restore
+        if restore is not None:
+            restore(model, stage.record)
+    if len(done) > 1:
+        load_stage_weights(out_dir, done[-1], model)
+    return done
+
+
+def run_pipeline(
+    model: torch.nn.Module,
+    recipe: Recipe,
+    data: TaskData,
+    evaluator: Evaluator,
+    example_inputs: Any,
+    out_dir: Path | None = None,
+) -> PipelineOutput:
+    """Apply every pass of ``recipe`` to ``model`` (in place) and return the stages."""
+    torch.manual_seed(recipe.seed)
+    model.eval()
+    baseline = copy.deepcopy(model)
+    fingerprints = [chain_fingerprint(weights_fingerprint(model), {"seed": recipe.seed, "metric": evaluator.name})]
+    for config in recipe.passes:
+        fingerprints.append(chain_fingerprint(fingerprints[-1], config.to_dict()))
+    stages = _resume(model, recipe, fingerprints, out_dir)
+    for stage in stages:
+        log.info(f"[dim]resumed[/dim] {stage.name}: {stage.metric_name} {stage.metric:.4f}")
+    ctx = Context(data, example_inputs, baseline, lambda m: _measure(m, evaluator, data), recipe.seed, out_dir)
+    ctx.history = [s.record for s in stages[1:]]
+    if not stages:
+        start = time.perf_counter()
+        stages.append(_finish_stage(ctx, model, 0, "baseline", None, evaluator, fingerprints[0], start, out_dir))
+    names = _stage_names(recipe)
+    for index in range(len(stages), len(fingerprints)):
+        config = recipe.passes[index - 1]
+        spec = get_pass(config.pass_name)
+        log.info(f"stage {index}/{len(recipe.passes)}: {names[index - 1]}")
+        torch.manual_seed(recipe.seed + index)
+        start = time.perf_counter()
+        ctx._record = {}
+        model = spec.apply(model, config, ctx)
+        model.eval()
+        stage = _finish_stage(ctx, model, index, names[index - 1], config, evaluator, fingerprints[index], start, out_dir)
+        ctx.history.append(stage.record)
+        stages.append(stage)
+    return PipelineOutput(model, baseline, stages)
+
+
+def _finish_stage(ctx, model, index, name, config, evaluator, fingerprint, start, out_dir) -> StageResult:
+    metric = ctx.evaluate(model)
+    stage = StageResult(
+        index=index,
+        name=name,
+        pass_name=config.pass_name if config else None,
+        config=config.to_dict() if config else None,
+        metric_name=evaluator.name,
+        metric=metric,
+        params=count_params(model),
+        nonzero_params=count_nonzero_params(model),
+        seconds=round(time.perf_counter() - start, 3),
+        fingerprint=fingerprint,
+        record=dict(ctx._record),
+    )
+    if out_dir is not None:
+        save_stage(out_dir, stage, model if index > 0 else None)
+    log.info(f"  {name}: {evaluator.name} {metric:.4f}, {stage.nonzero_params:,}/{stage.params:,} non-zero params")
+    return stage

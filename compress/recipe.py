@@ -1,0 +1,176 @@
+"""The recipe: what to load, which passes to run in order, how to export and report.
+
+A recipe is a YAML file, a dict, or typed objects. It is validated as a whole before
+anything runs, and every problem is reported at once (see ``compress.validation``).
+
+Example (YAML)::
+
+    name: demo
+    model: {factory: compress.demo.digits:pretrained_model}
+    data: {factory: compress.demo.digits:load_data}
+    task: {metric: accuracy}
+    passes:
+      - {pass: magnitude_prune, sparsity: 0.5, scope: global}
+    export: {opset: 18}
+    report: {batch_sizes: [1, 32]}
+"""
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, PositiveInt, SerializeAsAny, ValidationError
+
+from compress.config import PassConfig, StrictModel
+from compress.errors import RecipeError
+from compress.registry import get_pass
+from compress.validation import describe_errors
+
+
+class ModelSpec(StrictModel):
+    """How the CLI builds the model: a factory, a checkpoint, or both."""
+
+    factory: str | None = Field(None, description="package.module:function returning an nn.Module")
+    checkpoint: str | None = Field(None, description="safetensors / state_dict file, or a Hugging Face folder")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
+
+
+class DataSpec(StrictModel):
+    """A factory returning ``compress.TaskData`` (or a dict with its fields)."""
+
+    factory: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskSpec(StrictModel):
+    """The metric evaluated after every stage and on every artifact."""
+
+    metric: str = Field("accuracy", description="accuracy, embedding_similarity, or package.module:function")
+
+
+class ParitySpec(StrictModel):
+    """Tolerances of the ONNX Runtime vs torch comparison on held-out inputs."""
+
+    atol: float = Field(1e-4, gt=0, description="largest allowed absolute difference")
+    min_cosine: float = Field(0.9999, ge=-1, le=1, description="smallest allowed per-sample cosine similarity")
+    min_top1_agreement: float = Field(0.99, ge=0, le=1, description="classifiers: share of equal argmax")
+    samples: PositiveInt = Field(256, description="held-out samples compared")
+
+
+class ExportSpec(StrictModel):
+    enabled: bool = True
+    opset: int = Field(18, ge=14, le=23)
+    dynamic_batch: bool = True
+    baseline: bool = Field(True, description="also export the uncompressed model, for comparison")
+    output_name: str = "output"
+    parity: ParitySpec = Field(default_factory=ParitySpec)
+
+
+class ReportSpec(StrictModel):
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 32])
+    warmup: int = Field(10, ge=0, le=10_000)
+    iterations: int = Field(100, ge=1, le=100_000)
+    max_seconds: float = Field(5.0, gt=0, description="time budget per measurement")
+    threads: int | None = Field(None, ge=1, le=1024, description="ONNX Runtime intra-op threads; default: all cores")
+
+
+class Recipe(StrictModel):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0)
+    model: ModelSpec | None = None
+    data: DataSpec | None = None
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    passes: list[SerializeAsAny[PassConfig]] = Field(default_factory=list)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        body = self.model_dump(mode="json", exclude={"passes"})
+        return {**body, "passes": [p.to_dict() for p in self.passes]}
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def parse_pass(entry: Any, where: str) -> PassConfig:
+    """One entry of ``passes``: a PassConfig, or ``{"pass": name, **params}``."""
+    if isinstance(entry, PassConfig):
+        return entry
+    if not isinstance(entry, Mapping) or "pass" not in entry:
+        raise RecipeError(f"{where}: expected a mapping like {{pass: magnitude_prune, sparsity: 0.5}}; got {entry!r}")
+    params = dict(entry)
+    name = params.pop("pass")
+    try:
+        spec = get_pass(str(name))
+    except RecipeError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+    try:
+        return spec.config_cls.model_validate(params)
+    except ValidationError as exc:
+        raise RecipeError(describe_errors(exc, spec.config_cls, f"{where} ({name})")) from None
+
+
+def parse_recipe(doc: Any) -> Recipe:
+    """Validate a recipe document; every problem is reported in one RecipeError."""
+    if isinstance(doc, Recipe):
+        return doc
+    if not isinstance(doc, Mapping):
+        raise RecipeError(f"recipe: expected a mapping of sections; got {type(doc).__name__}")
+    problems: list[str] = []
+    passes_doc = doc.get("passes") or []
+    if not isinstance(passes_doc, Sequence) or isinstance(passes_doc, (str, bytes)):
+        problems.append("passes: expected a list of passes")
+        passes_doc = []
+    passes = []
+    for index, entry in enumerate(passes_doc):
+        try:
+            passes.append(parse_pass(entry, f"passes[{index}]"))
+        except RecipeError as exc:
+            problems.extend(exc.problems)
+    try:
+        recipe = Recipe.model_validate({**doc, "passes": []})
+    except ValidationError as exc:
+        problems = describe_errors(exc, Recipe) + problems
+    if problems:
+        raise RecipeError(problems)
+    return recipe.model_copy(update={"passes": passes})
+
+
+def load_recipe(source: str | Path | Mapping | Recipe | Sequence[PassConfig]) -> Recipe:
+    """A Recipe from a YAML path, a dict, a Recipe, or a list of pass configs.
+
+    Relative checkpoint paths in a YAML file are resolved against the file's folder.
+    """
+    if isinstance(source, Recipe):
+        return source
+    if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
+        return parse_recipe({"passes": list(source)})
+    if isinstance(source, Mapping):
+        return parse_recipe(source)
+    path = Path(source)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found; check the path")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)}); fix the syntax there") from None
+    try:
+        recipe = parse_recipe(doc)
+    except RecipeError as exc:
+        raise RecipeError([f"{path}: {line}" for line in exc.problems]) from None
+    return _resolve_paths(recipe, path.parent)
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    if recipe.model is None or recipe.model.checkpoint is None:
+        return recipe
+    checkpoint = Path(recipe.model.checkpoint).expanduser()
+    if checkpoint.is_absolute():
+        return recipe
+    model = recipe.model.model_copy(update={"checkpoint": str((base / checkpoint).resolve())})
+    return recipe.model_copy(update={"model": model})

@@ -1,0 +1,20 @@
+"""ONNX export, verification in ONNX Runtime, benchmarking and the report.
+
+onnxruntime is imported only when a session is made, so importing this package stays light.
+"""
+
+from export.errors import ExportError, ParityError, ShapeMismatch, ToleranceExceeded
+from export.onnx_export import OnnxModel, to_onnx
+from export.report import build_report, render_markdown, write_report
+
+__all__ = [
+    "ExportError",
+    "OnnxModel",
+    "ParityError",
+    "ShapeMismatch",
+    "ToleranceExceeded",
+    "build_report",
+    "render_markdown",
+    "to_onnx",
+    "write_report",
+]

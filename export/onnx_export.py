@@ -1,0 +1,108 @@
+"""torch -> ONNX with stable input/output names, a dynamic batch axis and a full check.
+
+We use torch's own exporter (``torch.onnx.export``, dynamo path, the one torch
+maintains) and ``onnx.checker`` with ``full_check`` (which also runs shape inference).
+"""
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.export import Dim
+
+from compress.data import first_tensor, flatten_inputs, rebuild_inputs
+from compress.io import write_atomic
+from export.errors import ExportError
+
+# torch's exporter logs one warning per missing torchvision op; they are noise here.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+# Past this size protobuf cannot hold the model in one file.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    path: Path
+    input_names: list[str]
+    output_names: list[str]
+    opset: int
+
+
+class _FlatSignature(torch.nn.Module):
+    """Takes flat tensors, calls the model with the original input structure, returns one tensor."""
+
+    def __init__(self, model: torch.nn.Module, template: Any):
+        super().__init__()
+        self.model = model
+        self.template = template
+
+    def forward(self, *tensors):
+        from compress.data import call_model
+
+        return first_tensor(call_model(self.model, rebuild_inputs(self.template, list(tensors))))
+
+
+def _dynamic_shapes(tensors: list[torch.Tensor]) -> tuple:
+    """Batch axis dynamic everywhere; token ids and masks (integer, 2-D) also vary in length."""
+    batch, sequence = Dim("batch"), Dim("sequence")
+    specs = []
+    for tensor in tensors:
+        is_tokens = tensor.dim() == 2 and not tensor.is_floating_point()
+        specs.append({0: batch, 1: sequence} if is_tokens else {0: batch})
+    # One entry for the wrapper's ``*tensors`` argument.
+    return (tuple(specs),)
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def to_onnx(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    path: Path,
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    output_name: str = "output",
+) -> OnnxModel:
+    """Export ``model`` to ``path`` (atomically) and check the file; raise ExportError on failure."""
+    import onnx
+
+    names, tensors = flatten_inputs(example_inputs)
+    wrapper = _FlatSignature(model.eval(), example_inputs).eval()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def export(tmp: Path) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations, not the user's
+                torch.onnx.export(
+                    wrapper,
+                    tuple(tensors),
+                    str(tmp),
+                    input_names=names,
+                    output_names=[output_name],
+                    opset_version=opset,
+                    dynamic_shapes=_dynamic_shapes(tensors) if dynamic_batch else None,
+                    external_data=weight_bytes > EXTERNAL_DATA_BYTES,
+                    dynamo=True,
+                    verbose=False,
+                )
+        except Exception as exc:  # noqa: BLE001  (the exporter raises many types; all mean the same)
+            raise ExportError(
+                f"{type(model).__name__} could not be exported to ONNX (opset {opset}): {_root_cause(exc)}"
+            ) from None
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except Exception as exc:  # noqa: BLE001
+            raise ExportError(f"the exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from None
+
+    write_atomic(path, export)
+    return OnnxModel(path, names, [output_name], opset)

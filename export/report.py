@@ -1,0 +1,127 @@
+"""The report: one data model rendered as ``report.json`` and ``report.md``.
+
+The JSON layout is versioned by ``schema`` and documented in ``reports/README.md``.
+Ratios compare each artifact with the baseline artifact measured in the same run,
+so they stay meaningful on a noisy, shared machine.
+"""
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+from compress.io import write_json_atomic, write_text_atomic
+from compress.recipe import Recipe
+from compress.stages import StageResult
+
+SCHEMA = "modelpress.report/1"
+METHOD = (
+    "ONNX Runtime CPUExecutionProvider, all graph optimizations, fixed intra-op threads; "
+    "per batch size: {warmup} warm-up runs, then up to {iterations} timed runs or {max_seconds} s "
+    "(at least 5); wall-clock per run; p50/p90 over the timed runs; input: held-out rows cycled to the batch size"
+)
+
+
+def build_report(recipe: Recipe, stages: list[StageResult], artifacts: list[dict], environment: dict) -> dict:
+    spec = recipe.report
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "recipe": {"name": recipe.name, "sha256": recipe.sha256(), "passes": [p.to_dict() for p in recipe.passes]},
+        "stages": [
+            {
+                "name": s.name,
+                "pass": s.pass_name,
+                "metric": {"name": s.metric_name, "value": s.metric},
+                "params": s.params,
+                "nonzero_params": s.nonzero_params,
+                "seconds": s.seconds,
+                "record": s.record,
+            }
+            for s in stages
+        ],
+        "artifacts": artifacts,
+        "latency_method": METHOD.format(warmup=spec.warmup, iterations=spec.iterations, max_seconds=spec.max_seconds),
+        "environment": environment,
+    }
+
+
+def _ratio(value: float, base: float | None) -> str:
+    return f"{value / base:.2f}×" if base else "–"
+
+
+def _latency_rows(artifacts: list[dict]) -> list[str]:
+    baseline = next((a for a in artifacts if a["name"] == "baseline"), None)
+    base_p50 = {e["batch_size"]: e["p50_ms"] for e in (baseline or {}).get("latency", [])}
+    rows = []
+    for artifact in artifacts:
+        for e in artifact.get("latency", []):
+            rows.append(
+                f"| {artifact['name']} | {e['device']} ({e['provider']}) | {e['batch_size']} | {e['threads']} "
+                f"| {e['p50_ms']:.3f} | {e['p90_ms']:.3f} | {_ratio(e['p50_ms'], base_p50.get(e['batch_size']))} |"
+            )
+    return rows
+
+
+def render_markdown(report: dict) -> str:
+    env, stages, artifacts = report["environment"], report["stages"], report["artifacts"]
+    base_metric = stages[0]["metric"]["value"] if stages else None
+    lines = [
+        f"# modelpress report: {report['recipe']['name']}",
+        "",
+        f"Schema `{report['schema']}`, created {report['created']}, recipe sha256 `{report['recipe']['sha256'][:12]}`.",
+        "",
+        "## Stages (torch)",
+        "",
+        "| stage | metric | Δ vs baseline | params | non-zero params | time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in stages:
+        delta = s["metric"]["value"] - base_metric
+        lines.append(
+            f"| {s['name']} | {s['metric']['name']} {s['metric']['value']:.4f} | {delta:+.4f} "
+            f"| {s['params']:,} | {s['nonzero_params']:,} | {s['seconds']:.1f} |"
+        )
+    lines += [
+        "",
+        "## Artifacts (ONNX, measured in ONNX Runtime)",
+        "",
+        "| artifact | status | metric | parity max abs diff | size | gzip size | opset |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a in artifacts:
+        metric = f"{a['metric']['name']} {a['metric']['value']:.4f}" if "metric" in a else "not measured"
+        diff = f"{a['parity']['max_abs_diff']:.2e}" if "parity" in a else "–"
+        size = f"{a['size_bytes'] / 1e6:.3f} MB" if "size_bytes" in a else "–"
+        gz = f"{a['size_gzip_bytes'] / 1e6:.3f} MB" if "size_gzip_bytes" in a else "–"
+        lines.append(f"| {a['name']} | {a['status']} | {metric} | {diff} | {size} | {gz} | {a['opset']} |")
+    failed = [a for a in artifacts if a["status"] != "passed"]
+    for a in failed:
+        lines.append(f"\n**{a['name']} failed:** {a.get('error', 'unknown error')}")
+    lines += [
+        "",
+        "## Latency",
+        "",
+        "| artifact | device | batch | threads | p50 (ms) | p90 (ms) | p50 vs baseline |",
+        "|---|---|---|---|---|---|---|",
+        *_latency_rows(artifacts),
+        "",
+        env["gpu"].get("note") or f"GPU: {env['gpu']['name']} (not measured by this report)",
+        "",
+        f"Method: {report['latency_method']}.",
+        "",
+        "## Environment",
+        "",
+        f"- CPU: {env['cpu']}, {env['cores']} cores ({env['usable_cores']} usable), {env['memory_gib']} GiB",
+        f"- Python {env['python']} on {env['platform']}",
+        "- " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        f"- git commit: {env['git_commit'] or 'unknown'}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
+    """Write report.json and report.md; return the JSON path."""
+    path = write_json_atomic(out_dir / "report.json", report)
+    write_text_atomic(out_dir / "report.md", render_markdown(report))
+    return path
