@@ -107,7 +107,9 @@ def measure_and_report(out: Path, recipe: Recipe, evaluator: Evaluator, data: Ta
     return path, artifacts
 
 
-def run_recipe(source: str | Path | Recipe, out_dir: str | Path | None = None, export: bool = True, report: bool = True):
+def run_recipe(
+    source: str | Path | Recipe, out_dir: str | Path | None = None, export: bool = True, report: bool = True
+):
     """Load the recipe's model and data (factories, checkpoint) and ``run`` it."""
     recipe = load_recipe(source)
     search_dir = Path(source).resolve().parent if isinstance(source, (str, Path)) else None

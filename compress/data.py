@@ -46,7 +46,9 @@ def as_task_data(data: Any) -> TaskData:
         return TaskData(**data)
     if isinstance(data, Iterable) or callable(data):
         return TaskData(eval=data)
-    raise InputError(f"task data: expected TaskData, a dict of splits or an iterable of batches; got {type(data).__name__}")
+    raise InputError(
+        f"task data: expected TaskData, a dict of splits or an iterable of batches; got {type(data).__name__}"
+    )
 
 
 def call_model(model: torch.nn.Module, inputs: Any) -> Any:

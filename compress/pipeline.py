@@ -94,7 +94,9 @@ def run_pipeline(
         ctx._record = {}
         model = spec.apply(model, config, ctx)
         model.eval()
-        stage = _finish_stage(ctx, model, index, names[index - 1], config, evaluator, fingerprints[index], start, out_dir)
+        stage = _finish_stage(
+            ctx, model, index, names[index - 1], config, evaluator, fingerprints[index], start, out_dir
+        )
         ctx.history.append(stage.record)
         stages.append(stage)
     return PipelineOutput(model, baseline, stages)

@@ -49,7 +49,7 @@ def benchmark_session(session, sample_inputs, batch_sizes, threads: int, warmup=
     provider = session.get_providers()[0]
     for batch_size in batch_sizes:
         inputs = feed(take_rows(sample_inputs, batch_size))
-        times = time_calls(lambda: session.run(None, inputs), warmup, iterations, max_seconds)
+        times = time_calls(lambda feed_=inputs: session.run(None, feed_), warmup, iterations, max_seconds)
         results.append(
             Latency(
                 device="cuda" if provider.startswith("CUDA") else "cpu",
