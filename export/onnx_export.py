@@ -82,7 +82,9 @@ def to_onnx(
     def export(tmp: Path) -> None:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations, not the user's
+                # torch-internal deprecations and notes on shared axis names: not the user's concern.
+                    warnings.simplefilter("ignore", FutureWarning)
+                    warnings.filterwarnings("ignore", message="# The axis name")
                 torch.onnx.export(
                     wrapper,
                     tuple(tensors),

@@ -1,0 +1,76 @@
+"""torch -> ONNX: fp32 parity in ONNX Runtime, dynamic axes, stable names, op counts."""
+
+from collections import Counter
+
+import onnx
+import pytest
+import torch
+
+from compress.data import call_model, first_tensor, take_rows
+from export.errors import ExportError
+from export.onnx_export import to_onnx
+from export.runtime import make_session, ort_predictor
+from tests.tiny_models import TINY_ARCHS
+from tests.tolerances import FP32_EXPORT_ATOL
+
+
+def op_counts(path) -> Counter:
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("arch", list(TINY_ARCHS))
+def test_export_matches_torch_at_other_batch_sizes(arch, tmp_path):
+    factory, data_factory = TINY_ARCHS[arch]
+    model, batch = factory(), data_factory().eval[0][0]
+    exported = to_onnx(model, take_rows(batch, 2), tmp_path / "m.onnx")
+    predict = ort_predictor(make_session(exported.path))
+    for rows in (1, 5):
+        inputs = take_rows(batch, rows)
+        with torch.no_grad():
+            expected = first_tensor(call_model(model, inputs))
+        torch.testing.assert_close(predict(inputs), expected, atol=FP32_EXPORT_ATOL[arch], rtol=0)
+
+
+def test_input_and_output_names_are_stable(tmp_path):
+    model, batch = TINY_ARCHS["tiny_transformer"][0](), TINY_ARCHS["tiny_transformer"][1]().eval[0][0]
+    exported = to_onnx(model, batch, tmp_path / "m.onnx", output_name="logits")
+    session = make_session(exported.path)
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"] == exported.input_names
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    assert session.get_inputs()[0].shape == ["batch", "sequence"]
+
+
+def test_sequence_axis_is_dynamic_for_token_inputs(tmp_path):
+    model = TINY_ARCHS["tiny_transformer"][0]()
+    exported = to_onnx(model, TINY_ARCHS["tiny_transformer"][1]().eval[0][0], tmp_path / "m.onnx")
+    longer = {"input_ids": torch.randint(0, 50, (3, 11)), "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+    with torch.no_grad():
+        expected = model(**longer)
+    torch.testing.assert_close(ort_predictor(make_session(exported.path))(longer), expected, atol=1e-4, rtol=0)
+
+
+def test_graph_structure_op_counts(tmp_path):
+    mlp = to_onnx(TINY_ARCHS["mlp"][0](), torch.randn(2, 12), tmp_path / "mlp.onnx")
+    counts = op_counts(mlp.path)
+    assert counts["Gemm"] + counts["MatMul"] == 2
+    assert counts["Relu"] == 1
+    cnn = to_onnx(TINY_ARCHS["residual_cnn"][0](), torch.randn(2, 1, 8, 8), tmp_path / "cnn.onnx")
+    assert op_counts(cnn.path)["Conv"] == 2
+
+
+def test_static_batch_when_dynamic_batch_is_off(tmp_path):
+    exported = to_onnx(TINY_ARCHS["mlp"][0](), torch.randn(3, 12), tmp_path / "m.onnx", dynamic_batch=False)
+    assert make_session(exported.path).get_inputs()[0].shape == [3, 12]
+
+
+class Eigenvalues(torch.nn.Module):
+    def forward(self, x):
+        return torch.linalg.eigvals(x @ x.T).real
+
+
+def test_unexportable_op_is_named_and_leaves_no_file(tmp_path):
+    with pytest.raises(
+        ExportError, match=r"Eigenvalues could not be exported to ONNX \(opset 18\): .*aten\.linalg_eig"
+    ):
+        to_onnx(Eigenvalues(), torch.randn(3, 3), tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,108 @@
+"""Tiny architectures built in code, with matching data, for every test that needs a model.
+
+``TINY_ARCHS`` maps a name to (model factory, data factory); each data factory returns
+``TaskData`` whose eval batches are ``(inputs, labels)`` for that model.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.data import TaskData
+
+
+class MLP(nn.Module):
+    def __init__(self, features=12, hidden=32, classes=4):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(features, hidden), nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class ResidualCNN(nn.Module):
+    def __init__(self, channels=8, classes=4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU())
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.bn(self.conv(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class TinyTransformer(nn.Module):
+    """Two pre-norm encoder blocks on token ids with an attention mask (keyword inputs, like HF)."""
+
+    def __init__(self, vocab=50, dim=16, heads=2, blocks=2, classes=3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout=0.0, batch_first=True, norm_first=True)
+            for _ in range(blocks)
+        )
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, input_ids, attention_mask):
+        x = self.embed(input_ids)
+        pad = attention_mask == 0
+        for block in self.blocks:
+            x = block(x, src_key_padding_mask=pad)
+        weights = attention_mask.unsqueeze(-1).float()
+        return self.head((x * weights).sum(1) / weights.sum(1))
+
+
+def _seeded(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def image_data(batches=3, batch_size=8, classes=4):
+    g = _seeded(0)
+    data = [(torch.randn(batch_size, 1, 8, 8, generator=g), torch.randint(0, classes, (batch_size,), generator=g))]
+    data += [
+        (torch.randn(batch_size, 1, 8, 8, generator=g), torch.randint(0, classes, (batch_size,), generator=g))
+        for _ in range(batches - 1)
+    ]
+    return TaskData(eval=data, train=data, calibration=data[:1])
+
+
+def vector_data(batches=3, batch_size=8, features=12, classes=4):
+    g = _seeded(1)
+    data = [
+        (torch.randn(batch_size, features, generator=g), torch.randint(0, classes, (batch_size,), generator=g))
+        for _ in range(batches)
+    ]
+    return TaskData(eval=data, train=data, calibration=data[:1])
+
+
+def token_data(batches=3, batch_size=4, length=7, vocab=50, classes=3):
+    g = _seeded(2)
+    data = []
+    for _ in range(batches):
+        ids = torch.randint(0, vocab, (batch_size, length), generator=g)
+        mask = torch.ones(batch_size, length, dtype=torch.long)
+        mask[0, -2:] = 0
+        data.append(({"input_ids": ids, "attention_mask": mask}, torch.randint(0, classes, (batch_size,), generator=g)))
+    return TaskData(eval=data, train=data, calibration=data[:1])
+
+
+def seeded(factory, seed=0):
+    def build(**kwargs):
+        torch.manual_seed(seed)
+        return factory(**kwargs).eval()
+
+    return build
+
+
+mlp = seeded(MLP)
+residual_cnn = seeded(ResidualCNN)
+tiny_transformer = seeded(TinyTransformer)
+
+TINY_ARCHS = {
+    "mlp": (mlp, vector_data),
+    "residual_cnn": (residual_cnn, image_data),
+    "tiny_transformer": (tiny_transformer, token_data),
+}
