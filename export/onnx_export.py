@@ -83,8 +83,8 @@ def to_onnx(
         try:
             with warnings.catch_warnings():
                 # torch-internal deprecations and notes on shared axis names: not the user's concern.
-                    warnings.simplefilter("ignore", FutureWarning)
-                    warnings.filterwarnings("ignore", message="# The axis name")
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.filterwarnings("ignore", message="# The axis name")
                 torch.onnx.export(
                     wrapper,
                     tuple(tensors),
