@@ -15,14 +15,14 @@ class Context:
     """Shared state of one pipeline run.
 
     ``teacher`` is the model as it entered the pipeline (the default teacher for
-    distillation). ``evaluate(model)`` scores a torch model with the task metric.
+    distillation). ``evaluate(model, split)`` scores a torch model with the task metric.
     ``history`` holds one replayable record per completed pass.
     """
 
     data: TaskData
     example_inputs: Any
     teacher: torch.nn.Module
-    evaluate: Callable[[torch.nn.Module], float]
+    evaluate: Callable[..., float]
     seed: int = 0
     work_dir: Path | None = None
     history: list[dict] = field(default_factory=list)

@@ -19,10 +19,17 @@ BatchSource = Iterable | Callable[[], Iterable]
 
 @dataclass
 class TaskData:
-    """The splits a run may use: ``eval`` is required and must be held out from training."""
+    """The splits a run may use.
+
+    ``eval`` (required, held out from training) scores every stage and artifact;
+    ``train`` feeds fine-tuning and distillation; ``validation`` selects the best
+    checkpoint during training (``eval`` when absent); ``calibration`` feeds
+    statistics-driven passes (``train`` when absent).
+    """
 
     eval: BatchSource
     train: BatchSource | None = None
+    validation: BatchSource | None = None
     calibration: BatchSource | None = None
 
     def batches(self, split: str) -> Iterable:
@@ -69,6 +76,11 @@ def first_tensor(output: Any) -> torch.Tensor:
     if isinstance(output, (tuple, list)):
         return first_tensor(output[0])
     raise InputError(f"the model returned {type(output).__name__}; modelpress needs a Tensor (or a tuple/dict of them)")
+
+
+def training_inputs(batch: Any) -> Any:
+    """Model inputs of a train batch: ``batch[0]`` of ``(inputs, ...)``, else the batch itself."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 def batch_size_of(inputs: Any) -> int:

@@ -29,8 +29,8 @@ class PipelineOutput:
     stages: list[StageResult]
 
 
-def _measure(model, evaluator: Evaluator, data: TaskData) -> float:
-    return evaluator.score(torch_predictor(model), data.batches("eval"))
+def _measure(model, evaluator: Evaluator, data: TaskData, split: str = "eval") -> float:
+    return evaluator.score(torch_predictor(model), data.batches(split))
 
 
 def _stage_names(recipe: Recipe) -> list[str]:
@@ -42,7 +42,7 @@ def _stage_names(recipe: Recipe) -> list[str]:
     return names
 
 
-def _resume(model, recipe: Recipe, fingerprints: list[str], out_dir: Path | None) -> list[StageResult]:
+def _resume(model, fingerprints: list[str], example_inputs, out_dir: Path | None) -> list[StageResult]:
     """Completed stages matching this run; the model is brought to the last one's state."""
     if out_dir is None:
         return []
@@ -55,7 +55,7 @@ def _resume(model, recipe: Recipe, fingerprints: list[str], out_dir: Path | None
     for stage in done[1:]:
         restore = get_pass(stage.pass_name).restore
         if restore is not None:
-            restore(model, stage.record)
+            restore(model, stage.record, example_inputs)
     if len(done) > 1:
         load_stage_weights(out_dir, done[-1], model)
     return done
@@ -76,10 +76,17 @@ def run_pipeline(
     fingerprints = [chain_fingerprint(weights_fingerprint(model), {"seed": recipe.seed, "metric": evaluator.name})]
     for config in recipe.passes:
         fingerprints.append(chain_fingerprint(fingerprints[-1], config.to_dict()))
-    stages = _resume(model, recipe, fingerprints, out_dir)
+    stages = _resume(model, fingerprints, example_inputs, out_dir)
     for stage in stages:
         log.info(f"[dim]resumed[/dim] {stage.name}: {stage.metric_name} {stage.metric:.4f}")
-    ctx = Context(data, example_inputs, baseline, lambda m: _measure(m, evaluator, data), recipe.seed, out_dir)
+    ctx = Context(
+        data,
+        example_inputs,
+        baseline,
+        lambda m, split="eval": _measure(m, evaluator, data, split),
+        recipe.seed,
+        out_dir,
+    )
     ctx.history = [s.record for s in stages[1:]]
     if not stages:
         start = time.perf_counter()

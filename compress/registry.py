@@ -13,16 +13,16 @@ from compress.config import PassConfig
 from compress.errors import RecipeError
 
 ApplyFn = Callable[[Any, PassConfig, Any], Any]
-RestoreFn = Callable[[Any, dict], Any]
+RestoreFn = Callable[[Any, dict, Any], Any]
 
 
 @dataclass(frozen=True)
 class PassSpec:
     """A registered pass.
 
-    ``apply(model, config, ctx) -> model`` runs the pass. ``restore(model, record)``
-    is optional: it re-applies a structural change recorded in ``ctx.history`` so that
-    weights saved after the pass can be loaded again on resume.
+    ``apply(model, config, ctx) -> model`` runs the pass. ``restore(model, record,
+    example_inputs)`` is optional: it re-applies a structural change recorded in
+    ``ctx.history`` so that weights saved after the pass can be loaded again on resume.
     """
 
     name: str

@@ -57,7 +57,14 @@ def test_demo_trains_compresses_exports_and_reports(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["stages"][0]["metric"]["value"] >= 0.97
+    baseline, *_, final = report["stages"]
+    assert baseline["metric"]["value"] >= 0.97
+    assert [s["name"] for s in report["stages"]] == ["baseline", "structured_prune", "distill"]
+    # Pruning halves every channel group (about 0.25x params); distillation recovers the accuracy.
+    assert final["params"] <= 0.3 * baseline["params"]
+    assert final["metric"]["value"] >= baseline["metric"]["value"] - 0.01
     for artifact in report["artifacts"]:
         assert artifact["parity"]["passed"] and artifact["metric"]["runtime"] == "onnxruntime"
         assert {e["batch_size"] for e in artifact["latency"]} == {1, 32}
+    sizes = {a["name"]: a["size_bytes"] for a in report["artifacts"]}
+    assert sizes["compressed"] <= 0.3 * sizes["baseline"]

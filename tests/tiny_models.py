@@ -34,6 +34,23 @@ class ResidualCNN(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+class DepthwiseSeparableCNN(nn.Module):
+    """MobileNet-style blocks: depthwise 3x3 then pointwise 1x1, with BN."""
+
+    def __init__(self, channels=16, classes=4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU())
+        self.depthwise = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.bn_dw = nn.BatchNorm2d(channels)
+        self.pointwise = nn.Conv2d(channels, channels * 2, 1, bias=False)
+        self.bn_pw = nn.BatchNorm2d(channels * 2)
+        self.head = nn.Linear(channels * 2, classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn_dw(self.depthwise(self.stem(x))))
+        return self.head(F.relu(self.bn_pw(self.pointwise(x))).mean(dim=(2, 3)))
+
+
 class TinyTransformer(nn.Module):
     """Two pre-norm encoder blocks on token ids with an attention mask (keyword inputs, like HF)."""
 
@@ -90,19 +107,31 @@ def token_data(batches=3, batch_size=4, length=7, vocab=50, classes=3):
 
 
 def seeded(factory, seed=0):
+    """A factory building the model with fixed weights; BatchNorm gets trained-looking statistics."""
+
     def build(**kwargs):
         torch.manual_seed(seed)
-        return factory(**kwargs).eval()
+        model = factory(**kwargs)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.weight.uniform_(0.5, 1.5)
+                    module.bias.uniform_(-0.2, 0.2)
+                    module.running_mean.uniform_(-0.2, 0.2)
+                    module.running_var.uniform_(0.5, 1.5)
+        return model.eval()
 
     return build
 
 
 mlp = seeded(MLP)
 residual_cnn = seeded(ResidualCNN)
+depthwise_cnn = seeded(DepthwiseSeparableCNN)
 tiny_transformer = seeded(TinyTransformer)
 
 TINY_ARCHS = {
     "mlp": (mlp, vector_data),
     "residual_cnn": (residual_cnn, image_data),
+    "depthwise_cnn": (depthwise_cnn, image_data),
     "tiny_transformer": (tiny_transformer, token_data),
 }

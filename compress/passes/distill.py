@@ -1,0 +1,140 @@
+"""distill: knowledge distillation from a teacher, to recover accuracy after pruning or quantization.
+
+The teacher is the model as it entered the pipeline unless the recipe names one.
+Losses, by ``loss``:
+- ``logits``: KL divergence of temperature-softened outputs, scaled by T² (Hinton et
+  al. 2015), mixed with cross-entropy on hard labels by ``alpha`` when batches carry labels;
+- ``embedding_mse`` / ``embedding_cosine``: for encoders on unlabelled text, the student
+  output is pulled towards the teacher's (Reimers & Gurevych 2020).
+Training: AdamW, linear warm-up then cosine decay, gradient clipping, evaluation on the
+validation split after every epoch, the best epoch's weights kept, early stopping.
+"""
+
+import copy
+import time
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from compress import log
+from compress.config import PassConfig
+from compress.data import call_model, first_tensor, training_inputs
+from compress.errors import InputError
+from compress.recipe import ModelSpec
+from compress.registry import register_pass
+from compress.training import warmup_cosine
+
+
+class DistillLoss(str, Enum):
+    logits = "logits"
+    embedding_mse = "embedding_mse"
+    embedding_cosine = "embedding_cosine"
+
+
+class DistillConfig(PassConfig):
+    """Args:
+    loss: logits, embedding_mse or embedding_cosine.
+    temperature: softening of logits (``logits`` loss).
+    alpha: share of the soft (teacher) loss; the rest is cross-entropy on labels, when present.
+    epochs / max_steps / max_seconds: training length; whichever ends first.
+    lr, weight_decay, warmup_ratio, max_grad_norm: AdamW with warm-up + cosine decay and clipping.
+    patience: stop after this many epochs without a better validation metric.
+    teacher: another model (factory/checkpoint) instead of the model as it entered the pipeline.
+    """
+
+    loss: DistillLoss = DistillLoss.logits
+    temperature: float = Field(4.0, gt=0.0, le=100.0)
+    alpha: float = Field(0.7, ge=0.0, le=1.0)
+    epochs: int = Field(5, ge=1, le=100_000)
+    max_steps: int | None = Field(None, ge=1)
+    max_seconds: float | None = Field(None, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    patience: int | None = Field(None, ge=1)
+    teacher: ModelSpec | None = None
+
+
+def _labels(batch) -> torch.Tensor | None:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor):
+        return None if batch[1].is_floating_point() else batch[1]
+    return None
+
+
+def logits_loss(student, teacher, labels, config: DistillConfig) -> torch.Tensor:
+    t = config.temperature
+    soft = F.kl_div(
+        F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="batchmean", log_target=True
+    )
+    soft = soft * t * t
+    if labels is None:
+        return soft
+    return config.alpha * soft + (1 - config.alpha) * F.cross_entropy(student, labels)
+
+
+LOSSES = {
+    DistillLoss.logits.value: logits_loss,
+    DistillLoss.embedding_mse.value: lambda s, t, labels, config: F.mse_loss(s, t),
+    DistillLoss.embedding_cosine.value: lambda s, t, labels, config: (1 - F.cosine_similarity(s, t, dim=-1)).mean(),
+}
+
+
+def _teacher(config: DistillConfig, ctx) -> torch.nn.Module:
+    if config.teacher is None:
+        return ctx.teacher
+    from compress.loading import load_model
+
+    return load_model(config.teacher)
+
+
+@register_pass("distill", DistillConfig)
+def distill(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Module:
+    teacher = _teacher(config, ctx).eval()
+    batches_per_epoch = len(list(ctx.data.batches("train")))
+    if batches_per_epoch == 0:
+        raise InputError("distill: the train split is empty; give the task data a 'train' split of batches")
+    total = min(config.epochs * batches_per_epoch, config.max_steps or float("inf"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError("distill: the model has no trainable parameters (all requires_grad=False)")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(total), int(config.warmup_ratio * total)))
+    loss_fn = LOSSES[config.loss]
+    split = "validation" if ctx.data.validation is not None else "eval"
+    best_metric, best_state, best_epoch = ctx.evaluate(model, split), copy.deepcopy(model.state_dict()), 0
+    history, step, start, stale = [], 0, time.perf_counter(), 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        running = 0.0
+        seen = 0
+        for batch in ctx.data.batches("train"):
+            inputs = training_inputs(batch)
+            with torch.no_grad():
+                target = first_tensor(call_model(teacher, inputs)).float()
+            loss = loss_fn(first_tensor(call_model(model, inputs)).float(), target, _labels(batch), config)
+            optimizer.zero_grad()
+            loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            running, seen, step = running + loss.item(), seen + 1, step + 1
+            if step >= total or (config.max_seconds and time.perf_counter() - start > config.max_seconds):
+                break
+        model.eval()
+        metric = ctx.evaluate(model, split)
+        history.append({"epoch": epoch, "loss": round(running / max(seen, 1), 6), split: metric})
+        log.info(f"  distill epoch {epoch}: loss {running / max(seen, 1):.4f}, {split} metric {metric:.4f}")
+        if metric >= best_metric:  # on ties the later epoch wins: it has seen more steps at lower lr
+            best_metric, best_state, best_epoch, stale = metric, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            stale += 1
+        out_of_budget = step >= total or (config.max_seconds and time.perf_counter() - start > config.max_seconds)
+        if out_of_budget or (config.patience and stale >= config.patience):
+            break
+    model.load_state_dict(best_state)
+    ctx.record(best_epoch=best_epoch, best_metric=best_metric, selected_on=split, steps=step, epochs=history)
+    return model

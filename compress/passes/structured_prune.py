@@ -1,0 +1,224 @@
+"""structured_prune: physically remove channels and neurons, so the exported model is smaller and faster.
+
+Built on Torch-Pruning's dependency graph (Fang et al., CVPR 2023): layers coupled by
+residual additions, concatenations or normalization are pruned together, and the
+modules are rebuilt with fewer channels. The layer producing the model output is
+kept, so the output width never changes. Iterative pruning spreads the ratio over
+``steps``, with optional fine-tuning towards the teacher between steps. The record
+holds Torch-Pruning's pruning history, which ``restore`` replays on resume.
+"""
+
+import copy
+from enum import Enum
+from typing import Annotated, Any
+
+import torch
+import torch_pruning as tp
+from pydantic import Field
+
+from compress.config import PassConfig
+from compress.data import call_model, first_tensor, training_inputs
+from compress.errors import ModelpressError
+from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
+from compress.registry import register_pass
+from compress.select import select_modules
+from compress.training import fit_to_teacher
+
+PRUNABLE = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+Ratio = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class Allocation(str, Enum):
+    uniform = "uniform"
+    global_ = "global"
+
+
+class StructuredPruneConfig(PassConfig):
+    """Args:
+    ratio: share of channels/neurons removed from every prunable group, in [0, 1).
+    macs_reduction: instead of ``ratio``, the share of MACs to remove; the ratio is searched.
+    importance: l1, l2, taylor (needs labelled batches), bn_scale or random (a baseline).
+    allocation: ``uniform`` (same ratio per group) or ``global`` (one ranking across groups).
+    layer_ratios: ratio per layer name or ``re:`` pattern, overriding ``ratio`` there.
+    round_to: keep widths a multiple of this (e.g. 8) for hardware-friendly kernels.
+    exclude: layers never pruned; the layer producing the output is always kept.
+    steps: prune in this many steps; ``finetune_steps`` optimizer steps towards the teacher between them.
+    """
+
+    ratio: Ratio = 0.5
+    macs_reduction: float | None = Field(None, gt=0.0, lt=1.0)
+    importance: Criterion = Criterion.l2
+    allocation: Allocation = Allocation.uniform
+    layer_ratios: dict[str, Ratio] = Field(default_factory=dict)
+    round_to: int | None = Field(None, ge=1, le=1024)
+    exclude: list[str] = Field(default_factory=list)
+    steps: int = Field(1, ge=1, le=100)
+    finetune_steps: int = Field(0, ge=0, le=1_000_000)
+    finetune_lr: float = Field(1e-4, gt=0.0, le=1.0)
+    gradient_batches: int = Field(4, ge=1, le=10_000)
+
+
+class PruneError(ModelpressError):
+    """The model (or one of its layers) cannot be pruned structurally."""
+
+
+def _execution_order(model: torch.nn.Module, example_inputs: Any) -> tuple[list[str], torch.Size]:
+    """Names of prunable layers in the order they run, and the output shape."""
+    order = []
+    hooks = [
+        m.register_forward_hook(lambda *_, name=name: order.append(name))
+        for name, m in model.named_modules()
+        if isinstance(m, PRUNABLE)
+    ]
+    try:
+        with torch.no_grad():
+            shape = first_tensor(call_model(model, example_inputs)).shape
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return order, shape
+
+
+def _check_forward(model: torch.nn.Module, example_inputs: Any, expected: torch.Size) -> None:
+    """Run the pruned model; a failure names the module it happened in."""
+    entered: list[str] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda *_, name=name: entered.append(name))
+        for name, m in model.named_modules()
+        if name
+    ]
+    try:
+        with torch.no_grad():
+            shape = first_tensor(call_model(model, example_inputs)).shape
+    except Exception as exc:  # noqa: BLE001  (any failure means this layer was cut inconsistently)
+        where = entered[-1] if entered else type(model).__name__
+        raise PruneError(
+            f"structured_prune: after pruning, the model fails in module {where!r} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]}); add it to exclude: [{where!r}]"
+        ) from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if shape != expected:
+        raise PruneError(
+            f"structured_prune: pruning changed the output shape from {tuple(expected)} to {tuple(shape)}; "
+            "exclude the layers that produce the output"
+        )
+
+
+def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: float) -> tp.pruner.BasePruner:
+    order, _ = _execution_order(model, example_inputs)
+    ignored = select_modules(model, config.exclude, types=PRUNABLE, owner="structured_prune.exclude")
+    ignored = {**ignored, order[-1]: model.get_submodule(order[-1])} if order else ignored
+    layer_ratios = {}
+    for pattern, value in config.layer_ratios.items():
+        for module in select_modules(model, [pattern], types=PRUNABLE, owner="structured_prune.layer_ratios").values():
+            layer_ratios[module] = value
+    try:
+        return tp.pruner.BasePruner(
+            model,
+            example_inputs,
+            importance=IMPORTANCE[config.importance](),
+            global_pruning=config.allocation == Allocation.global_.value,
+            pruning_ratio=ratio,
+            pruning_ratio_dict=layer_ratios or None,
+            iterative_steps=config.steps,
+            ignored_layers=list(ignored.values()),
+            round_to=config.round_to,
+        )
+    except Exception as exc:  # noqa: BLE001  (tracing errors come from deep inside torch)
+        raise PruneError(
+            f"structured_prune: Torch-Pruning cannot trace {type(model).__name__} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "exclude the layer it names, or use magnitude_prune"
+        ) from None
+
+
+def _failing_layer(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> str:
+    """The root layer of the first group whose importance cannot be computed (diagnosis only)."""
+    names = {module: name for name, module in model.named_modules()}
+    for group in pruner.DG.get_all_groups(
+        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+    ):
+        try:
+            pruner.estimate_importance(group)
+        except Exception:  # noqa: BLE001
+            return names.get(group[0].dep.target.module, "?")
+    return "?"
+
+
+def _step(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> None:
+    try:
+        pruner.step()
+    except Exception as exc:  # noqa: BLE001  (failures surface deep inside Torch-Pruning)
+        where = _failing_layer(pruner, model)
+        raise PruneError(
+            f"structured_prune: cannot prune module {where!r} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            f"its width is probably fixed by a reshape or custom op: add it to exclude: [{where!r}]"
+        ) from None
+
+
+def _macs(model, example_inputs) -> int:
+    return int(tp.utils.count_ops_and_params(model, example_inputs)[0])
+
+
+def _ratio_for_macs(model, config: StructuredPruneConfig, example_inputs, target: float) -> float:
+    """Bisect the ratio whose one-shot pruning removes ``target`` of the MACs (on copies)."""
+    base = _macs(model, example_inputs)
+    low, high = 0.0, 0.99
+    for _ in range(10):
+        middle = (low + high) / 2
+        trial = copy.deepcopy(model)
+        _step(_build_pruner(trial, config.model_copy(update={"steps": 1}), example_inputs, middle), trial)
+        if 1 - _macs(trial, example_inputs) / base < target:
+            low = middle
+        else:
+            high = middle
+    return round(high, 4)
+
+
+def _widths(model: torch.nn.Module) -> dict[str, list[int]]:
+    return {
+        name: list(m.weight.shape[:2])
+        for name, m in model.named_modules()
+        if isinstance(m, PRUNABLE) and m.weight is not None
+    }
+
+
+def restore(model: torch.nn.Module, record: dict, example_inputs: Any) -> torch.nn.Module:
+    """Replay the recorded pruning on a fresh model so saved weights fit it."""
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs)
+    graph.load_pruning_history(record["pruning_history"])
+    return model
+
+
+@register_pass("structured_prune", StructuredPruneConfig, restore=restore)
+def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx) -> torch.nn.Module:
+    inputs = ctx.example_inputs
+    _, output_shape = _execution_order(model, inputs)
+    macs_before, params_before = tp.utils.count_ops_and_params(model, inputs)
+    ratio = config.ratio
+    if config.macs_reduction is not None:
+        ratio = _ratio_for_macs(model, config, inputs, config.macs_reduction)
+    pruner = _build_pruner(model, config, inputs, ratio)
+    for step in range(config.steps):
+        if config.importance in NEEDS_GRADIENTS:
+            split = "calibration" if ctx.data.calibration is not None else "train"
+            accumulate_task_gradients(model, ctx.data.batches(split), config.gradient_batches)
+        _step(pruner, model)
+        model.zero_grad(set_to_none=True)
+        _check_forward(model, inputs, output_shape)
+        if config.finetune_steps and step < config.steps - 1:
+            batches = lambda: (training_inputs(b) for b in ctx.data.batches("train"))  # noqa: E731
+            fit_to_teacher(model, ctx.teacher, batches, config.finetune_steps, config.finetune_lr)
+    macs_after, params_after = tp.utils.count_ops_and_params(model, inputs)
+    ctx.record(
+        ratio=ratio,
+        params_before=int(params_before),
+        params_after=int(params_after),
+        macs_before=int(macs_before),
+        macs_after=int(macs_after),
+        widths=_widths(model),
+        pruning_history=[[name, bool(out), [int(i) for i in idx]] for name, out, idx in pruner.pruning_history()],
+    )
+    return model

@@ -1,0 +1,49 @@
+"""Short training loops shared by passes: fitting a student to its teacher's outputs."""
+
+import math
+from collections.abc import Callable, Iterable
+from itertools import cycle, islice
+
+import torch
+
+from compress.data import call_model, first_tensor
+
+
+def fit_to_teacher(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    input_batches: Callable[[], Iterable],
+    steps: int,
+    lr: float = 1e-4,
+) -> list[float]:
+    """``steps`` AdamW steps of MSE between student and teacher outputs; returns the losses.
+
+    Needs no labels, so it recovers any task (logits or embeddings) after a pass.
+    """
+    student.train()
+    teacher.eval()
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for inputs in islice(cycle(list(input_batches())), steps):
+        with torch.no_grad():
+            target = first_tensor(call_model(teacher, inputs)).float()
+        loss = torch.nn.functional.mse_loss(first_tensor(call_model(student, inputs)).float(), target)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    student.eval()
+    return losses
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor

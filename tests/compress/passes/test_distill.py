@@ -1,0 +1,128 @@
+"""distill: the losses' arithmetic, recovery towards the teacher, best epoch kept, budgets."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from compress.context import Context
+from compress.data import TaskData
+from compress.errors import InputError
+from compress.passes.distill import DistillConfig, distill, logits_loss
+from compress.recipe import ModelSpec
+from tests.tiny_models import mlp, vector_data
+
+
+def teacher_labelled_data():
+    """Batches labelled by the teacher, so accuracy measures agreement with it."""
+    teacher = mlp()
+    data = vector_data(batches=6, batch_size=16)
+    batches = [(x, teacher(x).argmax(-1)) for x, _ in data.eval]
+    return teacher, TaskData(eval=batches, train=batches)
+
+
+def agreement(model, data):
+    with torch.no_grad():
+        return sum(int((model(x).argmax(-1) == y).sum()) for x, y in data.eval) / sum(len(y) for _, y in data.eval)
+
+
+def damaged(model):
+    with torch.no_grad():
+        model.fc1.weight.add_(torch.randn_like(model.fc1.weight) * 0.5)
+    return model
+
+
+def run_distill(student, entered, data, evaluate=None, **params):
+    ctx = Context(data, data.eval[0][0], entered, evaluate or (lambda m, split="eval": agreement(m, data)))
+    return distill(student, DistillConfig(**params), ctx), ctx._record
+
+
+def test_logits_loss_is_t_squared_kl_mixed_with_cross_entropy():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    config = DistillConfig(temperature=2.0, alpha=0.25)
+    p_teacher = F.softmax(teacher / 2, -1)
+    kl = (p_teacher * (p_teacher.log() - F.log_softmax(student / 2, -1))).sum(-1).mean() * 4
+    expected = 0.25 * kl + 0.75 * F.cross_entropy(student, labels)
+    torch.testing.assert_close(logits_loss(student, teacher, labels, config), expected)
+    torch.testing.assert_close(logits_loss(student, teacher, None, config), kl)
+
+
+def test_logits_distillation_recovers_agreement_with_the_teacher():
+    teacher, data = teacher_labelled_data()
+    student = damaged(mlp())
+    before = agreement(student, data)
+    student, record = run_distill(student, teacher, data, epochs=30, lr=1e-2, warmup_ratio=0.0)
+    assert before < 0.8
+    assert agreement(student, data) >= 0.95
+    assert record["best_metric"] == agreement(student, data)
+
+
+DISTANCES = {
+    "embedding_mse": lambda s, t: F.mse_loss(s, t),
+    "embedding_cosine": lambda s, t: (1 - F.cosine_similarity(s, t, dim=-1)).mean(),
+}
+
+
+@pytest.mark.parametrize("loss", list(DISTANCES))
+def test_embedding_distillation_pulls_outputs_to_the_teacher(loss):
+    teacher, data = teacher_labelled_data()
+
+    def distance(model, split="eval"):
+        with torch.no_grad():
+            return float(sum(DISTANCES[loss](model(x), teacher(x)) for x, _ in data.eval))
+
+    student = damaged(mlp())
+    before = distance(student)
+    student, _ = run_distill(
+        student, teacher, data, lambda m, split="eval": -distance(m), loss=loss, epochs=40, lr=1e-2, warmup_ratio=0.0
+    )
+    assert distance(student) < before / 5
+
+
+def test_best_epoch_is_kept_and_patience_stops_training():
+    teacher, data = teacher_labelled_data()
+    scores = iter([0.5, 0.9, 0.7, 0.6, 0.95])
+    snapshots = []
+
+    def evaluate(model, split="eval"):
+        snapshots.append(copy.deepcopy(model.state_dict()))
+        return next(scores)
+
+    student, record = run_distill(damaged(mlp()), teacher, data, evaluate, epochs=10, patience=2, lr=1e-2)
+    assert record["best_epoch"] == 1 and record["best_metric"] == 0.9
+    assert len(record["epochs"]) == 3  # epochs 2 and 3 did not improve: stopped
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in snapshots[1].items())
+
+
+def test_step_budget_and_validation_split_are_used():
+    teacher, data = teacher_labelled_data()
+    data.validation = data.eval[:2]
+    splits = []
+
+    def evaluate(model, split="eval"):
+        splits.append(split)
+        return 0.0
+
+    _, record = run_distill(damaged(mlp()), teacher, data, evaluate, epochs=10, max_steps=4)
+    assert record["steps"] == 4 and len(record["epochs"]) == 1
+    assert set(splits) == {"validation"} and record["selected_on"] == "validation"
+
+
+def test_teacher_from_a_checkpoint(tmp_path):
+    teacher, data = teacher_labelled_data()
+    path = tmp_path / "teacher.safetensors"
+    save_file(teacher.state_dict(), str(path))
+    spec = ModelSpec(factory="tests.tiny_models:mlp", checkpoint=str(path))
+    student, _ = run_distill(damaged(mlp()), damaged(mlp()), data, teacher=spec, epochs=30, lr=1e-2)
+    assert agreement(student, data) >= 0.95
+
+
+def test_missing_train_split_is_an_input_error():
+    teacher, data = teacher_labelled_data()
+    data.train = None
+    with pytest.raises(InputError, match="no 'train' split"):
+        run_distill(mlp(), teacher, data)
