@@ -1,12 +1,16 @@
 """Short training loops shared by passes: fitting a student to its teacher's outputs."""
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import cycle, islice
 
 import torch
 
 from compress.data import call_model, first_tensor
+
+# A layer with at least this share of exact zeros was pruned: training must keep them zero.
+SPARSE_LAYER_ZEROS = 0.05
 
 
 def fit_to_teacher(
@@ -47,3 +51,29 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+@contextlib.contextmanager
+def zeros_kept(model: torch.nn.Module, enabled: bool = True) -> Iterator[list[str]]:
+    """While open, pruned weights (exact zeros) of Linear/Conv layers stay zero under training.
+
+    Uses ``torch.nn.utils.prune`` masks and bakes them on exit, so that fine-tuning after
+    magnitude pruning does not silently refill the zeros. Yields the masked layer names.
+    """
+    from torch.nn.utils import prune as torch_prune
+
+    layers = {}
+    if enabled:
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)) and not hasattr(
+                module, "weight_orig"
+            ):
+                if weight is not None and float((weight == 0).float().mean()) >= SPARSE_LAYER_ZEROS:
+                    torch_prune.custom_from_mask(module, "weight", weight != 0)
+                    layers[name] = module
+    try:
+        yield list(layers)
+    finally:
+        for module in layers.values():
+            torch_prune.remove(module, "weight")

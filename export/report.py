@@ -85,14 +85,17 @@ def render_markdown(report: dict) -> str:
         "",
         "## Artifacts (ONNX, measured in ONNX Runtime)",
         "",
-        "| artifact | status | metric | parity max abs diff | size | gzip size | opset |",
+        "| artifact | status | metric | parity max abs diff | size (vs baseline) | gzip size (vs baseline) | opset |",
         "|---|---|---|---|---|---|---|",
     ]
+    base = next((a for a in artifacts if a["name"] == "baseline"), {})
     for a in artifacts:
         metric = f"{a['metric']['name']} {a['metric']['value']:.4f}" if "metric" in a else "not measured"
         diff = f"{a['parity']['max_abs_diff']:.2e}" if "parity" in a else "–"
-        size = f"{a['size_bytes'] / 1e6:.3f} MB" if "size_bytes" in a else "–"
-        gz = f"{a['size_gzip_bytes'] / 1e6:.3f} MB" if "size_gzip_bytes" in a else "–"
+        size, gz = (
+            f"{a[key] / 1e6:.3f} MB ({_ratio(a[key], base.get(key))})" if key in a else "–"
+            for key in ("size_bytes", "size_gzip_bytes")
+        )
         lines.append(f"| {a['name']} | {a['status']} | {metric} | {diff} | {size} | {gz} | {a['opset']} |")
     failed = [a for a in artifacts if a["status"] != "passed"]
     for a in failed:

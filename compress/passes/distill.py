@@ -24,7 +24,7 @@ from compress.data import call_model, first_tensor, training_inputs
 from compress.errors import InputError
 from compress.recipe import ModelSpec
 from compress.registry import register_pass
-from compress.training import warmup_cosine
+from compress.training import warmup_cosine, zeros_kept
 
 
 class DistillLoss(str, Enum):
@@ -42,6 +42,7 @@ class DistillConfig(PassConfig):
     lr, weight_decay, warmup_ratio, max_grad_norm: AdamW with warm-up + cosine decay and clipping.
     patience: stop after this many epochs without a better validation metric.
     teacher: another model (factory/checkpoint) instead of the model as it entered the pipeline.
+    keep_sparsity: weights that are exactly zero (pruned) stay zero during training.
     """
 
     loss: DistillLoss = DistillLoss.logits
@@ -56,6 +57,7 @@ class DistillConfig(PassConfig):
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     patience: int | None = Field(None, ge=1)
     teacher: ModelSpec | None = None
+    keep_sparsity: bool = True
 
 
 def _labels(batch) -> torch.Tensor | None:
@@ -92,6 +94,13 @@ def _teacher(config: DistillConfig, ctx) -> torch.nn.Module:
 
 @register_pass("distill", DistillConfig)
 def distill(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Module:
+    with zeros_kept(model, config.keep_sparsity) as masked:
+        model = _train(model, config, ctx)
+    ctx.record(sparse_layers_kept=masked)
+    return model
+
+
+def _train(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Module:
     teacher = _teacher(config, ctx).eval()
     batches_per_epoch = len(list(ctx.data.batches("train")))
     if batches_per_epoch == 0:

@@ -126,3 +126,19 @@ def test_missing_train_split_is_an_input_error():
     data.train = None
     with pytest.raises(InputError, match="no 'train' split"):
         run_distill(mlp(), teacher, data)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_pruned_zeros_stay_zero_unless_told_otherwise(keep):
+    teacher, data = teacher_labelled_data()
+    student = mlp()
+    with torch.no_grad():
+        student.fc1.weight[student.fc1.weight.abs() < 0.15] = 0
+    zeros = student.fc1.weight == 0
+    student, record = run_distill(student, teacher, data, epochs=3, lr=1e-2, keep_sparsity=keep)
+    assert set(student.state_dict()) == set(teacher.state_dict())
+    if keep:
+        assert torch.equal(student.fc1.weight == 0, zeros)
+        assert record["sparse_layers_kept"] == ["fc1"]
+    else:
+        assert int((student.fc1.weight == 0).sum()) < int(zeros.sum()) // 10

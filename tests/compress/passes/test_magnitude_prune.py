@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from compress.context import Context
-from compress.passes.magnitude_prune import PRUNABLE, MagnitudePruneConfig, magnitude_prune
-from tests.tiny_models import TINY_ARCHS
+from compress.errors import RecipeError, SelectionError
+from compress.passes.magnitude_prune import PRUNABLE, MagnitudePruneConfig, cubic_schedule, magnitude_prune
+from compress.recipe import parse_recipe
+from tests.tiny_models import TINY_ARCHS, vector_data
 
 
 def apply(model, **params):
@@ -53,3 +55,51 @@ def test_zero_sparsity_is_lossless():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model, _ = apply(model, sparsity=0.0)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_cubic_schedule_rises_fast_then_slowly_to_the_target():
+    schedule = cubic_schedule(0.8, 4)
+    assert schedule == pytest.approx([0.8 * (1 - (1 - k / 4) ** 3) for k in (1, 2, 3, 4)])
+    assert schedule[-1] == pytest.approx(0.8)
+    steps = [b - a for a, b in zip([0.0, *schedule], schedule)]
+    assert steps == sorted(steps, reverse=True)
+
+
+def test_gradual_pruning_with_finetuning_keeps_masks_and_beats_one_shot():
+    data = vector_data(batches=6, batch_size=16)
+    teacher = TINY_ARCHS["mlp"][0]()
+
+    def distance(model):
+        with torch.no_grad():
+            return float(sum(torch.nn.functional.mse_loss(model(x), teacher(x)) for x, _ in data.eval))
+
+    ctx = Context(data, data.eval[0][0], teacher, lambda m, split="eval": 0.0)
+    config = MagnitudePruneConfig(sparsity=0.8, steps=4, finetune_steps=30, finetune_lr=1e-2)
+    gradual = magnitude_prune(TINY_ARCHS["mlp"][0](), config, ctx)
+    one_shot, _ = apply(TINY_ARCHS["mlp"][0](), sparsity=0.8)
+    for layer in (gradual.fc1, gradual.fc2):
+        assert int((layer.weight == 0).sum()) == round(0.8 * layer.weight.numel())
+    assert set(gradual.state_dict()) == set(teacher.state_dict())  # masks baked, no weight_orig left
+    assert ctx._record["schedule"] == pytest.approx(cubic_schedule(0.8, 4))
+    assert distance(gradual) < 0.5 * distance(one_shot)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "residual_cnn"])
+def test_n_m_pattern_keeps_n_of_every_m_inputs(arch):
+    model, record = apply(TINY_ARCHS[arch][0](), pattern="2:4", exclude=["re:stem.*"] if arch != "mlp" else [])
+    for name, sparsity in record["layer_sparsity"].items():
+        weight = model.get_submodule(name).weight.detach().movedim(1, -1)
+        assert torch.equal((weight.reshape(-1, 4) != 0).sum(1), torch.full((weight.numel() // 4,), 2))
+        assert sparsity == 0.5
+
+
+def test_n_m_pattern_names_a_layer_whose_width_does_not_divide():
+    with pytest.raises(
+        SelectionError, match=r"layer 'stem\.0' has 1 inputs, not a multiple of 4 .*exclude: \['stem\.0'\]"
+    ):
+        apply(TINY_ARCHS["residual_cnn"][0](), pattern="2:4")
+
+
+def test_invalid_pattern_is_a_recipe_error():
+    with pytest.raises(RecipeError, match=r"pattern.*'N:M' with 0 < N < M <= 64.*'4:2'"):
+        parse_recipe({"passes": [{"pass": "magnitude_prune", "pattern": "4:2"}]})
