@@ -72,6 +72,40 @@ class TinyTransformer(nn.Module):
         return self.head((x * weights).sum(1) / weights.sum(1))
 
 
+def tiny_bert_encoder():
+    """A 2-layer BERT (random weights) with mean pooling, as the MiniLM workload is built."""
+    from transformers import BertConfig, BertModel
+
+    from compress.hf import SentenceEncoder
+
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
+    return SentenceEncoder(BertModel(config, add_pooling_layer=False))
+
+
+def tiny_vit_classifier():
+    """A 2-layer ViT classifier (random weights) on 1x8x8 images, 4x4 patches."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=4,
+    )
+    return ViTForImageClassification(config)
+
+
 def _seeded(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -128,10 +162,14 @@ mlp = seeded(MLP)
 residual_cnn = seeded(ResidualCNN)
 depthwise_cnn = seeded(DepthwiseSeparableCNN)
 tiny_transformer = seeded(TinyTransformer)
+tiny_bert = seeded(tiny_bert_encoder)
+tiny_vit = seeded(tiny_vit_classifier)
 
 TINY_ARCHS = {
     "mlp": (mlp, vector_data),
     "residual_cnn": (residual_cnn, image_data),
     "depthwise_cnn": (depthwise_cnn, image_data),
     "tiny_transformer": (tiny_transformer, token_data),
+    "tiny_bert": (tiny_bert, token_data),
+    "tiny_vit": (tiny_vit, image_data),
 }

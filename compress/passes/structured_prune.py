@@ -19,6 +19,7 @@ from pydantic import Field
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor, training_inputs
 from compress.errors import ModelpressError
+from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
 from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
 from compress.registry import register_pass
 from compress.select import select_modules
@@ -42,7 +43,12 @@ class StructuredPruneConfig(PassConfig):
     layer_ratios: ratio per layer name or ``re:`` pattern, overriding ``ratio`` there.
     round_to: keep widths a multiple of this (e.g. 8) for hardware-friendly kernels.
     exclude: layers never pruned; the layer producing the output is always kept.
+    head_ratio: share of attention heads removed whole from each attention layer (transformers).
     steps: prune in this many steps; ``finetune_steps`` optimizer steps towards the teacher between them.
+
+    For a BERT-style encoder, ``ratio: 0``, ``head_ratio: 0.33`` and
+    ``layer_ratios: {"re:.*intermediate\\.dense": 0.5}`` remove a third of the heads and half
+    of the FFN neurons while the hidden size stays.
     """
 
     ratio: Ratio = 0.5
@@ -50,6 +56,7 @@ class StructuredPruneConfig(PassConfig):
     importance: Criterion = Criterion.l2
     allocation: Allocation = Allocation.uniform
     layer_ratios: dict[str, Ratio] = Field(default_factory=dict)
+    head_ratio: Ratio = 0.0
     round_to: int | None = Field(None, ge=1, le=1024)
     exclude: list[str] = Field(default_factory=list)
     steps: int = Field(1, ge=1, le=100)
@@ -125,6 +132,9 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
             iterative_steps=config.steps,
             ignored_layers=list(ignored.values()),
             round_to=config.round_to,
+            num_heads=head_groups(model),
+            prune_head_dims=False,  # heads are removed whole by prune_heads; channels never split one
+            output_transform=lambda output: first_tensor(output).sum(),
         )
     except Exception as exc:  # noqa: BLE001  (tracing errors come from deep inside torch)
         raise PruneError(
@@ -187,8 +197,13 @@ def _widths(model: torch.nn.Module) -> dict[str, list[int]]:
 
 def restore(model: torch.nn.Module, record: dict, example_inputs: Any) -> torch.nn.Module:
     """Replay the recorded pruning on a fresh model so saved weights fit it."""
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs)
+    for name, heads in record.get("removed_heads", {}).items():
+        remove_heads(model, name, heads)
+    graph = tp.DependencyGraph().build_dependency(
+        model, example_inputs, output_transform=lambda output: first_tensor(output).sum()
+    )
     graph.load_pruning_history(record["pruning_history"])
+    update_hf_config(model)
     return model
 
 
@@ -197,6 +212,11 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     inputs = ctx.example_inputs
     _, output_shape = _execution_order(model, inputs)
     macs_before, params_before = tp.utils.count_ops_and_params(model, inputs)
+    removed_heads = {}
+    if config.head_ratio > 0:
+        p = 1 if config.importance == Criterion.l1.value else 2
+        removed_heads = prune_heads(model, config.head_ratio, p, random=config.importance == Criterion.random.value)
+        _check_forward(model, inputs, output_shape)
     ratio = config.ratio
     if config.macs_reduction is not None:
         ratio = _ratio_for_macs(model, config, inputs, config.macs_reduction)
@@ -213,6 +233,9 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
             fit_to_teacher(model, ctx.teacher, batches, config.finetune_steps, config.finetune_lr)
     macs_after, params_after = tp.utils.count_ops_and_params(model, inputs)
     ctx.record(
+        removed_heads=removed_heads,
+        attention_heads=head_counts(model),
+        config_updates=update_hf_config(model),
         ratio=ratio,
         params_before=int(params_before),
         params_after=int(params_after),

@@ -36,7 +36,7 @@ def prune(model, data, **params):
 def test_prunes_runs_exports_and_passes_parity(arch, tmp_path):
     factory, data_factory = TINY_ARCHS[arch]
     data = data_factory()
-    model, record = prune(factory(), data, ratio=0.5)
+    model, record = prune(factory(), data, ratio=0.5, head_ratio=0.5)  # head_ratio: where there are heads
     assert count_params(model) == record["params_after"] < 0.6 * record["params_before"]
     assert record["macs_after"] < record["macs_before"]
     inputs = data.eval[0][0]
