@@ -65,31 +65,48 @@ def _tokenize(tokenizer, sentences: list[str], max_length: int) -> dict[str, tor
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
-def stsb_data(
-    path: str = "../shared/data/stsb",
-    tokenizer: str | None = None,
-    batch_size: int = 32,
-    max_length: int = 128,
-    train_sentences: int | None = None,
-    calibration_batches: int = 8,
-) -> TaskData:
-    """STS-B dev as eval ((ids a, ids b, gold) batches); train sentences, unlabelled, as train."""
-    from transformers import AutoTokenizer
-
-    folder = Path(path).expanduser().resolve()
-    tok = AutoTokenizer.from_pretrained(str(tokenizer or minilm_path()))
-    dev = read_stsb(folder / "sts-dev.csv")
-    eval_batches = []
-    for start in range(0, len(dev), batch_size):
-        chunk = dev[start : start + batch_size]
-        eval_batches.append(
+def _pair_batches(tok, pairs, batch_size: int, max_length: int) -> list:
+    batches = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        batches.append(
             (
                 _tokenize(tok, [a for a, _, _ in chunk], max_length),
                 _tokenize(tok, [b for _, b, _ in chunk], max_length),
                 torch.tensor([s for _, _, s in chunk]),
             )
         )
-    sentences = list(dict.fromkeys(s for a, b, _ in read_stsb(folder / "sts-train.csv") for s in (a, b)))
+    return batches
+
+
+def stsb_data(
+    path: str = "../shared/data/stsb",
+    tokenizer: str | None = None,
+    batch_size: int = 32,
+    max_length: int = 128,
+    validation_pairs: int = 500,
+    train_sentences: int | None = None,
+    calibration_batches: int = 8,
+) -> TaskData:
+    """STS-B for a sentence encoder.
+
+    eval: the dev pairs, ``(ids a, ids b, gold)`` batches. validation: the first
+    ``validation_pairs`` scored train pairs, for checkpoint selection (dev stays unseen).
+    train: the other train sentences, unlabelled, shuffled, for distillation.
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(path).expanduser().resolve()
+    tok = AutoTokenizer.from_pretrained(str(tokenizer or minilm_path()))
+    train_pairs = read_stsb(folder / "sts-train.csv")
+    held = train_pairs[:validation_pairs]
+    held_sentences = {s for a, b, _ in held for s in (a, b)}
+    eval_batches = _pair_batches(tok, read_stsb(folder / "sts-dev.csv"), batch_size, max_length)
+    sentences = [
+        s
+        for s in dict.fromkeys(s for a, b, _ in train_pairs[validation_pairs:] for s in (a, b))
+        if s not in held_sentences
+    ]
     sentences = sentences[:train_sentences] if train_sentences else sentences
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(sentences), generator=generator).tolist()
@@ -97,4 +114,9 @@ def stsb_data(
         _tokenize(tok, [sentences[i] for i in order[start : start + batch_size]], max_length)
         for start in range(0, len(order), batch_size)
     ]
-    return TaskData(eval=eval_batches, train=train_batches, calibration=train_batches[:calibration_batches])
+    return TaskData(
+        eval=eval_batches,
+        train=train_batches,
+        validation=_pair_batches(tok, held, batch_size, max_length) if held else None,
+        calibration=train_batches[:calibration_batches],
+    )

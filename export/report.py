@@ -72,14 +72,20 @@ def render_markdown(report: dict) -> str:
         "",
         "## Stages (torch)",
         "",
-        "| stage | metric | Δ vs baseline | params | non-zero params | time (s) |",
-        "|---|---|---|---|---|---|",
+        "| stage | metric | Δ vs baseline | params | non-zero params | MACs (vs before the pass) | time (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in stages:
         delta = s["metric"]["value"] - base_metric
+        record = s.get("record") or {}
+        macs = (
+            f"{record['macs_after']:,} ({_ratio(record['macs_after'], record['macs_before'])})"
+            if "macs_after" in record
+            else "–"
+        )
         lines.append(
             f"| {s['name']} | {s['metric']['name']} {s['metric']['value']:.4f} | {delta:+.4f} "
-            f"| {s['params']:,} | {s['nonzero_params']:,} | {s['seconds']:.1f} |"
+            f"| {s['params']:,} | {s['nonzero_params']:,} | {macs} | {s['seconds']:.1f} |"
         )
     lines += [
         "",

@@ -106,6 +106,26 @@ def tiny_vit_classifier():
     return ViTForImageClassification(config)
 
 
+def tiny_gpt2_classifier():
+    """A 2-layer GPT-2 (random weights; fused q/k/v in Conv1D layers) classifying from its last token."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    config = GPT2Config(
+        vocab_size=50,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_inner=64,
+        use_cache=False,
+        num_labels=3,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
+    return GPT2ForSequenceClassification(config)
+
+
 def _seeded(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -133,7 +153,7 @@ def token_data(batches=3, batch_size=4, length=7, vocab=50, classes=3):
     g = _seeded(2)
     data = []
     for _ in range(batches):
-        ids = torch.randint(0, vocab, (batch_size, length), generator=g)
+        ids = torch.randint(2, vocab, (batch_size, length), generator=g)  # 0: padding, 1: bos/eos
         mask = torch.ones(batch_size, length, dtype=torch.long)
         mask[0, -2:] = 0
         data.append(({"input_ids": ids, "attention_mask": mask}, torch.randint(0, classes, (batch_size,), generator=g)))
@@ -164,6 +184,7 @@ depthwise_cnn = seeded(DepthwiseSeparableCNN)
 tiny_transformer = seeded(TinyTransformer)
 tiny_bert = seeded(tiny_bert_encoder)
 tiny_vit = seeded(tiny_vit_classifier)
+tiny_gpt2 = seeded(tiny_gpt2_classifier)
 
 TINY_ARCHS = {
     "mlp": (mlp, vector_data),
@@ -172,4 +193,5 @@ TINY_ARCHS = {
     "tiny_transformer": (tiny_transformer, token_data),
     "tiny_bert": (tiny_bert, token_data),
     "tiny_vit": (tiny_vit, image_data),
+    "tiny_gpt2": (tiny_gpt2, token_data),
 }

@@ -8,4 +8,5 @@ FP32_EXPORT_ATOL = {
     "tiny_transformer": 1e-4,
     "tiny_bert": 1e-4,
     "tiny_vit": 1e-4,
+    "tiny_gpt2": 1e-4,
 }

@@ -19,13 +19,22 @@ from pydantic import Field
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor, training_inputs
 from compress.errors import ModelpressError
+from compress.metrics import count_params
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
+from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
 from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
 from compress.registry import register_pass
 from compress.select import select_modules
 from compress.training import fit_to_teacher
 
 PRUNABLE = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def _prunable(model: torch.nn.Module) -> tuple[type, ...]:
+    """Layer types to prune: torch's, plus Hugging Face Conv1D where the model has it."""
+    return PRUNABLE + tuple(conv1d_types(model))
+
+
 Ratio = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
@@ -75,7 +84,7 @@ def _execution_order(model: torch.nn.Module, example_inputs: Any) -> tuple[list[
     hooks = [
         m.register_forward_hook(lambda *_, name=name: order.append(name))
         for name, m in model.named_modules()
-        if isinstance(m, PRUNABLE)
+        if isinstance(m, _prunable(model))
     ]
     try:
         with torch.no_grad():
@@ -113,14 +122,52 @@ def _check_forward(model: torch.nn.Module, example_inputs: Any, expected: torch.
         )
 
 
+def _conv1d_support(model: torch.nn.Module) -> dict:
+    """Torch-Pruning arguments that make Hugging Face Conv1D layers prunable group roots."""
+    types = conv1d_types(model)
+    if not types:
+        return {}
+    return {
+        "customized_pruners": {t: Conv1DPruner() for t in types},
+        "root_module_types": [tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM, *types],
+    }
+
+
+def _layer_ratios(model, config: StructuredPruneConfig) -> dict[torch.nn.Module, float]:
+    ratios = {}
+    for pattern, value in config.layer_ratios.items():
+        owner = "structured_prune.layer_ratios"
+        for module in select_modules(model, [pattern], types=_prunable(model), owner=owner).values():
+            ratios[module] = value
+    return ratios
+
+
+def _prune_custom_layers(pruner: tp.pruner.BasePruner, ratios: dict, step: int, steps: int, round_to) -> None:
+    """Out-channel pruning of layers Torch-Pruning's ratio table skips (custom types such as Conv1D).
+
+    The groups still come from its dependency graph, so coupled layers are cut together and
+    the cut lands in the same pruning history; channels are ranked by the L2 norm of the
+    weights the group cuts.
+    """
+    for module, ratio in ratios.items():
+        prune_out = pruner.DG.get_pruner_of_module(module).prune_out_channels
+        current = pruner.DG.get_out_channels(module)
+        initial = pruner.custom_initial_width.setdefault(module, current)
+        target = round(initial * (1 - ratio * (step + 1) / steps))
+        if round_to:
+            target = max(round_to, round(target / round_to) * round_to)
+        if current <= target:
+            continue
+        scores = group_scores(pruner.DG.get_pruning_group(module, prune_out, list(range(current))))
+        drop = torch.topk(scores, current - target, largest=False).indices.tolist()
+        pruner.DG.get_pruning_group(module, prune_out, drop).prune()
+
+
 def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: float) -> tp.pruner.BasePruner:
     order, _ = _execution_order(model, example_inputs)
-    ignored = select_modules(model, config.exclude, types=PRUNABLE, owner="structured_prune.exclude")
+    ignored = select_modules(model, config.exclude, types=_prunable(model), owner="structured_prune.exclude")
     ignored = {**ignored, order[-1]: model.get_submodule(order[-1])} if order else ignored
-    layer_ratios = {}
-    for pattern, value in config.layer_ratios.items():
-        for module in select_modules(model, [pattern], types=PRUNABLE, owner="structured_prune.layer_ratios").values():
-            layer_ratios[module] = value
+    layer_ratios = {m: r for m, r in _layer_ratios(model, config).items() if not is_conv1d(m)}
     try:
         return tp.pruner.BasePruner(
             model,
@@ -135,6 +182,7 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
             num_heads=head_groups(model),
             prune_head_dims=False,  # heads are removed whole by prune_heads; channels never split one
             output_transform=lambda output: first_tensor(output).sum(),
+            **_conv1d_support(model),
         )
     except Exception as exc:  # noqa: BLE001  (tracing errors come from deep inside torch)
         raise PruneError(
@@ -168,7 +216,10 @@ def _step(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> None:
         ) from None
 
 
-def _macs(model, example_inputs) -> int:
+def _macs(model, example_inputs) -> int | None:
+    """MACs by Torch-Pruning's counter; None where it cannot count every layer (Hugging Face Conv1D)."""
+    if conv1d_types(model):
+        return None
     return int(tp.utils.count_ops_and_params(model, example_inputs)[0])
 
 
@@ -191,7 +242,7 @@ def _widths(model: torch.nn.Module) -> dict[str, list[int]]:
     return {
         name: list(m.weight.shape[:2])
         for name, m in model.named_modules()
-        if isinstance(m, PRUNABLE) and m.weight is not None
+        if isinstance(m, _prunable(model)) and m.weight is not None
     }
 
 
@@ -199,8 +250,12 @@ def restore(model: torch.nn.Module, record: dict, example_inputs: Any) -> torch.
     """Replay the recorded pruning on a fresh model so saved weights fit it."""
     for name, heads in record.get("removed_heads", {}).items():
         remove_heads(model, name, heads)
+    support = _conv1d_support(model)
     graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs, output_transform=lambda output: first_tensor(output).sum()
+        model,
+        example_inputs,
+        output_transform=lambda output: first_tensor(output).sum(),
+        customized_pruners=support.get("customized_pruners"),
     )
     graph.load_pruning_history(record["pruning_history"])
     update_hf_config(model)
@@ -211,7 +266,7 @@ def restore(model: torch.nn.Module, record: dict, example_inputs: Any) -> torch.
 def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx) -> torch.nn.Module:
     inputs = ctx.example_inputs
     _, output_shape = _execution_order(model, inputs)
-    macs_before, params_before = tp.utils.count_ops_and_params(model, inputs)
+    macs_before, params_before = _macs(model, inputs), count_params(model)
     removed_heads = {}
     if config.head_ratio > 0:
         p = 1 if config.importance == Criterion.l1.value else 2
@@ -221,26 +276,29 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     if config.macs_reduction is not None:
         ratio = _ratio_for_macs(model, config, inputs, config.macs_reduction)
     pruner = _build_pruner(model, config, inputs, ratio)
+    pruner.custom_initial_width = {}
     for step in range(config.steps):
         if config.importance in NEEDS_GRADIENTS:
             split = "calibration" if ctx.data.calibration is not None else "train"
             accumulate_task_gradients(model, ctx.data.batches(split), config.gradient_batches)
         _step(pruner, model)
+        custom = {m: r for m, r in _layer_ratios(model, config).items() if is_conv1d(m)}
+        _prune_custom_layers(pruner, custom, step, config.steps, config.round_to)
         model.zero_grad(set_to_none=True)
         _check_forward(model, inputs, output_shape)
         if config.finetune_steps and step < config.steps - 1:
             batches = lambda: (training_inputs(b) for b in ctx.data.batches("train"))  # noqa: E731
             fit_to_teacher(model, ctx.teacher, batches, config.finetune_steps, config.finetune_lr)
-    macs_after, params_after = tp.utils.count_ops_and_params(model, inputs)
+    macs_after, params_after = _macs(model, inputs), count_params(model)
     ctx.record(
         removed_heads=removed_heads,
         attention_heads=head_counts(model),
         config_updates=update_hf_config(model),
         ratio=ratio,
-        params_before=int(params_before),
-        params_after=int(params_after),
-        macs_before=int(macs_before),
-        macs_after=int(macs_after),
+        params_before=params_before,
+        params_after=params_after,
+        macs_before=macs_before,
+        macs_after=macs_after,
         widths=_widths(model),
         pruning_history=[[name, bool(out), [int(i) for i in idx]] for name, out, idx in pruner.pruning_history()],
     )

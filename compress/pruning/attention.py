@@ -13,23 +13,33 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch_pruning as tp
+
+from compress.pruning.conv1d import cut_in, cut_out, in_rows, is_conv1d, out_rows, out_width
 
 
 @dataclass(frozen=True)
 class AttentionLayout:
     family: str
-    projections: tuple[str, str, str]  # query, key, value: output rows grouped by head
+    projections: tuple[str, ...]  # query, key, value layers; or one fused layer holding [q | k | v]
     output: str  # output projection, relative to the module ("../" = its parent)
     heads_attr: str
-    size_attr: str | None = None  # attribute holding heads * head size, if the module keeps one
+    size_attrs: tuple[str, ...] = ()  # attributes holding heads * head size
 
     def matches(self, module: torch.nn.Module) -> bool:
-        return all(isinstance(getattr(module, p, None), torch.nn.Linear) for p in self.projections) and isinstance(
-            getattr(module, self.heads_attr, None), int
-        )
+        layers = [getattr(module, p, None) for p in self.projections]
+        linear = all(isinstance(layer, torch.nn.Linear) or (layer is not None and is_conv1d(layer)) for layer in layers)
+        return linear and isinstance(getattr(module, self.heads_attr, None), int)
 
-    def output_layer(self, model: torch.nn.Module, name: str) -> torch.nn.Linear:
+    @property
+    def sections(self) -> int:
+        """How many of q, k, v each projection layer holds."""
+        return 3 // len(self.projections)
+
+    def width(self, module: torch.nn.Module) -> int:
+        """heads * head size: the width of one of q, k, v."""
+        return out_width(getattr(module, self.projections[0])) // self.sections
+
+    def output_layer(self, model: torch.nn.Module, name: str) -> torch.nn.Module:
         path = self.output
         while path.startswith("../"):
             name, path = name.rpartition(".")[0], path[3:]
@@ -37,12 +47,16 @@ class AttentionLayout:
 
 
 LAYOUTS = (
-    AttentionLayout("bert", ("query", "key", "value"), "../output.dense", "num_attention_heads", "all_head_size"),
+    AttentionLayout("bert", ("query", "key", "value"), "../output.dense", "num_attention_heads", ("all_head_size",)),
     AttentionLayout("vit", ("q_proj", "k_proj", "v_proj"), "o_proj", "num_attention_heads"),
+    AttentionLayout("gpt2", ("c_attn",), "c_proj", "num_heads", ("split_size",)),
 )
 
-# FFN up-projections, whose common width is the config's ``intermediate_size``.
-FFN_LAYERS = re.compile(r".*(intermediate\.dense|mlp\.fc1)$")
+# FFN up-projections and the config field that holds their common width.
+FFN_FIELDS = (
+    (re.compile(r".*(intermediate\.dense|mlp\.fc1)$"), "intermediate_size"),
+    (re.compile(r".*mlp\.c_fc$"), "n_inner"),
+)
 
 
 def attention_modules(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, AttentionLayout]]:
@@ -59,7 +73,7 @@ def head_groups(model: torch.nn.Module) -> dict[torch.nn.Module, int]:
     groups = {}
     for module, layout in attention_modules(model).values():
         for projection in layout.projections:
-            groups[getattr(module, projection)] = getattr(module, layout.heads_attr)
+            groups[getattr(module, projection)] = getattr(module, layout.heads_attr) * layout.sections
     return groups
 
 
@@ -67,23 +81,26 @@ def head_scores(model: torch.nn.Module, name: str, p: int) -> torch.Tensor:
     """Lp norm of each head's weights in q, k, v and the output projection."""
     module, layout = attention_modules(model)[name]
     heads = getattr(module, layout.heads_attr)
-    rows = [getattr(module, proj).weight.detach().reshape(heads, -1) for proj in layout.projections]
-    columns = layout.output_layer(model, name).weight.detach().t().reshape(heads, -1)
-    return torch.cat([*rows, columns], dim=1).norm(p=p, dim=1)
+    parts = []
+    for projection in layout.projections:
+        rows = out_rows(getattr(module, projection))  # [sections * heads * size, in]
+        parts += [section.reshape(heads, -1) for section in rows.chunk(layout.sections)]
+    parts.append(in_rows(layout.output_layer(model, name)).reshape(heads, -1))
+    return torch.cat(parts, dim=1).norm(p=p, dim=1)
 
 
 def remove_heads(model: torch.nn.Module, name: str, heads: list[int]) -> None:
     """Cut ``heads`` out of the attention module ``name`` and update its attributes."""
     module, layout = attention_modules(model)[name]
-    count = getattr(module, layout.heads_attr)
-    size = getattr(module, layout.projections[0]).out_features // count
+    count, width = getattr(module, layout.heads_attr), layout.width(module)
+    size = width // count
     channels = [h * size + i for h in sorted(heads) for i in range(size)]
     for projection in layout.projections:
-        tp.prune_linear_out_channels(getattr(module, projection), channels)
-    tp.prune_linear_in_channels(layout.output_layer(model, name), channels)
+        cut_out(getattr(module, projection), [s * width + c for s in range(layout.sections) for c in channels])
+    cut_in(layout.output_layer(model, name), channels)
     setattr(module, layout.heads_attr, count - len(heads))
-    if layout.size_attr:
-        setattr(module, layout.size_attr, getattr(module, layout.projections[0]).out_features)
+    for attr in layout.size_attrs:
+        setattr(module, attr, layout.width(module))
 
 
 def prune_heads(model: torch.nn.Module, ratio: float, p: int = 2, random: bool = False) -> dict[str, list[int]]:
@@ -107,18 +124,20 @@ def head_counts(model: torch.nn.Module) -> dict[str, int]:
 def update_hf_config(model: torch.nn.Module) -> dict[str, int]:
     """Keep a Hugging Face config consistent where its fields can describe the pruned model.
 
-    ``intermediate_size`` when every FFN layer has the same width; ``num_attention_heads``
+    ``intermediate_size`` (GPT-2: ``n_inner``) when every FFN layer has the same width; ``num_attention_heads``
     (with ``head_dim``) only for layouts whose modules read an explicit ``head_dim`` (ViT),
     since BERT derives the head size from ``hidden_size / num_attention_heads``.
     Returns the fields it changed.
     """
     changed = {}
-    widths = {m.out_features for n, m in model.named_modules() if FFN_LAYERS.fullmatch(n)}
-    head_dims = {getattr(m, "head_dim", None) for m, _ in attention_modules(model).values()}
+    head_dims = {getattr(m, "head_dim", None) for m, lay in attention_modules(model).values() if lay.family == "vit"}
     counts = set(head_counts(model).values())
     for owner in {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}.values():
-        if len(widths) == 1 and hasattr(owner, "intermediate_size"):
-            owner.intermediate_size = changed["intermediate_size"] = next(iter(widths))
+        for pattern, field in FFN_FIELDS:
+            widths = {out_width(m) for n, m in model.named_modules() if pattern.fullmatch(n)}
+            if len(widths) == 1 and hasattr(owner, field):
+                setattr(owner, field, next(iter(widths)))
+                changed[field] = next(iter(widths))
         if len(counts) == 1 and len(head_dims) == 1 and None not in head_dims:
             owner.head_dim = changed["head_dim"] = next(iter(head_dims))
             owner.num_attention_heads = changed["num_attention_heads"] = next(iter(counts))

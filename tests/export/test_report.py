@@ -35,7 +35,8 @@ ARTIFACT = {
 
 
 def stage(index, name, metric):
-    return StageResult(index, name, None, None, "accuracy", metric, 100, 50 + index, 0.1, "f")
+    record = {"macs_before": 1000, "macs_after": 500} if index else {}
+    return StageResult(index, name, None, None, "accuracy", metric, 100, 50 + index, 0.1, "f", record)
 
 
 def make_report():
@@ -70,7 +71,7 @@ def test_report_has_required_fields():
 
 def test_markdown_shows_stages_artifacts_failures_and_latency():
     text = render_markdown(make_report())
-    assert "| magnitude_prune | accuracy 0.9800 | -0.0200 | 100 | 51 | 0.1 |" in text
+    assert "| magnitude_prune | accuracy 0.9800 | -0.0200 | 100 | 51 | 500 (0.50×) | 0.1 |" in text
     assert "| baseline | passed | accuracy 0.9900 | 1.00e-06 | 2.000 MB (1.00×) | 1.500 MB (1.00×) | 18 |" in text
     assert "**compressed failed:** parity failed: max abs diff 1 > atol 0.0001" in text
     assert "| baseline | cpu (CPUExecutionProvider) | 1 | 2 | 0.200 | 0.300 | 1.00× |" in text

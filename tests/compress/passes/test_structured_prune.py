@@ -38,7 +38,10 @@ def test_prunes_runs_exports_and_passes_parity(arch, tmp_path):
     data = data_factory()
     model, record = prune(factory(), data, ratio=0.5, head_ratio=0.5)  # head_ratio: where there are heads
     assert count_params(model) == record["params_after"] < 0.6 * record["params_before"]
-    assert record["macs_after"] < record["macs_before"]
+    if arch == "tiny_gpt2":  # Torch-Pruning's counter skips Conv1D: no figure rather than a wrong one
+        assert record["macs_before"] is None and record["macs_after"] is None
+    else:
+        assert record["macs_after"] < record["macs_before"]
     inputs = data.eval[0][0]
     assert first_tensor(call_model(model, inputs)).shape == first_tensor(call_model(factory(), inputs)).shape
     pruned = to_onnx(model, take_rows(inputs, 2), tmp_path / "pruned.onnx")

@@ -6,15 +6,18 @@ import pytest
 import torch
 
 from compress.context import Context
+from compress.data import call_model, first_tensor
 from compress.evaluate import EVALUATORS
 from compress.passes.structured_prune import StructuredPruneConfig, structured_prune
 from compress.pipeline import run_pipeline
 from compress.pruning.attention import attention_modules, head_counts, head_scores
+from compress.pruning.conv1d import in_rows, out_width
 from compress.recipe import load_recipe
-from tests.tiny_models import image_data, tiny_bert, tiny_vit, token_data
+from tests.tiny_models import image_data, tiny_bert, tiny_gpt2, tiny_vit, token_data
 
-FFN = {"tiny_bert": r"re:.*intermediate\.dense", "tiny_vit": r"re:.*mlp\.fc1"}
-ARCHS = {"tiny_bert": (tiny_bert, token_data), "tiny_vit": (tiny_vit, image_data)}
+FFN = {"tiny_bert": r"re:.*intermediate\.dense", "tiny_vit": r"re:.*mlp\.fc1", "tiny_gpt2": r"re:.*mlp\.c_fc"}
+FFN_FIELD = {"tiny_bert": "intermediate_size", "tiny_vit": "intermediate_size", "tiny_gpt2": "n_inner"}
+ARCHS = {"tiny_bert": (tiny_bert, token_data), "tiny_vit": (tiny_vit, image_data), "tiny_gpt2": (tiny_gpt2, token_data)}
 
 
 def prune_heads_and_ffn(arch, head_ratio=0.5, ffn_ratio=0.5):
@@ -32,13 +35,13 @@ def test_heads_and_ffn_are_removed_and_shapes_agree(arch):
     assert set(head_counts(model).values()) == {2}
     for name, (module, layout) in attention_modules(model).items():
         assert len(record["removed_heads"][name]) == 2
-        rows = {getattr(module, p).out_features for p in layout.projections}
-        assert rows == {layout.output_layer(model, name).in_features} == {2 * 8}
-    assert record["config_updates"]["intermediate_size"] == 32
+        rows = {out_width(getattr(module, p)) // layout.sections for p in layout.projections}
+        assert rows == {in_rows(layout.output_layer(model, name)).shape[0]} == {2 * 8}
+    assert record["config_updates"][FFN_FIELD[arch]] == 32
     inputs = data.eval[0][0]
     with torch.no_grad():
-        out = model(**inputs) if isinstance(inputs, dict) else model(inputs).logits
-        ref = original(**inputs) if isinstance(inputs, dict) else original(inputs).logits
+        out = first_tensor(call_model(model, inputs))
+        ref = first_tensor(call_model(original, inputs))
     assert out.shape == ref.shape
 
 
