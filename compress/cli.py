@@ -63,8 +63,8 @@ def _cmd_passes(args) -> int:
     from compress.registry import get_pass, list_passes
 
     for name in list_passes():
-        doc = (get_pass(name).apply.__module__ and sys.modules[get_pass(name).apply.__module__].__doc__) or ""
-        print(f"{name}: {doc.strip().splitlines()[0] if doc.strip() else ''}")
+        doc = (sys.modules[get_pass(name).apply.__module__].__doc__ or "").strip()
+        print(f"{name}: {doc.splitlines()[0].split(': ', 1)[-1] if doc else ''}")
     return 0
 
 

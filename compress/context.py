@@ -26,8 +26,8 @@ class Context:
     seed: int = 0
     work_dir: Path | None = None
     history: list[dict] = field(default_factory=list)
-    _record: dict = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)
 
     def record(self, **facts: Any) -> None:
         """Add facts about the running pass (kept indices, per-layer sparsity...) to its record."""
-        self._record.update(facts)
+        self.facts.update(facts)

@@ -98,7 +98,7 @@ def run_pipeline(
         log.info(f"stage {index}/{len(recipe.passes)}: {names[index - 1]}")
         torch.manual_seed(recipe.seed + index)
         start = time.perf_counter()
-        ctx._record = {}
+        ctx.facts = {}
         model = spec.apply(model, config, ctx)
         model.eval()
         stage = _finish_stage(
@@ -122,7 +122,7 @@ def _finish_stage(ctx, model, index, name, config, evaluator, fingerprint, start
         nonzero_params=count_nonzero_params(model),
         seconds=round(time.perf_counter() - start, 3),
         fingerprint=fingerprint,
-        record=dict(ctx._record),
+        record=dict(ctx.facts),
     )
     if out_dir is not None:
         save_stage(out_dir, stage, model if index > 0 else None)

@@ -36,7 +36,7 @@ def damaged(model):
 
 def run_distill(student, entered, data, evaluate=None, **params):
     ctx = Context(data, data.eval[0][0], entered, evaluate or (lambda m, split="eval": agreement(m, data)))
-    return distill(student, DistillConfig(**params), ctx), ctx._record
+    return distill(student, DistillConfig(**params), ctx), ctx.facts
 
 
 def test_logits_loss_is_t_squared_kl_mixed_with_cross_entropy():

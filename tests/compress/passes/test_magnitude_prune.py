@@ -12,7 +12,7 @@ from tests.tiny_models import TINY_ARCHS, vector_data
 
 def apply(model, **params):
     ctx = Context(data=None, example_inputs=None, teacher=model, evaluate=lambda m: 0.0)
-    return magnitude_prune(model, MagnitudePruneConfig(**params), ctx), ctx._record
+    return magnitude_prune(model, MagnitudePruneConfig(**params), ctx), ctx.facts
 
 
 @pytest.mark.parametrize("arch", list(TINY_ARCHS))
@@ -80,7 +80,7 @@ def test_gradual_pruning_with_finetuning_keeps_masks_and_beats_one_shot():
     for layer in (gradual.fc1, gradual.fc2):
         assert int((layer.weight == 0).sum()) == round(0.8 * layer.weight.numel())
     assert set(gradual.state_dict()) == set(teacher.state_dict())  # masks baked, no weight_orig left
-    assert ctx._record["schedule"] == pytest.approx(cubic_schedule(0.8, 4))
+    assert ctx.facts["schedule"] == pytest.approx(cubic_schedule(0.8, 4))
     assert distance(gradual) < 0.5 * distance(one_shot)
 
 

@@ -29,7 +29,7 @@ def stored_weights(path) -> int:
 
 def prune(model, data, **params):
     ctx = Context(data, data.eval[0][0], copy.deepcopy(model), lambda m: 0.0)
-    return structured_prune(model, StructuredPruneConfig(**params), ctx), ctx._record
+    return structured_prune(model, StructuredPruneConfig(**params), ctx), ctx.facts
 
 
 @pytest.mark.parametrize("arch", list(TINY_ARCHS))

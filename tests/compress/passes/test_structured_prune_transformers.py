@@ -25,7 +25,7 @@ def prune_heads_and_ffn(arch, head_ratio=0.5, ffn_ratio=0.5):
     model, data = factory(), data_factory()
     ctx = Context(data, data.eval[0][0], copy.deepcopy(model), lambda m, split="eval": 0.0)
     config = StructuredPruneConfig(ratio=0.0, head_ratio=head_ratio, layer_ratios={FFN[arch]: ffn_ratio})
-    return structured_prune(model, config, ctx), ctx._record, data
+    return structured_prune(model, config, ctx), ctx.facts, data
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
