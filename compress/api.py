@@ -12,6 +12,7 @@ import torch
 
 from compress import log
 from compress.data import TaskData, as_task_data, take_rows
+from compress.distributed import init_from_environment, is_main
 from compress.errors import InputError
 from compress.evaluate import Evaluator, resolve_evaluator
 from compress.io import read_json, write_json_atomic, write_text_atomic
@@ -71,19 +72,22 @@ def run(
 
     ``data`` is TaskData, a dict of splits, or an iterable of eval batches. The run folder
     (default ``runs/<recipe name>``) receives stages, ONNX artifacts and the report; rerunning
-    into the same folder resumes after the last completed stage.
+    into the same folder resumes after the last completed stage. Under torchrun every rank
+    runs the passes (training ones with DDP) and rank 0 alone writes.
     """
+    init_from_environment()
     recipe = load_recipe(recipe)
     data = as_task_data(data)
     evaluator = resolve_evaluator(evaluator or recipe.task.metric, search_dir)
     if example_inputs is None:
         example_inputs = _example_inputs(evaluator, data)
     out = Path(out_dir or Path("runs") / recipe.name)
-    out.mkdir(parents=True, exist_ok=True)
-    _save_recipe(out, recipe, search_dir)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        _save_recipe(out, recipe, search_dir)
     result = run_pipeline(model, recipe, data, evaluator, example_inputs, out)
     outcome = CompressionResult(result.model, result.stages, out_dir=out)
-    if export and recipe.export.enabled:
+    if export and recipe.export.enabled and is_main():  # rank 0 alone exports and reports
         from export.artifacts import export_artifacts
 
         models = {"compressed": (result.model, result.stages[-1].name)}

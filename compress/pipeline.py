@@ -15,6 +15,7 @@ import torch
 from compress import log
 from compress.context import Context
 from compress.data import TaskData
+from compress.distributed import barrier, is_main
 from compress.evaluate import Evaluator, torch_predictor
 from compress.metrics import count_nonzero_params, count_params, weights_fingerprint
 from compress.recipe import Recipe
@@ -124,7 +125,8 @@ def _finish_stage(ctx, model, index, name, config, evaluator, fingerprint, start
         fingerprint=fingerprint,
         record=dict(ctx.facts),
     )
-    if out_dir is not None:
+    if out_dir is not None and is_main():
         save_stage(out_dir, stage, model if index > 0 else None)
+    barrier()  # other ranks may read this stage on a later resume
     log.info(f"  {name}: {evaluator.name} {metric:.4f}, {stage.nonzero_params:,}/{stage.params:,} non-zero params")
     return stage

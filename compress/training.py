@@ -77,3 +77,18 @@ def zeros_kept(model: torch.nn.Module, enabled: bool = True) -> Iterator[list[st
     finally:
         for module in layers.values():
             torch_prune.remove(module, "weight")
+
+
+@contextlib.contextmanager
+def training_progress(total: int) -> Iterator[Callable[[int, str], None]]:
+    """A rich progress bar on a terminal (rank 0 only); ``update(step, text)`` moves it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from compress.distributed import is_main
+    from compress.log import console
+
+    enabled = is_main() and console.is_terminal
+    columns = (TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not enabled) as progress:
+        task = progress.add_task("training", total=total)
+        yield lambda step, text: progress.update(task, completed=step, description=text)

@@ -7,7 +7,9 @@ Losses, by ``loss``:
 - ``embedding_mse`` / ``embedding_cosine``: for encoders on unlabelled text, the student
   output is pulled towards the teacher's (Reimers & Gurevych 2020).
 Training: AdamW, linear warm-up then cosine decay, gradient clipping, evaluation on the
-validation split after every epoch, the best epoch's weights kept, early stopping.
+validation split after every epoch, the best epoch's weights kept, early stopping. Under
+torchrun the model is wrapped in DistributedDataParallel and each rank trains on its
+shard of the train batches; losses are averaged across ranks.
 """
 
 import copy
@@ -21,10 +23,11 @@ from pydantic import Field
 from compress import log
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor, training_inputs
+from compress.distributed import mean_across_ranks, shard, world_size
 from compress.errors import InputError
 from compress.recipe import ModelSpec
 from compress.registry import register_pass
-from compress.training import warmup_cosine, zeros_kept
+from compress.training import training_progress, warmup_cosine, zeros_kept
 
 
 class DistillLoss(str, Enum):
@@ -100,50 +103,74 @@ def distill(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modu
     return model
 
 
+def _epoch_batches(ctx) -> list:
+    """This rank's share of one epoch of train batches (all of them for one process)."""
+    return shard(list(ctx.data.batches("train")))
+
+
 def _train(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Module:
     teacher = _teacher(config, ctx).eval()
-    batches_per_epoch = len(list(ctx.data.batches("train")))
+    batches_per_epoch = len(_epoch_batches(ctx))
     if batches_per_epoch == 0:
-        raise InputError("distill: the train split is empty; give the task data a 'train' split of batches")
-    total = min(config.epochs * batches_per_epoch, config.max_steps or float("inf"))
-    params = [p for p in model.parameters() if p.requires_grad]
+        raise InputError(
+            f"distill: the train split has too few batches for {world_size()} process(es); "
+            "give the task data a 'train' split with at least one batch per process"
+        )
+    total = int(min(config.epochs * batches_per_epoch, config.max_steps or float("inf")))
+    params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
     if not params:
         raise InputError("distill: the model has no trainable parameters (all requires_grad=False)")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(total), int(config.warmup_ratio * total)))
-    loss_fn = LOSSES[config.loss]
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(config.warmup_ratio * total)))
+    # DDP averages gradients across ranks, so every rank ends with the same weights.
+    net = torch.nn.parallel.DistributedDataParallel(model) if world_size() > 1 else model
     split = "validation" if ctx.data.validation is not None else "eval"
     best_metric, best_state, best_epoch = ctx.evaluate(model, split), copy.deepcopy(model.state_dict()), 0
     history, step, start, stale = [], 0, time.perf_counter(), 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        running = 0.0
-        seen = 0
-        for batch in ctx.data.batches("train"):
-            inputs = training_inputs(batch)
-            with torch.no_grad():
-                target = first_tensor(call_model(teacher, inputs)).float()
-            loss = loss_fn(first_tensor(call_model(model, inputs)).float(), target, _labels(batch), config)
-            optimizer.zero_grad()
-            loss.backward()
-            if config.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            running, seen, step = running + loss.item(), seen + 1, step + 1
-            if step >= total or (config.max_seconds and time.perf_counter() - start > config.max_seconds):
+
+    def out_of_budget() -> bool:
+        over = config.max_seconds is not None and time.perf_counter() - start > config.max_seconds
+        return step >= total or mean_across_ranks(float(over)) > 0  # any rank over: all stop together
+
+    with training_progress(total) as progress:
+        for epoch in range(1, config.epochs + 1):
+            net.train()
+            losses = []
+            for batch in _epoch_batches(ctx):
+                inputs = training_inputs(batch)
+                with torch.no_grad():
+                    target = first_tensor(call_model(teacher, inputs)).float()
+                student = first_tensor(call_model(net, inputs)).float()
+                loss = LOSSES[config.loss](student, target, _labels(batch), config)
+                optimizer.zero_grad()
+                loss.backward()
+                if config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                step += 1
+                losses.append(loss.item())
+                progress(step, f"epoch {epoch} loss {losses[-1]:.4f}")
+                if out_of_budget():
+                    break
+            model.eval()
+            loss = mean_across_ranks(sum(losses) / max(len(losses), 1))
+            metric = ctx.evaluate(model, split)
+            history.append({"epoch": epoch, "loss": round(loss, 6), split: metric})
+            log.info(f"  distill epoch {epoch}: loss {loss:.4f}, {split} metric {metric:.4f}")
+            if metric >= best_metric:  # on ties the later epoch wins: it has seen more steps at lower lr
+                best_metric, best_state, best_epoch, stale = metric, copy.deepcopy(model.state_dict()), epoch, 0
+            else:
+                stale += 1
+            if out_of_budget() or (config.patience and stale >= config.patience):
                 break
-        model.eval()
-        metric = ctx.evaluate(model, split)
-        history.append({"epoch": epoch, "loss": round(running / max(seen, 1), 6), split: metric})
-        log.info(f"  distill epoch {epoch}: loss {running / max(seen, 1):.4f}, {split} metric {metric:.4f}")
-        if metric >= best_metric:  # on ties the later epoch wins: it has seen more steps at lower lr
-            best_metric, best_state, best_epoch, stale = metric, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            stale += 1
-        out_of_budget = step >= total or (config.max_seconds and time.perf_counter() - start > config.max_seconds)
-        if out_of_budget or (config.patience and stale >= config.patience):
-            break
     model.load_state_dict(best_state)
-    ctx.record(best_epoch=best_epoch, best_metric=best_metric, selected_on=split, steps=step, epochs=history)
+    ctx.record(
+        best_epoch=best_epoch,
+        best_metric=best_metric,
+        selected_on=split,
+        steps=step,
+        epochs=history,
+        processes=world_size(),
+    )
     return model
