@@ -92,3 +92,20 @@ def training_progress(total: int) -> Iterator[Callable[[int, str], None]]:
     with Progress(*columns, console=console, transient=True, disable=not enabled) as progress:
         task = progress.add_task("training", total=total)
         yield lambda step, text: progress.update(task, completed=step, description=text)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of what training changes: float parameters that require grad, and float buffers (BN stats).
+
+    Snapshotting only these keeps quantized layers (bitsandbytes) out of the copy.
+    """
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.is_floating_point()}
+    state.update({n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()})
+    return state
+
+
+def restore_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for name, value in state.items():
+            tensors[name].copy_(value)

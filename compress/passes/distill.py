@@ -12,7 +12,6 @@ torchrun the model is wrapped in DistributedDataParallel and each rank trains on
 shard of the train batches; losses are averaged across ranks.
 """
 
-import copy
 import time
 from enum import Enum
 
@@ -27,7 +26,7 @@ from compress.distributed import mean_across_ranks, shard, world_size
 from compress.errors import InputError
 from compress.recipe import ModelSpec
 from compress.registry import register_pass
-from compress.training import training_progress, warmup_cosine, zeros_kept
+from compress.training import restore_trainable_state, trainable_state, training_progress, warmup_cosine, zeros_kept
 
 
 class DistillLoss(str, Enum):
@@ -46,6 +45,11 @@ class DistillConfig(PassConfig):
     patience: stop after this many epochs without a better validation metric.
     teacher: another model (factory/checkpoint) instead of the model as it entered the pipeline.
     keep_sparsity: weights that are exactly zero (pruned) stay zero during training.
+
+    After bitsandbytes quantization the quantized weights stay frozen and the float parameters
+    (biases, norms, unquantized layers) are trained. Tested with LLM.int8 (Linear8bitLt) on CPU;
+    bitsandbytes 0.50 repacks Linear4bit weights for CPU inference in eval mode, so 4-bit layers
+    cannot be trained again on CPU after an evaluation.
     """
 
     loss: DistillLoss = DistillLoss.logits
@@ -125,7 +129,7 @@ def _train(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modul
     # DDP averages gradients across ranks, so every rank ends with the same weights.
     net = torch.nn.parallel.DistributedDataParallel(model) if world_size() > 1 else model
     split = "validation" if ctx.data.validation is not None else "eval"
-    best_metric, best_state, best_epoch = ctx.evaluate(model, split), copy.deepcopy(model.state_dict()), 0
+    best_metric, best_state, best_epoch = ctx.evaluate(model, split), trainable_state(model), 0
     history, step, start, stale = [], 0, time.perf_counter(), 0
 
     def out_of_budget() -> bool:
@@ -159,12 +163,12 @@ def _train(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modul
             history.append({"epoch": epoch, "loss": round(loss, 6), split: metric})
             log.info(f"  distill epoch {epoch}: loss {loss:.4f}, {split} metric {metric:.4f}")
             if metric >= best_metric:  # on ties the later epoch wins: it has seen more steps at lower lr
-                best_metric, best_state, best_epoch, stale = metric, copy.deepcopy(model.state_dict()), epoch, 0
+                best_metric, best_state, best_epoch, stale = metric, trainable_state(model), epoch, 0
             else:
                 stale += 1
             if out_of_budget() or (config.patience and stale >= config.patience):
                 break
-    model.load_state_dict(best_state)
+    restore_trainable_state(model, best_state)
     ctx.record(
         best_epoch=best_epoch,
         best_metric=best_metric,

@@ -142,3 +142,33 @@ def test_pruned_zeros_stay_zero_unless_told_otherwise(keep):
         assert record["sparse_layers_kept"] == ["fc1"]
     else:
         assert int((student.fc1.weight == 0).sum()) < int(zeros.sum()) // 10
+
+
+def int8_quantized(model):
+    """``model`` with fc1/fc2 replaced by bitsandbytes LLM.int8 layers (CPU)."""
+    import bitsandbytes as bnb
+
+    for name in ("fc1", "fc2"):
+        dense = getattr(model, name)
+        layer = bnb.nn.Linear8bitLt(dense.in_features, dense.out_features, has_fp16_weights=False)
+        layer.load_state_dict(dense.state_dict())
+        setattr(model, name, layer.to("cpu"))
+    return model
+
+
+def test_after_bitsandbytes_int8_biases_train_and_weights_stay():
+    teacher, data = teacher_labelled_data()
+
+    def distance(model, split="eval"):
+        with torch.no_grad():
+            return float(sum(F.mse_loss(model(x), teacher(x)) for x, _ in data.eval))
+
+    student = int8_quantized(damaged(mlp()))
+    frozen = {n: p.detach().clone() for n, p in student.named_parameters() if not p.is_floating_point()}
+    before = distance(student)
+    student, _ = run_distill(
+        student, teacher, data, lambda m, split="eval": -distance(m), epochs=20, lr=1e-2, warmup_ratio=0.0
+    )
+    assert all(torch.equal(p, frozen[n]) for n, p in student.named_parameters() if n in frozen)
+    assert len(frozen) == 2
+    assert distance(student) < 0.9 * before
