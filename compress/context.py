@@ -16,7 +16,9 @@ class Context:
 
     ``teacher`` is the model as it entered the pipeline (the default teacher for
     distillation). ``evaluate(model, split)`` scores a torch model with the task metric.
-    ``history`` holds one replayable record per completed pass.
+    ``history`` holds one replayable record per completed pass. ``scratch_dir`` is a
+    folder private to the running stage (None without a run folder): a long pass keeps its
+    checkpoints there so that a rerun can continue it; it is deleted when the stage completes.
     """
 
     data: TaskData
@@ -25,6 +27,7 @@ class Context:
     evaluate: Callable[..., float]
     seed: int = 0
     work_dir: Path | None = None
+    scratch_dir: Path | None = None
     history: list[dict] = field(default_factory=list)
     facts: dict = field(default_factory=dict)
 

@@ -5,6 +5,7 @@ stage: completed stages are loaded, not recomputed.
 """
 
 import copy
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,7 @@ def run_pipeline(
         torch.manual_seed(recipe.seed + index)
         start = time.perf_counter()
         ctx.facts = {}
+        ctx.scratch_dir = out_dir / "scratch" / f"{index:02d}-{fingerprints[index][:16]}" if out_dir else None
         model = spec.apply(model, config, ctx)
         model.eval()
         stage = _finish_stage(
@@ -107,6 +109,8 @@ def run_pipeline(
         )
         ctx.history.append(stage.record)
         stages.append(stage)
+        if ctx.scratch_dir is not None and is_main():
+            shutil.rmtree(ctx.scratch_dir, ignore_errors=True)
     return PipelineOutput(model, baseline, stages)
 
 

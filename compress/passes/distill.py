@@ -7,7 +7,8 @@ Losses, by ``loss``:
 - ``embedding_mse`` / ``embedding_cosine``: for encoders on unlabelled text, the student
   output is pulled towards the teacher's (Reimers & Gurevych 2020).
 Training: AdamW, linear warm-up then cosine decay, gradient clipping, evaluation on the
-validation split after every epoch, the best epoch's weights kept, early stopping. Under
+validation split after every epoch, the best epoch's weights kept, early stopping, and a
+checkpoint after every epoch so that a rerun continues an interrupted pass. Under
 torchrun the model is wrapped in DistributedDataParallel and each rank trains on its
 shard of the train batches; losses are averaged across ranks.
 """
@@ -22,8 +23,9 @@ from pydantic import Field
 from compress import log
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor, training_inputs
-from compress.distributed import mean_across_ranks, shard, world_size
+from compress.distributed import barrier, is_main, mean_across_ranks, shard, world_size
 from compress.errors import InputError
+from compress.io import write_atomic
 from compress.recipe import ModelSpec
 from compress.registry import register_pass
 from compress.training import restore_trainable_state, trainable_state, training_progress, warmup_cosine, zeros_kept
@@ -107,6 +109,29 @@ def distill(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modu
     return model
 
 
+def _save_checkpoint(path, model, optimizer, schedule, best_metric, best_state, counters) -> None:
+    """Everything needed to continue after this epoch; rank 0 writes, atomically."""
+    if path is not None and is_main():
+        state = {
+            "model": trainable_state(model),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+        }
+        state.update(counters, best_metric=best_metric, best_state=best_state)
+        write_atomic(path, lambda tmp: torch.save(state, tmp))
+    barrier()
+
+
+def _load_checkpoint(path, model, optimizer, schedule) -> dict | None:
+    if path is None or not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    restore_trainable_state(model, state.pop("model"))
+    optimizer.load_state_dict(state.pop("optimizer"))
+    schedule.load_state_dict(state.pop("schedule"))
+    return state
+
+
 def _epoch_batches(ctx) -> list:
     """This rank's share of one epoch of train batches (all of them for one process)."""
     return shard(list(ctx.data.batches("train")))
@@ -129,15 +154,22 @@ def _train(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modul
     # DDP averages gradients across ranks, so every rank ends with the same weights.
     net = torch.nn.parallel.DistributedDataParallel(model) if world_size() > 1 else model
     split = "validation" if ctx.data.validation is not None else "eval"
-    best_metric, best_state, best_epoch = ctx.evaluate(model, split), trainable_state(model), 0
-    history, step, start, stale = [], 0, time.perf_counter(), 0
+    checkpoint = ctx.scratch_dir / "distill.pt" if ctx.scratch_dir else None
+    state = _load_checkpoint(checkpoint, model, optimizer, schedule)
+    if state is None:
+        state = {"epoch": 0, "step": 0, "stale": 0, "history": [], "best_epoch": 0}
+        state.update(best_metric=ctx.evaluate(model, split), best_state=trainable_state(model))
+    else:
+        log.info(f"  distill: resumed after epoch {state['epoch']} from {checkpoint}")
+    best_metric, best_state, best_epoch = state["best_metric"], state["best_state"], state["best_epoch"]
+    history, step, stale, start = state["history"], state["step"], state["stale"], time.perf_counter()
 
     def out_of_budget() -> bool:
         over = config.max_seconds is not None and time.perf_counter() - start > config.max_seconds
         return step >= total or mean_across_ranks(float(over)) > 0  # any rank over: all stop together
 
     with training_progress(total) as progress:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(state["epoch"] + 1, config.epochs + 1):
             net.train()
             losses = []
             for batch in _epoch_batches(ctx):
@@ -166,6 +198,8 @@ def _train(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modul
                 best_metric, best_state, best_epoch, stale = metric, trainable_state(model), epoch, 0
             else:
                 stale += 1
+            counters = {"epoch": epoch, "step": step, "stale": stale, "history": history, "best_epoch": best_epoch}
+            _save_checkpoint(checkpoint, model, optimizer, schedule, best_metric, best_state, counters)
             if out_of_budget() or (config.patience and stale >= config.patience):
                 break
     restore_trainable_state(model, best_state)

@@ -172,3 +172,28 @@ def test_after_bitsandbytes_int8_biases_train_and_weights_stay():
     assert all(torch.equal(p, frozen[n]) for n, p in student.named_parameters() if n in frozen)
     assert len(frozen) == 2
     assert distance(student) < 0.9 * before
+
+
+def test_interrupted_distillation_continues_from_its_last_epoch(tmp_path):
+    teacher, data = teacher_labelled_data()
+    params = {"epochs": 4, "lr": 1e-2, "warmup_ratio": 0.0}
+
+    def run(scratch, evaluate):
+        ctx = Context(data, data.eval[0][0], teacher, evaluate, scratch_dir=scratch)
+        return distill(damaged(mlp()), DistillConfig(**params), ctx), ctx.facts
+
+    calls = []
+
+    def interrupt_in_epoch_two(model, split="eval"):
+        calls.append(split)
+        if len(calls) == 3:  # the initial evaluation, epoch 1, then epoch 2
+            raise KeyboardInterrupt
+        return agreement(model, data)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "scratch", interrupt_in_epoch_two)
+    assert (tmp_path / "scratch" / "distill.pt").is_file()
+    resumed, record = run(tmp_path / "scratch", lambda m, split="eval": agreement(m, data))
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3, 4]
+    uninterrupted, _ = run(None, lambda m, split="eval": agreement(m, data))
+    assert all(torch.equal(v, uninterrupted.state_dict()[k]) for k, v in resumed.state_dict().items())
