@@ -78,6 +78,21 @@ def first_tensor(output: Any) -> torch.Tensor:
     raise InputError(f"the model returned {type(output).__name__}; modelpress needs a Tensor (or a tuple/dict of them)")
 
 
+def to_device(inputs: Any, device: torch.device | str) -> Any:
+    """``inputs`` (a Tensor, or a tuple/list/dict of them) moved to ``device``."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device, non_blocking=True)
+    if isinstance(inputs, Mapping):
+        return {k: to_device(v, device) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(to_device(v, device) for v in inputs)
+    return inputs
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def training_inputs(batch: Any) -> Any:
     """Model inputs of a train batch: ``batch[0]`` of ``(inputs, ...)``, else the batch itself."""
     return batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from compress.data import call_model, first_tensor
+from compress.data import call_model, first_tensor, model_device, to_device
 from compress.errors import InputError
 
 Predict = Callable[[Any], torch.Tensor]
@@ -77,11 +77,12 @@ def resolve_evaluator(metric: "str | Callable | Evaluator", search_dir=None) -> 
 
 
 def torch_predictor(model: torch.nn.Module) -> Predict:
-    """``predict`` for a torch model, in eval mode and without gradients."""
+    """``predict`` for a torch model, in eval mode and without gradients, on the model's device."""
 
     @torch.no_grad()
     def predict(inputs):
-        return first_tensor(call_model(model, inputs))
+        device = model_device(model)
+        return first_tensor(call_model(model, to_device(inputs, device))).cpu()
 
     model.eval()
     return predict

@@ -13,6 +13,7 @@ torchrun the model is wrapped in DistributedDataParallel and each rank trains on
 shard of the train batches; losses are averaged across ranks.
 """
 
+import os
 import time
 from enum import Enum
 
@@ -22,13 +23,19 @@ from pydantic import Field
 
 from compress import log
 from compress.config import PassConfig
-from compress.data import call_model, first_tensor, training_inputs
+from compress.data import call_model, first_tensor, to_device, training_inputs
 from compress.distributed import barrier, is_main, mean_across_ranks, shard, world_size
 from compress.errors import InputError
 from compress.io import write_atomic
 from compress.recipe import ModelSpec
 from compress.registry import register_pass
 from compress.training import restore_trainable_state, trainable_state, training_progress, warmup_cosine, zeros_kept
+
+
+class Device(str, Enum):
+    auto = "auto"  # CUDA when available, else CPU
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 class DistillLoss(str, Enum):
@@ -47,6 +54,8 @@ class DistillConfig(PassConfig):
     patience: stop after this many epochs without a better validation metric.
     teacher: another model (factory/checkpoint) instead of the model as it entered the pipeline.
     keep_sparsity: weights that are exactly zero (pruned) stay zero during training.
+    device: auto, cpu or cuda (under torchrun, the rank's local GPU); the model returns to the CPU after.
+    mixed_precision: bf16 autocast for the forward passes on CUDA (no effect on CPU).
 
     After bitsandbytes quantization the quantized weights stay frozen and the float parameters
     (biases, norms, unquantized layers) are trained. Tested with LLM.int8 (Linear8bitLt) on CPU;
@@ -67,6 +76,8 @@ class DistillConfig(PassConfig):
     patience: int | None = Field(None, ge=1)
     teacher: ModelSpec | None = None
     keep_sparsity: bool = True
+    device: Device = Device.auto
+    mixed_precision: bool = True
 
 
 def _labels(batch) -> torch.Tensor | None:
@@ -101,11 +112,29 @@ def _teacher(config: DistillConfig, ctx) -> torch.nn.Module:
     return load_model(config.teacher)
 
 
+def _device(config: DistillConfig) -> torch.device:
+    if config.device == Device.cpu.value or (config.device == Device.auto.value and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise InputError(
+            "distill: device 'cuda' was asked for but no CUDA device is available; use device: auto or cpu"
+        )
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
 @register_pass("distill", DistillConfig)
 def distill(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Module:
+    device = _device(config)
+    teacher = _teacher(config, ctx).eval()
     with zeros_kept(model, config.keep_sparsity) as masked:
-        model = _train(model, config, ctx)
-    ctx.record(sparse_layers_kept=masked)
+        model.to(device)
+        teacher.to(device)
+        try:
+            model = _train(model, teacher, device, config, ctx)
+        finally:
+            model.to("cpu")
+            teacher.to("cpu")
+    ctx.record(sparse_layers_kept=masked, device=str(device))
     return model
 
 
@@ -137,8 +166,7 @@ def _epoch_batches(ctx) -> list:
     return shard(list(ctx.data.batches("train")))
 
 
-def _train(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Module:
-    teacher = _teacher(config, ctx).eval()
+def _train(model: torch.nn.Module, teacher, device: torch.device, config: DistillConfig, ctx) -> torch.nn.Module:
     batches_per_epoch = len(_epoch_batches(ctx))
     if batches_per_epoch == 0:
         raise InputError(
@@ -152,7 +180,9 @@ def _train(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modul
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(config.warmup_ratio * total)))
     # DDP averages gradients across ranks, so every rank ends with the same weights.
-    net = torch.nn.parallel.DistributedDataParallel(model) if world_size() > 1 else model
+    ids = [device.index] if device.type == "cuda" else None
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids) if world_size() > 1 else model
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda" and config.mixed_precision)
     split = "validation" if ctx.data.validation is not None else "eval"
     checkpoint = ctx.scratch_dir / "distill.pt" if ctx.scratch_dir else None
     state = _load_checkpoint(checkpoint, model, optimizer, schedule)
@@ -173,11 +203,12 @@ def _train(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modul
             net.train()
             losses = []
             for batch in _epoch_batches(ctx):
-                inputs = training_inputs(batch)
-                with torch.no_grad():
+                inputs, labels = to_device(training_inputs(batch), device), to_device(_labels(batch), device)
+                with torch.no_grad(), autocast:
                     target = first_tensor(call_model(teacher, inputs)).float()
-                student = first_tensor(call_model(net, inputs)).float()
-                loss = LOSSES[config.loss](student, target, _labels(batch), config)
+                with autocast:
+                    student = first_tensor(call_model(net, inputs)).float()
+                loss = LOSSES[config.loss](student, target, labels, config)
                 optimizer.zero_grad()
                 loss.backward()
                 if config.max_grad_norm:

@@ -197,3 +197,17 @@ def test_interrupted_distillation_continues_from_its_last_epoch(tmp_path):
     assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3, 4]
     uninterrupted, _ = run(None, lambda m, split="eval": agreement(m, data))
     assert all(torch.equal(v, uninterrupted.state_dict()[k]) for k, v in resumed.state_dict().items())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when CUDA is missing")
+def test_cuda_without_a_cuda_device_is_a_clear_error():
+    teacher, data = teacher_labelled_data()
+    with pytest.raises(InputError, match="device 'cuda' was asked for but no CUDA device is available"):
+        run_distill(mlp(), teacher, data, device="cuda")
+
+
+def test_auto_device_trains_where_cuda_is_and_returns_the_model_to_cpu():
+    teacher, data = teacher_labelled_data()
+    student, record = run_distill(damaged(mlp()), teacher, data, epochs=1)
+    assert record["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert {p.device.type for p in student.parameters()} == {"cpu"}
