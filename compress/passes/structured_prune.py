@@ -142,7 +142,7 @@ def _layer_ratios(model, config: StructuredPruneConfig) -> dict[torch.nn.Module,
     return ratios
 
 
-def _prune_custom_layers(pruner: tp.pruner.BasePruner, ratios: dict, step: int, steps: int, round_to) -> None:
+def _prune_custom_layers(pruner: tp.pruner.BasePruner, ratios: dict, initial: dict, step: int, steps: int, round_to):
     """Out-channel pruning of layers Torch-Pruning's ratio table skips (custom types such as Conv1D).
 
     The groups still come from its dependency graph, so coupled layers are cut together and
@@ -152,8 +152,8 @@ def _prune_custom_layers(pruner: tp.pruner.BasePruner, ratios: dict, step: int, 
     for module, ratio in ratios.items():
         prune_out = pruner.DG.get_pruner_of_module(module).prune_out_channels
         current = pruner.DG.get_out_channels(module)
-        initial = pruner.custom_initial_width.setdefault(module, current)
-        target = round(initial * (1 - ratio * (step + 1) / steps))
+        width = initial.setdefault(module, current)
+        target = round(width * (1 - ratio * (step + 1) / steps))
         if round_to:
             target = max(round_to, round(target / round_to) * round_to)
         if current <= target:
@@ -226,6 +226,11 @@ def _macs(model, example_inputs) -> int | None:
 def _ratio_for_macs(model, config: StructuredPruneConfig, example_inputs, target: float) -> float:
     """Bisect the ratio whose one-shot pruning removes ``target`` of the MACs (on copies)."""
     base = _macs(model, example_inputs)
+    if base is None:
+        raise PruneError(
+            "structured_prune: macs_reduction needs MACs, which Torch-Pruning cannot count for Hugging Face "
+            "Conv1D layers (GPT-2); give a ratio, head_ratio or layer_ratios instead"
+        )
     low, high = 0.0, 0.99
     for _ in range(10):
         middle = (low + high) / 2
@@ -276,14 +281,14 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     if config.macs_reduction is not None:
         ratio = _ratio_for_macs(model, config, inputs, config.macs_reduction)
     pruner = _build_pruner(model, config, inputs, ratio)
-    pruner.custom_initial_width = {}
+    custom_widths: dict = {}  # widths of custom-type layers before the first step
     for step in range(config.steps):
         if config.importance in NEEDS_GRADIENTS:
             split = "calibration" if ctx.data.calibration is not None else "train"
             accumulate_task_gradients(model, ctx.data.batches(split), config.gradient_batches)
         _step(pruner, model)
         custom = {m: r for m, r in _layer_ratios(model, config).items() if is_conv1d(m)}
-        _prune_custom_layers(pruner, custom, step, config.steps, config.round_to)
+        _prune_custom_layers(pruner, custom, custom_widths, step, config.steps, config.round_to)
         model.zero_grad(set_to_none=True)
         _check_forward(model, inputs, output_shape)
         if config.finetune_steps and step < config.steps - 1:

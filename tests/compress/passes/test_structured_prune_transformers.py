@@ -89,3 +89,12 @@ def test_resume_replays_head_removal(arch, tmp_path):
     assert second.stages[-1].resumed
     assert head_counts(second.model) == head_counts(first.model)
     assert all(torch.equal(v, second.model.state_dict()[k]) for k, v in first.model.state_dict().items())
+
+
+def test_macs_target_on_gpt2_is_refused_clearly():
+    from compress.passes.structured_prune import PruneError
+
+    model, data = tiny_gpt2(), token_data()
+    ctx = Context(data, data.eval[0][0], copy.deepcopy(model), lambda m, split="eval": 0.0)
+    with pytest.raises(PruneError, match="macs_reduction needs MACs.*Conv1D"):
+        structured_prune(model, StructuredPruneConfig(macs_reduction=0.3), ctx)
