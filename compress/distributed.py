@@ -53,3 +53,13 @@ def shard(batches: list) -> list:
     """This rank's share of ``batches``; every rank gets the same count, so DDP never waits forever."""
     count = len(batches) // world_size()
     return batches[rank() :: world_size()][:count]
+
+
+def average_gradients(parameters) -> None:
+    """All-reduce the gradients of parameters that DDP does not own (e.g. distillation projections)."""
+    if not initialized():
+        return
+    for parameter in parameters:
+        if parameter.grad is not None:
+            torch.distributed.all_reduce(parameter.grad)
+            parameter.grad /= world_size()

@@ -24,8 +24,9 @@ from pydantic import Field
 from compress import log
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor, to_device, training_inputs
-from compress.distributed import barrier, is_main, mean_across_ranks, shard, world_size
+from compress.distributed import average_gradients, barrier, is_main, mean_across_ranks, shard, world_size
 from compress.errors import InputError
+from compress.feature_distill import FeatureLoss, FeatureMatch, taps
 from compress.io import write_atomic
 from compress.recipe import ModelSpec
 from compress.registry import register_pass
@@ -46,7 +47,10 @@ class DistillLoss(str, Enum):
 
 class DistillConfig(PassConfig):
     """Args:
-    loss: logits, embedding_mse or embedding_cosine.
+    loss: logits, embedding_mse or embedding_cosine: the loss on the model outputs.
+    output_weight: weight of that output loss in the total (0 = features only).
+    features: hidden layers to match (``{student, teacher, loss: mse|cosine, weight}``), with a
+        learned projection where pruning made the student narrower.
     temperature: softening of logits (``logits`` loss).
     alpha: share of the soft (teacher) loss; the rest is cross-entropy on labels, when present.
     epochs / max_steps / max_seconds: training length; whichever ends first.
@@ -64,6 +68,8 @@ class DistillConfig(PassConfig):
     """
 
     loss: DistillLoss = DistillLoss.logits
+    output_weight: float = Field(1.0, ge=0.0, le=1000.0)
+    features: list[FeatureMatch] = Field(default_factory=list)
     temperature: float = Field(4.0, gt=0.0, le=100.0)
     alpha: float = Field(0.7, ge=0.0, le=1.0)
     epochs: int = Field(5, ge=1, le=100_000)
@@ -138,11 +144,12 @@ def distill(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modu
     return model
 
 
-def _save_checkpoint(path, model, optimizer, schedule, best_metric, best_state, counters) -> None:
+def _save_checkpoint(path, model, feature_loss, optimizer, schedule, best_metric, best_state, counters) -> None:
     """Everything needed to continue after this epoch; rank 0 writes, atomically."""
     if path is not None and is_main():
         state = {
             "model": trainable_state(model),
+            "projections": feature_loss.state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
         }
@@ -151,11 +158,12 @@ def _save_checkpoint(path, model, optimizer, schedule, best_metric, best_state, 
     barrier()
 
 
-def _load_checkpoint(path, model, optimizer, schedule) -> dict | None:
+def _load_checkpoint(path, model, feature_loss, optimizer, schedule) -> dict | None:
     if path is None or not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     restore_trainable_state(model, state.pop("model"))
+    feature_loss.load_state_dict(state.pop("projections"))
     optimizer.load_state_dict(state.pop("optimizer"))
     schedule.load_state_dict(state.pop("schedule"))
     return state
@@ -177,6 +185,9 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
     params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
     if not params:
         raise InputError("distill: the model has no trainable parameters (all requires_grad=False)")
+    probe = to_device(training_inputs(_epoch_batches(ctx)[0]), device)
+    feature_loss = FeatureLoss(config.features, model, teacher, probe).to(device)
+    params += list(feature_loss.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(config.warmup_ratio * total)))
     # DDP averages gradients across ranks, so every rank ends with the same weights.
@@ -185,7 +196,7 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda" and config.mixed_precision)
     split = "validation" if ctx.data.validation is not None else "eval"
     checkpoint = ctx.scratch_dir / "distill.pt" if ctx.scratch_dir else None
-    state = _load_checkpoint(checkpoint, model, optimizer, schedule)
+    state = _load_checkpoint(checkpoint, model, feature_loss, optimizer, schedule)
     if state is None:
         state = {"epoch": 0, "step": 0, "stale": 0, "history": [], "best_epoch": 0}
         state.update(best_metric=ctx.evaluate(model, split), best_state=trainable_state(model))
@@ -204,13 +215,17 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
             losses = []
             for batch in _epoch_batches(ctx):
                 inputs, labels = to_device(training_inputs(batch), device), to_device(_labels(batch), device)
-                with torch.no_grad(), autocast:
+                teacher_names, student_names = feature_loss.teacher_names, feature_loss.student_names
+                with torch.no_grad(), autocast, taps(teacher, teacher_names, "teacher") as teacher_features:
                     target = first_tensor(call_model(teacher, inputs)).float()
-                with autocast:
+                with autocast, taps(model, student_names, "student") as student_features:
                     student = first_tensor(call_model(net, inputs)).float()
-                loss = LOSSES[config.loss](student, target, labels, config)
+                loss = config.output_weight * LOSSES[config.loss](student, target, labels, config)
+                if config.features:
+                    loss = loss + feature_loss(student_features, teacher_features)
                 optimizer.zero_grad()
                 loss.backward()
+                average_gradients(feature_loss.parameters())
                 if config.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
@@ -230,7 +245,7 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
             else:
                 stale += 1
             counters = {"epoch": epoch, "step": step, "stale": stale, "history": history, "best_epoch": best_epoch}
-            _save_checkpoint(checkpoint, model, optimizer, schedule, best_metric, best_state, counters)
+            _save_checkpoint(checkpoint, model, feature_loss, optimizer, schedule, best_metric, best_state, counters)
             if out_of_budget() or (config.patience and stale >= config.patience):
                 break
     restore_trainable_state(model, best_state)
@@ -241,5 +256,10 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
         steps=step,
         epochs=history,
         processes=world_size(),
+        feature_projections={
+            m.student: m.teacher or m.student
+            for i, m in enumerate(config.features)
+            if str(i) in feature_loss.projections
+        },
     )
     return model

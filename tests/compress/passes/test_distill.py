@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from compress.context import Context
 from compress.data import TaskData
-from compress.errors import InputError
+from compress.errors import InputError, SelectionError
 from compress.passes.distill import DistillConfig, distill, logits_loss
 from compress.recipe import ModelSpec
 from tests.tiny_models import mlp, vector_data
@@ -211,3 +211,56 @@ def test_auto_device_trains_where_cuda_is_and_returns_the_model_to_cpu():
     student, record = run_distill(damaged(mlp()), teacher, data, epochs=1)
     assert record["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
     assert {p.device.type for p in student.parameters()} == {"cpu"}
+
+
+def narrowed(model, keep=16):
+    """``model`` with fc1 cut to its first ``keep`` neurons, as structured pruning leaves it."""
+    with torch.no_grad():
+        fc1, fc2 = torch.nn.Linear(12, keep), torch.nn.Linear(keep, 4)
+        fc1.weight.copy_(model.fc1.weight[:keep])
+        fc1.bias.copy_(model.fc1.bias[:keep])
+        fc2.weight.copy_(model.fc2.weight[:, :keep])
+        fc2.bias.copy_(model.fc2.bias)
+    model.fc1, model.fc2 = fc1, fc2
+    return model
+
+
+def test_feature_distillation_projects_narrower_layers_and_matches_them():
+    teacher, data = teacher_labelled_data()
+    features = [{"student": "fc1", "loss": "mse", "weight": 1.0}]
+    student, record = run_distill(
+        narrowed(mlp()), teacher, data, output_weight=0.0, features=features, epochs=30, lr=1e-2, warmup_ratio=0.0
+    )
+    assert record["feature_projections"] == {"fc1": "fc1"}
+    losses = [e["loss"] for e in record["epochs"]]
+    assert losses[-1] < 0.3 * losses[0]
+    assert student.fc1.out_features == 16  # the projection is not part of the model
+
+
+def test_feature_and_output_losses_combine_on_conv_maps_without_projection():
+    from tests.tiny_models import image_data, residual_cnn
+
+    data, teacher = image_data(), residual_cnn()
+    student = residual_cnn()
+    with torch.no_grad():
+        student.conv.weight.mul_(-1)
+    features = [{"student": "stem", "loss": "cosine", "weight": 0.5}, {"student": "bn", "teacher": "bn"}]
+    _, record = run_distill(
+        student,
+        teacher,
+        data,
+        lambda m, split="eval": 0.0,
+        features=features,
+        epochs=10,
+        lr=1e-2,
+        warmup_ratio=0.0,
+        loss="embedding_mse",
+    )
+    assert record["feature_projections"] == {}
+    assert record["epochs"][-1]["loss"] < 0.5 * record["epochs"][0]["loss"]
+
+
+def test_unknown_feature_layer_is_named():
+    teacher, data = teacher_labelled_data()
+    with pytest.raises(SelectionError, match="distill.features: the student has no module 'fc9'"):
+        run_distill(mlp(), teacher, data, features=[{"student": "fc9"}])
