@@ -232,7 +232,7 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
                 schedule.step()
                 step += 1
                 losses.append(loss.item())
-                progress(step, f"epoch {epoch} loss {losses[-1]:.4f}")
+                progress(step, f"epoch {epoch} loss {losses[-1]:.4f} {split} {best_metric:.4f} (best)")
                 if out_of_budget():
                     break
             model.eval()
