@@ -66,12 +66,13 @@ def zeros_kept(model: torch.nn.Module, enabled: bool = True) -> Iterator[list[st
     if enabled:
         for name, module in model.named_modules():
             weight = getattr(module, "weight", None)
-            if isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)) and not hasattr(
-                module, "weight_orig"
-            ):
-                if weight is not None and float((weight == 0).float().mean()) >= SPARSE_LAYER_ZEROS:
-                    torch_prune.custom_from_mask(module, "weight", weight != 0)
-                    layers[name] = module
+            layer = isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))
+            # Quantized (integer) weights are frozen anyway; only float weights need masks.
+            if not layer or weight is None or not weight.is_floating_point() or hasattr(module, "weight_orig"):
+                continue
+            if float((weight == 0).float().mean()) >= SPARSE_LAYER_ZEROS:
+                torch_prune.custom_from_mask(module, "weight", weight != 0)
+                layers[name] = module
     try:
         yield list(layers)
     finally:

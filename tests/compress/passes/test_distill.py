@@ -264,3 +264,13 @@ def test_unknown_feature_layer_is_named():
     teacher, data = teacher_labelled_data()
     with pytest.raises(SelectionError, match="distill.features: the student has no module 'fc9'"):
         run_distill(mlp(), teacher, data, features=[{"student": "fc9"}])
+
+
+def test_integer_weights_with_zero_codes_are_not_masked():
+    teacher, data = teacher_labelled_data()
+    student = int8_quantized(mlp())
+    student.fc1.weight.data[:, :6] = 0  # many zero codes, as small weights quantize to
+    frozen = student.fc1.weight.detach().clone()
+    student, record = run_distill(student, teacher, data, epochs=1)
+    assert record["sparse_layers_kept"] == []
+    assert torch.equal(student.fc1.weight, frozen)
