@@ -11,6 +11,9 @@ import torch
 
 from compress.errors import SelectionError
 
+# The layers whose ``weight`` pruning passes cut: dense and convolutional.
+WEIGHT_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
 
 def _matches(pattern: str, name: str) -> bool:
     if pattern.startswith("re:"):

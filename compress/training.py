@@ -2,33 +2,28 @@
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from itertools import cycle, islice
 
 import torch
 
-from compress.data import call_model, first_tensor
+from compress.data import call_model, first_tensor, training_inputs
 
 # A layer with at least this share of exact zeros was pruned: training must keep them zero.
 SPARSE_LAYER_ZEROS = 0.05
 
 
-def fit_to_teacher(
-    student: torch.nn.Module,
-    teacher: torch.nn.Module,
-    input_batches: Callable[[], Iterable],
-    steps: int,
-    lr: float = 1e-4,
-) -> list[float]:
-    """``steps`` AdamW steps of MSE between student and teacher outputs; returns the losses.
+def fit_to_teacher(student: torch.nn.Module, teacher: torch.nn.Module, data, steps: int, lr: float = 1e-4):
+    """``steps`` AdamW steps of MSE between student and teacher outputs on ``data``'s train inputs.
 
-    Needs no labels, so it recovers any task (logits or embeddings) after a pass.
+    Needs no labels, so it recovers any task (logits or embeddings) after a pass. Returns the losses.
     """
     student.train()
     teacher.eval()
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)
     losses = []
-    for inputs in islice(cycle(list(input_batches())), steps):
+    inputs_of_batches = [training_inputs(batch) for batch in data.batches("train")]
+    for inputs in islice(cycle(inputs_of_batches), steps):
         with torch.no_grad():
             target = first_tensor(call_model(teacher, inputs)).float()
         loss = torch.nn.functional.mse_loss(first_tensor(call_model(student, inputs)).float(), target)

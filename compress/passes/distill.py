@@ -175,7 +175,8 @@ def _epoch_batches(ctx) -> list:
 
 
 def _train(model: torch.nn.Module, teacher, device: torch.device, config: DistillConfig, ctx) -> torch.nn.Module:
-    batches_per_epoch = len(_epoch_batches(ctx))
+    first_epoch = _epoch_batches(ctx)
+    batches_per_epoch = len(first_epoch)
     if batches_per_epoch == 0:
         raise InputError(
             f"distill: the train split has too few batches for {world_size()} process(es); "
@@ -185,7 +186,7 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
     params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
     if not params:
         raise InputError("distill: the model has no trainable parameters (all requires_grad=False)")
-    probe = to_device(training_inputs(_epoch_batches(ctx)[0]), device)
+    probe = to_device(training_inputs(first_epoch[0]), device)
     feature_loss = FeatureLoss(config.features, model, teacher, probe).to(device)
     params += list(feature_loss.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

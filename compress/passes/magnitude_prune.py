@@ -21,13 +21,12 @@ from pydantic import Field, field_validator
 from torch.nn.utils import prune as torch_prune
 
 from compress.config import PassConfig
-from compress.data import training_inputs
 from compress.errors import SelectionError
 from compress.registry import register_pass
-from compress.select import select_modules
+from compress.select import WEIGHT_LAYERS, select_modules
 from compress.training import fit_to_teacher
 
-PRUNABLE = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+PRUNABLE = WEIGHT_LAYERS
 
 
 class Scope(str, Enum):
@@ -119,8 +118,7 @@ def magnitude_prune(model: torch.nn.Module, config: MagnitudePruneConfig, ctx) -
         for name, mask in _masks(layers, config, sparsity).items():
             torch_prune.custom_from_mask(layers[name], "weight", mask)
         if config.finetune_steps:
-            batches = lambda: (training_inputs(b) for b in ctx.data.batches("train"))  # noqa: E731
-            fit_to_teacher(model, ctx.teacher, batches, config.finetune_steps, config.finetune_lr)
+            fit_to_teacher(model, ctx.teacher, ctx.data, config.finetune_steps, config.finetune_lr)
     achieved = {}
     for name, module in layers.items():
         torch_prune.remove(module, "weight")  # bake: the mask becomes zeros in the weight

@@ -17,17 +17,17 @@ import torch_pruning as tp
 from pydantic import Field
 
 from compress.config import PassConfig
-from compress.data import call_model, first_tensor, training_inputs
+from compress.data import call_model, first_tensor
 from compress.errors import ModelpressError
 from compress.metrics import count_params
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
 from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
 from compress.registry import register_pass
-from compress.select import select_modules
+from compress.select import WEIGHT_LAYERS, select_modules
 from compress.training import fit_to_teacher
 
-PRUNABLE = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+PRUNABLE = WEIGHT_LAYERS
 
 
 def _prunable(model: torch.nn.Module) -> tuple[type, ...]:
@@ -292,8 +292,7 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
         model.zero_grad(set_to_none=True)
         _check_forward(model, inputs, output_shape)
         if config.finetune_steps and step < config.steps - 1:
-            batches = lambda: (training_inputs(b) for b in ctx.data.batches("train"))  # noqa: E731
-            fit_to_teacher(model, ctx.teacher, batches, config.finetune_steps, config.finetune_lr)
+            fit_to_teacher(model, ctx.teacher, ctx.data, config.finetune_steps, config.finetune_lr)
     macs_after, params_after = _macs(model, inputs), count_params(model)
     ctx.record(
         removed_heads=removed_heads,
