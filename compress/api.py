@@ -18,6 +18,7 @@ from compress.evaluate import Evaluator, resolve_evaluator
 from compress.io import read_json, write_json_atomic, write_text_atomic
 from compress.loading import load_data, load_model
 from compress.pipeline import run_pipeline
+from compress.quant.bnb import float_copy
 from compress.recipe import Recipe, load_recipe
 from compress.stages import StageResult, read_stages
 
@@ -89,11 +90,17 @@ def run(
     outcome = CompressionResult(result.model, result.stages, out_dir=out)
     if export and recipe.export.enabled and is_main():  # rank 0 alone exports and reports
         from export.artifacts import export_artifacts
+        from export.quantized_artifacts import export_quantized
 
-        models = {"compressed": (result.model, result.stages[-1].name)}
+        compressed = float_copy(result.model)  # bitsandbytes layers export as the float weights they hold
+        models = {"compressed": (compressed, result.stages[-1].name)}
         if recipe.export.baseline:
             models = {"baseline": (result.baseline, "baseline"), **models}
         outcome.artifacts = export_artifacts(out, models, recipe, evaluator, data, example_inputs)
+        variants = [spec for config in recipe.passes for spec in config.onnx_variants()]
+        outcome.artifacts += export_quantized(
+            out, compressed, result.stages[-1].name, variants, recipe, evaluator, data, example_inputs
+        )
         if report:
             outcome.report_path, outcome.artifacts = measure_and_report(out, recipe, evaluator, data)
     return outcome

@@ -24,3 +24,11 @@ class PassConfig(StrictModel):
     def to_dict(self) -> dict[str, Any]:
         """The recipe form of this config: ``{"pass": name, **fields}``."""
         return {"pass": self.pass_name, **self.model_dump(mode="json")}
+
+    def check_recipe(self, export_opset: int) -> list[str]:
+        """Problems this pass's settings cause with the rest of the recipe (none by default)."""
+        return []
+
+    def onnx_variants(self) -> list:
+        """Extra (e.g. quantized) ONNX artifacts this pass asks the exporter for (none by default)."""
+        return []

@@ -19,6 +19,7 @@ from compress.data import TaskData
 from compress.distributed import barrier, is_main
 from compress.evaluate import Evaluator, torch_predictor
 from compress.metrics import count_nonzero_params, count_params, weights_fingerprint
+from compress.quant.bnb import float_copy
 from compress.recipe import Recipe
 from compress.registry import get_pass
 from compress.stages import StageResult, chain_fingerprint, find_stage, load_stage_weights, save_stage
@@ -44,10 +45,10 @@ def _stage_names(recipe: Recipe) -> list[str]:
     return names
 
 
-def _resume(model, fingerprints: list[str], example_inputs, out_dir: Path | None) -> list[StageResult]:
-    """Completed stages matching this run; the model is brought to the last one's state."""
+def _resume(model, fingerprints: list[str], example_inputs, out_dir: Path | None):
+    """Completed stages matching this run, and the model brought to the last one's state."""
     if out_dir is None:
-        return []
+        return model, []
     done = []
     for index, fingerprint in enumerate(fingerprints):
         stage = find_stage(out_dir, index, fingerprint)
@@ -60,7 +61,11 @@ def _resume(model, fingerprints: list[str], example_inputs, out_dir: Path | None
             restore(model, stage.record, example_inputs)
     if len(done) > 1:
         load_stage_weights(out_dir, done[-1], model)
-    return done
+    for stage in done[1:]:
+        after_load = get_pass(stage.pass_name).after_load
+        if after_load is not None:
+            model = after_load(model, stage.record, stage.config)
+    return model, done
 
 
 def run_pipeline(
@@ -78,7 +83,7 @@ def run_pipeline(
     fingerprints = [chain_fingerprint(weights_fingerprint(model), {"seed": recipe.seed, "metric": evaluator.name})]
     for config in recipe.passes:
         fingerprints.append(chain_fingerprint(fingerprints[-1], config.to_dict()))
-    stages = _resume(model, fingerprints, example_inputs, out_dir)
+    model, stages = _resume(model, fingerprints, example_inputs, out_dir)
     for stage in stages:
         log.info(f"[dim]resumed[/dim] {stage.name}: {stage.metric_name} {stage.metric:.4f}")
     ctx = Context(
@@ -116,6 +121,7 @@ def run_pipeline(
 
 def _finish_stage(ctx, model, index, name, config, evaluator, fingerprint, start, out_dir) -> StageResult:
     metric = ctx.evaluate(model)
+    float_model = float_copy(model)  # quantized layers count (and save) as the float weights they hold
     stage = StageResult(
         index=index,
         name=name,
@@ -123,14 +129,14 @@ def _finish_stage(ctx, model, index, name, config, evaluator, fingerprint, start
         config=config.to_dict() if config else None,
         metric_name=evaluator.name,
         metric=metric,
-        params=count_params(model),
-        nonzero_params=count_nonzero_params(model),
+        params=count_params(float_model),
+        nonzero_params=count_nonzero_params(float_model),
         seconds=round(time.perf_counter() - start, 3),
         fingerprint=fingerprint,
         record=dict(ctx.facts),
     )
     if out_dir is not None and is_main():
-        save_stage(out_dir, stage, model if index > 0 else None)
+        save_stage(out_dir, stage, float_model if index > 0 else None)
     barrier()  # other ranks may read this stage on a later resume
     log.info(f"  {name}: {evaluator.name} {metric:.4f}, {stage.nonzero_params:,}/{stage.params:,} non-zero params")
     return stage

@@ -58,6 +58,8 @@ class ParitySpec(StrictModel):
     min_cosine: float = Field(0.9999, ge=-1, le=1, description="smallest allowed per-sample cosine similarity")
     min_top1_agreement: float = Field(0.99, ge=0, le=1, description="classifiers: share of equal argmax")
     samples: PositiveInt = Field(256, description="held-out samples compared")
+    quantized_min_cosine: float = Field(0.9, ge=-1, le=1, description="quantized artifacts: smallest cosine")
+    quantized_min_top1_agreement: float = Field(0.9, ge=0, le=1, description="quantized classifiers: argmax agreement")
 
 
 class ExportSpec(StrictModel):
@@ -134,6 +136,10 @@ def parse_recipe(doc: Any) -> Recipe:
         recipe = Recipe.model_validate({**doc, "passes": []})
     except ValidationError as exc:
         problems = describe_errors(exc, Recipe) + problems
+    else:
+        for index, config in enumerate(passes):
+            where = f"passes[{index}] ({config.pass_name})"
+            problems.extend(f"{where}: {line}" for line in config.check_recipe(recipe.export.opset))
     if problems:
         raise RecipeError(problems)
     return recipe.model_copy(update={"passes": passes})

@@ -14,6 +14,7 @@ from compress.errors import RecipeError
 
 ApplyFn = Callable[[Any, PassConfig, Any], Any]
 RestoreFn = Callable[[Any, dict, Any], Any]
+AfterLoadFn = Callable[[Any, dict, dict], Any]
 
 
 @dataclass(frozen=True)
@@ -23,25 +24,30 @@ class PassSpec:
     ``apply(model, config, ctx) -> model`` runs the pass. ``restore(model, record,
     example_inputs)`` is optional: it re-applies a structural change recorded in
     ``ctx.history`` so that weights saved after the pass can be loaded again on resume.
+    ``after_load(model, record, config) -> model`` is optional: on resume it runs once the
+    last stage's (float) weights are loaded, for passes whose state is not plain weights.
     """
 
     name: str
     config_cls: type[PassConfig]
     apply: ApplyFn
     restore: RestoreFn | None = None
+    after_load: AfterLoadFn | None = None
 
 
 _PASSES: dict[str, PassSpec] = {}
 
 
-def register_pass(name: str, config_cls: type[PassConfig], restore: RestoreFn | None = None):
+def register_pass(
+    name: str, config_cls: type[PassConfig], restore: RestoreFn | None = None, after_load: AfterLoadFn | None = None
+):
     """Decorator registering ``apply`` under the recipe name ``name``."""
 
     def decorate(apply: ApplyFn) -> ApplyFn:
         if name in _PASSES:
             raise ValueError(f"pass {name!r} is registered twice")
         config_cls.pass_name = name
-        _PASSES[name] = PassSpec(name, config_cls, apply, restore)
+        _PASSES[name] = PassSpec(name, config_cls, apply, restore, after_load)
         return apply
 
     return decorate

@@ -19,7 +19,8 @@ from compress.errors import ModelpressError
 from compress.evaluate import Evaluator
 from compress.io import read_json, write_json_atomic
 from compress.recipe import Recipe
-from export.benchmark import benchmark_session
+from export.benchmark import benchmark_sessions
+from export.guardrail import flag_slow_or_large
 from export.onnx_export import to_onnx
 from export.runtime import default_threads, make_session, ort_predictor
 from export.validate import compare_outputs
@@ -97,19 +98,23 @@ def measure_artifacts(out_dir: Path, recipe: Recipe, evaluator: Evaluator, data:
     records = read_artifacts(out_dir)
     threads = recipe.report.threads or default_threads()
     sample = next(heldout_inputs(evaluator, data))
-    for record in records:
-        path = out_dir / record["path"]
-        if "size_bytes" not in record or not path.is_file():
-            continue
-        session = make_session(path, threads)
+    measured = [r for r in records if "size_bytes" in r and (out_dir / r["path"]).is_file()]
+    sessions = {}
+    for record in measured:
+        session = sessions[record["name"]] = make_session(out_dir / record["path"], threads)
         value = evaluator.score(ort_predictor(session), data.batches("eval"))
         record["metric"] = {"name": evaluator.name, "value": value, "runtime": "onnxruntime"}
-        spec = recipe.report
-        latency = benchmark_session(
-            session, sample, spec.batch_sizes, threads, spec.warmup, spec.iterations, spec.max_seconds
-        )
-        record["latency"] = [entry.to_dict() for entry in latency]
-        summary = ", ".join(f"bs{e.batch_size} p50 {e.p50_ms:.2f} ms" for e in latency)
-        log.info(f"measure {record['name']}: {evaluator.name} {value:.4f}; {summary}")
+    spec = recipe.report
+    latency = benchmark_sessions(
+        sessions, sample, spec.batch_sizes, threads, spec.warmup, spec.iterations, spec.max_seconds
+    )
+    for record in measured:
+        record["latency"] = [entry.to_dict() for entry in latency[record["name"]]]
+        summary = ", ".join(f"bs{e.batch_size} p50 {e.p50_ms:.2f} ms" for e in latency[record["name"]])
+        log.info(f"measure {record['name']}: {evaluator.name} {record['metric']['value']:.4f}; {summary}")
+    flag_slow_or_large(records)
+    for record in records:
+        for warning in record.get("warnings", []):
+            log.warn(f"{record['name']}: {warning}")
         write_json_atomic(artifacts_dir(out_dir) / f"{record['name']}.json", record)
     return records

@@ -64,6 +64,56 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+def _strip_debug_info(path: Path) -> None:
+    """Drop per-node debug metadata (torch stack traces, with the exporting machine's file paths):
+    it leaks local paths into a shipped artifact and adds tens of kB to small models."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.save(model, str(path))
+
+
+def _dynamo_export(wrapper, tensors, tmp: Path, names, output_name, opset, dynamic_batch, external) -> None:
+    torch.onnx.export(
+        wrapper,
+        tuple(tensors),
+        str(tmp),
+        input_names=names,
+        output_names=[output_name],
+        opset_version=opset,
+        dynamic_shapes=_dynamic_shapes(tensors) if dynamic_batch else None,
+        external_data=external,
+        dynamo=True,
+        verbose=False,
+    )
+
+
+def _torchscript_export(wrapper, tensors, tmp: Path, names, output_name, opset, dynamic_batch, external) -> None:
+    axes = {}
+    if dynamic_batch:
+        for name, spec in zip(names, _dynamic_shapes(tensors)[0]):
+            axes[name] = {axis: ("batch" if axis == 0 else "sequence") for axis in spec}
+        axes[output_name] = {0: "batch"}
+    torch.onnx.export(
+        wrapper,
+        tuple(tensors),
+        str(tmp),
+        input_names=names,
+        output_names=[output_name],
+        opset_version=opset,
+        dynamic_axes=axes or None,
+        dynamo=False,
+    )
+
+
+# torch's maintained exporter (dynamo) by default; TorchScript (opset <= 20) where a graph must
+# match ONNX Runtime's transformer fusion patterns, which it recognises in TorchScript graphs.
+EXPORTERS = {"dynamo": _dynamo_export, "torchscript": _torchscript_export}
+
+
 def to_onnx(
     model: torch.nn.Module,
     example_inputs: Any,
@@ -71,36 +121,29 @@ def to_onnx(
     opset: int = 18,
     dynamic_batch: bool = True,
     output_name: str = "output",
+    exporter: str = "dynamo",
 ) -> OnnxModel:
     """Export ``model`` to ``path`` (atomically) and check the file; raise ExportError on failure."""
     import onnx
 
     names, tensors = flatten_inputs(example_inputs)
     wrapper = _FlatSignature(model.eval(), example_inputs).eval()
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
 
     def export(tmp: Path) -> None:
         try:
             with warnings.catch_warnings():
                 # torch-internal deprecations and notes on shared axis names: not the user's concern.
                 warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
                 warnings.filterwarnings("ignore", message="# The axis name")
-                torch.onnx.export(
-                    wrapper,
-                    tuple(tensors),
-                    str(tmp),
-                    input_names=names,
-                    output_names=[output_name],
-                    opset_version=opset,
-                    dynamic_shapes=_dynamic_shapes(tensors) if dynamic_batch else None,
-                    external_data=weight_bytes > EXTERNAL_DATA_BYTES,
-                    dynamo=True,
-                    verbose=False,
-                )
+                EXPORTERS[exporter](wrapper, tensors, tmp, names, output_name, opset, dynamic_batch, external)
         except Exception as exc:  # noqa: BLE001  (the exporter raises many types; all mean the same)
             raise ExportError(
                 f"{type(model).__name__} could not be exported to ONNX (opset {opset}): {_root_cause(exc)}"
             ) from None
+        if not external:
+            _strip_debug_info(tmp)
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as exc:  # noqa: BLE001

@@ -16,8 +16,9 @@ from compress.stages import StageResult
 SCHEMA = "modelpress.report/1"
 METHOD = (
     "ONNX Runtime CPUExecutionProvider, all graph optimizations, fixed intra-op threads; "
-    "per batch size: {warmup} warm-up runs, then up to {iterations} timed runs or {max_seconds} s "
-    "(at least 5); wall-clock per run; p50/p90 over the timed runs; input: held-out rows cycled to the batch size"
+    "per batch size: {warmup} warm-up runs per artifact, then up to {iterations} timed runs or {max_seconds} s "
+    "per artifact, with the artifacts taking turns in 10 rounds so that machine load hits all of them alike; "
+    "wall-clock per run; p50/p90 over the timed runs; input: held-out rows cycled to the batch size"
 )
 
 
@@ -60,6 +61,38 @@ def _latency_rows(artifacts: list[dict]) -> list[str]:
                 f"| {e['p50_ms']:.3f} | {e['p90_ms']:.3f} | {_ratio(e['p50_ms'], base_p50.get(e['batch_size']))} |"
             )
     return rows
+
+
+def _quantized_rows(artifacts: list[dict], stages: list[dict]) -> list[str]:
+    """Scheme, budget and the layers kept in float per quantized artifact, beside the torch metric."""
+    quantized = [a for a in artifacts if "scheme" in a]
+    if not quantized:
+        return []
+    torch_metric = {s["name"]: f"{s['metric']['value']:.4f}" for s in stages}
+    lines = [
+        "",
+        "## Quantized artifacts",
+        "",
+        "| artifact | scheme | metric in ORT | metric in torch (source) | budget | quantized nodes | kept float |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a in quantized:
+        budget = a.get("budget")
+        verdict = (
+            f"drop {budget['drop']:+.4f} ≤ {budget['budget']}: {'met' if budget['met'] else '**not met**'}"
+            if budget
+            else "none"
+        )
+        metric = f"{a['metric']['value']:.4f}" if "metric" in a else "–"
+        kept = ", ".join(f"`{n}`" for n in a.get("float_nodes", [])) or "none"
+        lines.append(
+            f"| {a['name']} | {a['scheme']} | {metric} | {torch_metric.get(a.get('source_stage'), '–')} "
+            f"| {verdict} | {a.get('quantized_nodes', '–')} | {kept} |"
+        )
+    for a in quantized:
+        for warning in a.get("warnings", []):
+            lines.append(f"\n**Warning, {a['name']}:** {warning}")
+    return lines
 
 
 def render_markdown(report: dict) -> str:
@@ -106,6 +139,7 @@ def render_markdown(report: dict) -> str:
     failed = [a for a in artifacts if a["status"] != "passed"]
     for a in failed:
         lines.append(f"\n**{a['name']} failed:** {a.get('error', 'unknown error')}")
+    lines += _quantized_rows(artifacts, stages)
     lines += [
         "",
         "## Latency",

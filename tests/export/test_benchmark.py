@@ -2,7 +2,7 @@
 
 import torch
 
-from export.benchmark import benchmark_session, time_calls
+from export.benchmark import ROUNDS, benchmark_sessions, time_calls
 from export.onnx_export import to_onnx
 from export.runtime import make_session
 from tests.tiny_models import mlp
@@ -20,10 +20,13 @@ def test_time_budget_stops_early_but_keeps_five_runs():
     assert len(times) == 5
 
 
-def test_benchmark_records_each_batch_size(tmp_path):
-    session = make_session(to_onnx(mlp(), torch.randn(2, 12), tmp_path / "m.onnx").path, threads=1)
-    results = benchmark_session(session, torch.randn(3, 12), [1, 4], threads=1, warmup=1, iterations=5)
-    assert [r.batch_size for r in results] == [1, 4]
-    for r in results:
-        assert r.device == "cpu" and r.provider == "CPUExecutionProvider" and r.threads == 1
-        assert r.iterations == 5 and 0 < r.p50_ms <= r.p90_ms
+def test_benchmark_records_each_batch_size_for_every_session(tmp_path):
+    path = to_onnx(mlp(), torch.randn(2, 12), tmp_path / "m.onnx").path
+    sessions = {"a": make_session(path, threads=1), "b": make_session(path, threads=1)}
+    results = benchmark_sessions(sessions, torch.randn(3, 12), [1, 4], threads=1, warmup=1, iterations=2 * ROUNDS)
+    assert set(results) == {"a", "b"}
+    for latencies in results.values():
+        assert [r.batch_size for r in latencies] == [1, 4]
+        for r in latencies:
+            assert r.device == "cpu" and r.provider == "CPUExecutionProvider" and r.threads == 1
+            assert r.iterations == 2 * ROUNDS and 0 < r.p50_ms <= r.p90_ms

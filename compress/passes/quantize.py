@@ -1,0 +1,212 @@
+"""quantize: int8 and 4-bit, in torch (bitsandbytes) and in the exported ONNX (ONNX Runtime).
+
+``bitsandbytes`` quantizes the torch model's Linear layers (LLM.int8, NF4, FP4); the
+stage's metric is then measured on the quantized torch model. ``onnx`` lists the
+quantized ONNX artifacts to build at export time with ``onnxruntime.quantization``
+(see ``export/quantize.py``): int8 dynamic, int8 static QDQ with calibration, or 4-bit
+weight-only MatMulNBits that also packs embedding tables. Without ``onnx``, a torch
+int8 model gets an int8 ONNX twin and a 4-bit one a 4-bit twin with the same block
+size; with neither side given, ``scheme: auto`` picks per model family.
+
+``max_metric_drop`` is the accuracy budget, in the task metric's units: the most
+sensitive layers fall back to float until the drop on the validation split fits.
+"""
+
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt, model_validator
+
+from compress import log
+from compress.config import PassConfig, StrictModel
+from compress.errors import SelectionError
+from compress.quant.bnb import dequantized_weight, quantize_named
+from compress.quant.budget import fit_budget
+from compress.registry import register_pass
+from compress.select import select_modules
+
+BNB_BLOCK_SIZES = Literal[32, 64, 128, 256, 512, 1024, 2048, 4096]  # what bitsandbytes' kernels take
+ORT_BLOCK_SIZES = Literal[16, 32, 64, 128, 256]  # MatMulNBits: a power of two >= 16
+
+
+class BitsAndBytesSpec(StrictModel):
+    """Args:
+    scheme: ``int8`` (LLM.int8 Linear8bitLt), ``nf4`` or ``fp4`` (Linear4bit).
+    block_size: 4-bit quantization block (weights per scale).
+    compute_dtype: dtype of the 4-bit matmul.
+    double_quant: quantize the 4-bit scales too (saves ~0.4 bit per weight).
+    int8_threshold: LLM.int8 outlier threshold (activations above it stay in 16-bit).
+    skip: Linear layers to keep in float (names or ``re:`` patterns).
+    """
+
+    scheme: Literal["int8", "nf4", "fp4"]
+    block_size: BNB_BLOCK_SIZES = 64
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    double_quant: bool = True
+    int8_threshold: float = Field(6.0, ge=0.0)
+    skip: list[str] = Field(default_factory=list)
+
+
+class CalibrationSpec(StrictModel):
+    """Static int8: how activation ranges are measured on the calibration split."""
+
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    samples: PositiveInt = Field(256, le=100_000, description="calibration rows (from the calibration/train split)")
+    percentile: float = Field(99.999, gt=50.0, le=100.0)
+
+
+class OnnxQuantSpec(StrictModel):
+    """One quantized ONNX artifact.
+
+    Args:
+    scheme: ``int8_dynamic``, ``int8_static`` (QDQ), ``int4`` (MatMulNBits), or ``auto``
+        (static for convolutional models, whose QDQ Conv ONNX Runtime fuses to QLinearConv;
+        dynamic for the rest, where static QDQ MatMuls stay unfused and run slower than fp32).
+    name: artifact name (default ``compressed-<scheme>``).
+    per_channel / reduce_range: int8 weight granularity and 7-bit range (for CPUs without VNNI).
+    calibration: static int8 calibration.
+    exclude_nodes / exclude_ops: ONNX node names / op types left in float.
+    block_size / symmetric / accuracy_level: int4 (accuracy_level 4 = int8 compute, fastest on CPU).
+    quantize_embeddings: int4 also packs Gather tables (embeddings); needs export.opset >= 21.
+    optimize: ONNX Runtime transformer fusions to apply before quantizing (``bert``, ``vit``, ``gpt2``).
+    exporter: torch exporter of this artifact's fp32 source graph. ``torchscript`` gives graphs
+        whose attention ONNX Runtime can fuse (and then quantize as QAttention).
+    opset: opset of that graph (default: export.opset).
+    """
+
+    scheme: Literal["auto", "int8_dynamic", "int8_static", "int4"] = "auto"
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    per_channel: bool = True
+    reduce_range: bool = False
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    exclude_nodes: list[str] = Field(default_factory=list)
+    exclude_ops: list[str] = Field(default_factory=list)
+    block_size: ORT_BLOCK_SIZES = 64
+    symmetric: bool = False
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 4
+    quantize_embeddings: bool = True
+    optimize: Literal["none", "bert", "vit", "gpt2"] = "none"
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    opset: int | None = Field(None, ge=14, le=23)
+    max_metric_drop: float | None = Field(None, ge=0.0, description="this variant's budget (default: the pass's)")
+    budget_split: Literal["validation", "eval"] = "validation"
+
+    @model_validator(mode="after")
+    def _torchscript_opset(self):
+        if self.exporter == "torchscript" and self.opset is not None and self.opset > 20:
+            raise ValueError(f"the torchscript exporter stops at opset 20 (got {self.opset}); set opset: 17")
+        return self
+
+
+# The ONNX twin of a torch-side scheme, when the recipe names no ONNX variant.
+ONNX_TWIN = {"int8": "int8_dynamic", "nf4": "int4", "fp4": "int4"}
+
+
+class QuantizeConfig(PassConfig):
+    """Args:
+    bitsandbytes: torch-side quantization (optional).
+    onnx: quantized ONNX artifacts to export (default: the torch side's twin, or ``auto``).
+    max_metric_drop: accuracy budget in metric units (e.g. 0.005 = half a point of accuracy).
+    budget_split: split the budget is measured on (``validation`` falls back to ``eval``).
+    """
+
+    bitsandbytes: BitsAndBytesSpec | None = None
+    onnx: list[OnnxQuantSpec] | None = None
+    max_metric_drop: float | None = Field(None, ge=0.0)
+    budget_split: Literal["validation", "eval"] = "validation"
+
+    def onnx_variants(self) -> list[OnnxQuantSpec]:
+        """The quantized ONNX artifacts this pass asks the exporter for, with the pass's budget."""
+        torch_side = self.bitsandbytes
+        if self.onnx is not None:
+            variants = list(self.onnx)
+        elif torch_side is None:
+            variants = [OnnxQuantSpec()]
+        else:
+            twin = ONNX_TWIN[torch_side.scheme]
+            opset = 21 if twin == "int4" else None  # int4 Gather tables need opset 21
+            variants = [OnnxQuantSpec(scheme=twin, block_size=torch_side.block_size, opset=opset)]
+        return [
+            spec.model_copy(update={"max_metric_drop": self.max_metric_drop, "budget_split": self.budget_split})
+            if spec.max_metric_drop is None
+            else spec
+            for spec in variants
+        ]
+
+    def check_recipe(self, export_opset: int) -> list[str]:
+        """Settings that contradict the recipe's export section."""
+        return [
+            f"onnx[{i}]: int4 with quantize_embeddings packs Gather tables as int4, which needs opset >= 21 "
+            f"(export.opset is {export_opset}); set export.opset: 21, or the variant's opset: 21, "
+            "or quantize_embeddings: false"
+            for i, spec in enumerate(self.onnx_variants())
+            if spec.scheme == "int4" and spec.quantize_embeddings and (spec.opset or export_opset) < 21
+        ]
+
+
+def _budget_split(ctx, config: QuantizeConfig) -> str:
+    return config.budget_split if getattr(ctx.data, config.budget_split, None) is not None else "eval"
+
+
+# bitsandbytes' CPU 4-bit kernels repack weights in tiles of 32 output features.
+CPU_OUTPUT_TILE = 32
+
+
+def _check_four_bit_shapes(model: torch.nn.Module, names: list[str], spec: BitsAndBytesSpec) -> None:
+    def misfit(layer: torch.nn.Linear) -> bool:
+        on_cpu = layer.weight.device.type == "cpu"
+        return layer.in_features % spec.block_size != 0 or (on_cpu and layer.out_features % CPU_OUTPUT_TILE != 0)
+
+    misfits = [name for name in names if misfit(model.get_submodule(name))]
+    if misfits:
+        raise SelectionError(
+            f"quantize.bitsandbytes: {spec.scheme} needs input widths divisible by block_size {spec.block_size} "
+            f"(and, on CPU, output widths divisible by {CPU_OUTPUT_TILE}); layer(s) {', '.join(misfits)} "
+            "do not fit. Add them to bitsandbytes.skip, or choose a block_size that divides their input width"
+        )
+
+
+def _quantize_torch(model: torch.nn.Module, config: QuantizeConfig, ctx) -> torch.nn.Module:
+    spec = config.bitsandbytes
+    names = list(select_modules(model, ["re:.*"], spec.skip, (torch.nn.Linear,), owner="quantize.bitsandbytes"))
+    if spec.scheme != "int8":
+        _check_four_bit_shapes(model, names, spec)
+    split = _budget_split(ctx, config)
+    reference = ctx.evaluate(model, split) if config.max_metric_drop is not None else float("nan")
+
+    def score(quantized: list[str]) -> float:
+        originals = {name: model.get_submodule(name) for name in quantized}
+        quantize_named(model, quantized, spec)
+        value = ctx.evaluate(model, split)
+        for name, layer in originals.items():  # put the float layers back
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, layer)
+        return value
+
+    budget = fit_budget(names, score, reference, config.max_metric_drop) if config.max_metric_drop is not None else None
+    float_layers = budget.float_layers if budget else []
+    quantized = [name for name in names if name not in float_layers]
+    quantize_named(model, quantized, spec)
+    log.info(f"  bitsandbytes {spec.scheme}: {len(quantized)} Linear layers quantized, {len(float_layers)} kept float")
+    ctx.record(
+        bitsandbytes={"scheme": spec.scheme, "layers": quantized, "float_layers": float_layers},
+        budget={**budget.to_dict(), "split": split} if budget else None,
+    )
+    return model
+
+
+def requantize(model: torch.nn.Module, record: dict, config: dict) -> torch.nn.Module:
+    """After resume loaded the float weights saved for this stage, quantize the same layers again."""
+    torch_side = record.get("bitsandbytes")
+    if torch_side:
+        layers = [name for name in torch_side["layers"] if dequantized_weight(model.get_submodule(name)) is None]
+        quantize_named(model, layers, BitsAndBytesSpec.model_validate(config["bitsandbytes"]))
+    return model
+
+
+@register_pass("quantize", QuantizeConfig, after_load=requantize)
+def quantize(model: torch.nn.Module, config: QuantizeConfig, ctx) -> torch.nn.Module:
+    if config.bitsandbytes is not None:
+        model = _quantize_torch(model, config, ctx)
+    ctx.record(onnx_variants=[spec.model_dump(mode="json") for spec in config.onnx_variants()])
+    return model

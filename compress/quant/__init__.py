@@ -1,0 +1,1 @@
+"""Quantization building blocks: bitsandbytes layers (torch side) and the accuracy budget."""

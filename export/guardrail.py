@@ -1,0 +1,59 @@
+"""Guardrails: flag a quantized artifact that is not faster or not smaller than its fp32 source.
+
+Users' top complaint about quantization is "the int8 model is slower than fp32". The
+report never hides it: every quantized artifact is compared with the artifact it was
+built from, at every measured batch size, and a loss comes with its likely cause.
+"""
+
+
+def _int8_static_cause(record: dict, provider: str) -> str:
+    return (
+        "static QDQ: ONNX Runtime runs Quantize/DequantizeLinear pairs it cannot fuse into integer kernels "
+        "(it fuses Conv and MatMul on CPU, not attention or normalization), so they add work; "
+        "for transformer models use scheme int8_dynamic"
+    )
+
+
+def _int8_dynamic_cause(record: dict, provider: str) -> str:
+    return (
+        "dynamic int8 quantizes activations at run time; at this size that overhead outweighs the int8 "
+        "matmuls. Try optimize (fused QAttention) or per_channel: false"
+    )
+
+
+def _int4_cause(record: dict, provider: str) -> str:
+    level = (record.get("quantization") or {}).get("accuracy_level")
+    if level != 4:
+        return f"MatMulNBits with accuracy_level {level} dequantizes to fp32 before each matmul; set accuracy_level: 4"
+    return "4-bit weights save memory bandwidth, which pays at batch 1; at large batches the unpacking costs more"
+
+
+CAUSES = {"int8_static": _int8_static_cause, "int8_dynamic": _int8_dynamic_cause, "int4": _int4_cause}
+NO_INT8_KERNELS = {"CUDAExecutionProvider": "CUDAExecutionProvider has no int8 kernels for these ops (use TensorRT)"}
+
+
+def flag_slow_or_large(records: list[dict]) -> None:
+    """Add ``warnings`` to each quantized record that is not faster or not smaller than its source."""
+    by_name = {r["name"]: r for r in records}
+    for record in records:
+        source = by_name.get(record.get("source_artifact", ""))
+        if source is None or record.get("status") != "passed":
+            continue
+        warnings = []
+        source_p50 = {(e["provider"], e["batch_size"]): e["p50_ms"] for e in source.get("latency", [])}
+        for entry in record.get("latency", []):
+            base = source_p50.get((entry["provider"], entry["batch_size"]))
+            if base is None or entry["p50_ms"] < base:
+                continue
+            provider = entry["provider"]
+            cause = NO_INT8_KERNELS.get(provider) or CAUSES[record["scheme"]](record, provider)
+            warnings.append(
+                f"not faster than {source['name']} at batch {entry['batch_size']} on {provider} "
+                f"({entry['p50_ms']:.3f} vs {base:.3f} ms p50); likely cause: {cause}"
+            )
+        if record.get("size_bytes", 0) >= source.get("size_bytes", float("inf")):
+            warnings.append(
+                f"not smaller than {source['name']} ({record['size_bytes']:,} vs {source['size_bytes']:,} bytes): "
+                "no weight matched the scheme's ops (int4 quantizes MatMul/Gather, not Gemm or Conv)"
+            )
+        record["warnings"] = warnings

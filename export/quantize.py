@@ -1,0 +1,151 @@
+"""Quantized ONNX artifacts with ``onnxruntime.quantization``: int8 dynamic, int8 static QDQ, int4.
+
+Each scheme is one function in ``SCHEMES``; ONNX Runtime does the quantizing (its kernels
+are the ones that will run the file, so its quantizer knows which layouts they fuse).
+modelpress adds what users otherwise get wrong: a fp32 source graph ONNX Runtime can fuse
+(``optimize``), embedding tables packed too (int4 Gather), calibration from the recipe's
+data, and the accuracy budget, which keeps the most sensitive weight nodes in float.
+"""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from compress.data import TaskData, flatten_inputs, take_rows, training_inputs
+from compress.errors import InputError
+
+# Weight-bearing ops each scheme quantizes, with the input index of the weight.
+WEIGHT_INPUTS = {
+    "int8_dynamic": {"MatMul": 1, "Gemm": 1, "Gather": 0, "Attention": 1, "EmbedLayerNormalization": 2},
+    "int8_static": {"Conv": 1, "MatMul": 1, "Gemm": 1},
+    "int4": {"MatMul": 1, "Gather": 0},
+}
+# ``scheme: auto``: static where ONNX Runtime CPU fuses QDQ (QLinearConv), dynamic elsewhere.
+AUTO_SCHEME_BY_OP = {"Conv": "int8_static"}
+AUTO_FALLBACK = "int8_dynamic"
+PRECISION = {"int8_dynamic": "int8", "int8_static": "int8", "int4": "int4"}
+
+
+def resolve_scheme(spec, model: onnx.ModelProto) -> str:
+    if spec.scheme != "auto":
+        return spec.scheme
+    ops = {node.op_type for node in model.graph.node}
+    return next((scheme for op, scheme in AUTO_SCHEME_BY_OP.items() if op in ops), AUTO_FALLBACK)
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give unnamed nodes stable names: exclusions and the budget refer to nodes by name."""
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{index}"
+    return model
+
+
+def weight_nodes(model: onnx.ModelProto, scheme: str, exclude_ops: list[str] = ()) -> list[str]:
+    """Names of the nodes ``scheme`` quantizes: weight ops whose weight is an initializer."""
+    initializers = {init.name for init in model.graph.initializer}
+    ops = WEIGHT_INPUTS[scheme]
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type in ops
+        and node.op_type not in exclude_ops
+        and len(node.input) > ops[node.op_type]
+        and node.input[ops[node.op_type]] in initializers
+    ]
+
+
+class CalibrationReader:
+    """onnxruntime.quantization's data reader over the calibration split, up to ``samples`` rows."""
+
+    def __init__(self, data: TaskData, samples: int):
+        split = "calibration" if data.calibration is not None else "train"
+        self.feeds = []
+        rows = 0
+        for batch in data.batches(split):
+            inputs = training_inputs(batch)
+            names, tensors = flatten_inputs(inputs)
+            count = min(int(tensors[0].shape[0]), samples - rows)
+            names, tensors = flatten_inputs(take_rows(inputs, count))
+            self.feeds.append({n: t.detach().cpu().numpy() for n, t in zip(names, tensors)})
+            rows += count
+            if rows >= samples:
+                break
+        if not self.feeds:
+            raise InputError(f"int8 static calibration: the {split!r} split is empty; give it at least one batch")
+        self._iterator: Iterator | None = None
+
+    def get_next(self) -> dict | None:
+        if self._iterator is None:
+            self._iterator = iter(self.feeds)
+        return next(self._iterator, None)
+
+    def rewind(self) -> None:
+        self._iterator = None
+
+
+def _int8_dynamic(src: Path, dst: Path, spec, excluded: list[str], data: TaskData) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        per_channel=spec.per_channel,
+        reduce_range=spec.reduce_range,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=excluded,
+        op_types_to_quantize=[op for op in WEIGHT_INPUTS["int8_dynamic"] if op not in spec.exclude_ops],
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
+    )
+
+
+def _int8_static(src: Path, dst: Path, spec, excluded: list[str], data: TaskData) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    calibration = spec.calibration
+    quantize_static(
+        str(src),
+        str(dst),
+        CalibrationReader(data, calibration.samples),
+        quant_format=QuantFormat.QDQ,
+        per_channel=spec.per_channel,
+        reduce_range=spec.reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=excluded,
+        op_types_to_quantize=[op for op in WEIGHT_INPUTS["int8_static"] if op not in spec.exclude_ops],
+        calibrate_method=methods[calibration.method],
+        calibration_providers=["CPUExecutionProvider"],
+        extra_options={"CalibPercentile": calibration.percentile},
+    )
+
+
+def _int4(src: Path, dst: Path, spec, excluded: list[str], data: TaskData) -> None:
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    ops = ("MatMul", "Gather") if spec.quantize_embeddings else ("MatMul",)
+    ops = tuple(op for op in ops if op not in spec.exclude_ops)
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=spec.block_size,
+        is_symmetric=spec.symmetric,
+        accuracy_level=spec.accuracy_level,
+        op_types_to_quantize=ops,
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+    )
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), nodes_to_exclude=excluded, algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), False)
+
+
+SCHEMES: dict[str, Callable[[Path, Path, Any, list[str], TaskData], None]] = {
+    "int8_dynamic": _int8_dynamic,
+    "int8_static": _int8_static,
+    "int4": _int4,
+}

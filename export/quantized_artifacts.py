@@ -1,0 +1,203 @@
+"""The quantized ONNX artifacts a recipe's quantize pass asks for, built within its accuracy budget.
+
+Per variant: export the fp32 source graph (with the variant's exporter and opset), apply
+ONNX Runtime's transformer fusions when asked, quantize, and when a budget is set, keep
+the most sensitive weight nodes in float until the metric drop on the budget split fits.
+The record names the nodes kept in float and says whether the budget was met.
+"""
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from compress import log
+from compress.data import TaskData
+from compress.errors import ModelpressError
+from compress.evaluate import Evaluator
+from compress.io import write_atomic, write_json_atomic
+from compress.quant.budget import fit_budget
+from compress.recipe import ParitySpec, Recipe
+from export.artifacts import artifacts_dir, file_facts, heldout_inputs
+from export.errors import ExportError
+from export.onnx_export import to_onnx
+from export.quantize import PRECISION, SCHEMES, name_nodes, resolve_scheme, weight_nodes
+from export.runtime import make_session, ort_predictor
+from export.validate import compare_outputs
+
+AUTO_NAME = {"auto": "int8"}
+
+
+def _attention_dims(torch_model: torch.nn.Module) -> tuple[int, int]:
+    """(heads, attention width) of the first attention module, as pruning left it; (0, 0) = let ORT guess."""
+    for module in torch_model.modules():
+        if hasattr(module, "num_attention_heads") and hasattr(module, "all_head_size"):
+            return int(module.num_attention_heads), int(module.all_head_size)
+    return 0, 0
+
+
+def _optimized(path: Path, model_type: str, torch_model: torch.nn.Module) -> onnx.ModelProto:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads, width = _attention_dims(torch_model)
+    # opt_level 0: only the transformer fusions; ONNX Runtime's own passes run at load time.
+    optimized = optimize_model(str(path), model_type=model_type, num_heads=heads, hidden_size=width, opt_level=0)
+    fused = {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
+    log.info(f"  fused for {model_type}: {fused or 'nothing'}")
+    graph = optimized.model
+    if any(node.domain == "com.microsoft" for node in graph.graph.node) and not any(
+        o.domain == "com.microsoft" for o in graph.opset_import
+    ):
+        graph.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return graph
+
+
+def _prepare(spec, torch_model, recipe: Recipe, example_inputs, work: Path) -> Path:
+    """The fp32 graph this variant quantizes: exported, optionally fused, pre-processed, nodes named."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source = work / "source.onnx"
+    export = recipe.export
+    to_onnx(
+        torch_model,
+        example_inputs,
+        source,
+        spec.opset or export.opset,
+        export.dynamic_batch,
+        export.output_name,
+        spec.exporter,
+    )
+    if spec.optimize != "none":
+        onnx.save(_optimized(source, spec.optimize, torch_model), str(source))
+    prepared = work / "prepared.onnx"
+    # ONNX Runtime's own pre-processing: shape inference and graph optimization (folding, fusions)
+    # before quantizing, so the quantizer sees the graph the runtime will run.
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    onnx.save(name_nodes(onnx.load(str(prepared))), str(prepared))
+    return prepared
+
+
+def quantized_parity(recipe: Recipe) -> ParitySpec:
+    """Quantization is lossy by design: its parity bounds the damage instead of the difference."""
+    parity = recipe.export.parity
+    return ParitySpec(
+        atol=float("inf"),
+        min_cosine=parity.quantized_min_cosine,
+        min_top1_agreement=parity.quantized_min_top1_agreement,
+        samples=parity.samples,
+    )
+
+
+def build_variant(
+    spec,
+    name: str,
+    torch_model: torch.nn.Module,
+    recipe: Recipe,
+    evaluator: Evaluator,
+    data: TaskData,
+    example_inputs: Any,
+    out_dir: Path,
+) -> dict:
+    """Export, quantize (within the budget) and check one variant; return its artifact record."""
+    path = artifacts_dir(out_dir) / f"{name}.onnx"
+    with tempfile.TemporaryDirectory(prefix="modelpress-quant-") as scratch:
+        work = Path(scratch)
+        prepared = _prepare(spec, torch_model, recipe, example_inputs, work)
+        graph = onnx.load(str(prepared))
+        scheme = resolve_scheme(spec, graph)
+        nodes = [n for n in weight_nodes(graph, scheme, spec.exclude_ops) if n not in spec.exclude_nodes]
+        split = spec.budget_split if getattr(data, spec.budget_split, None) is not None else "eval"
+
+        def quantize(quantized: list[str], target: Path) -> Path:
+            excluded = [*spec.exclude_nodes, *(n for n in nodes if n not in quantized)]
+            try:
+                SCHEMES[scheme](prepared, target, spec, excluded, data)
+            except ModelpressError:
+                raise
+            except Exception as exc:  # noqa: BLE001  (onnxruntime.quantization raises bare exceptions)
+                raise ExportError(
+                    f"onnxruntime.quantization ({scheme}) failed on {name}: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}; leave the failing op in float with "
+                    "exclude_ops or exclude_nodes"
+                ) from None
+            return target
+
+        def score(graph_path: Path) -> float:
+            return evaluator.score(ort_predictor(make_session(graph_path)), data.batches(split))
+
+        budget = None
+        if spec.max_metric_drop is not None:
+            reference = score(prepared)
+            budget = fit_budget(
+                nodes, lambda q: score(quantize(q, work / "trial.onnx")), reference, spec.max_metric_drop
+            )
+        float_nodes = budget.float_layers if budget else []
+        write_atomic(path, lambda tmp: quantize([n for n in nodes if n not in float_nodes], tmp))
+    record = {
+        "name": name,
+        "path": str(path.relative_to(out_dir)),
+        "format": "onnx",
+        "precision": PRECISION[scheme],
+        "scheme": scheme,
+        "quantization": spec.model_dump(mode="json"),
+        "quantized_nodes": len(nodes) - len(float_nodes),
+        "float_nodes": float_nodes,
+        "budget": {**budget.to_dict(), "split": split} if budget else None,
+        "source_artifact": "compressed",
+        "opset": max(
+            o.version
+            for o in onnx.load(str(path), load_external_data=False).opset_import
+            if o.domain in ("", "ai.onnx")
+        ),
+        **file_facts(path),
+    }
+    parity = compare_outputs(
+        torch_model,
+        make_session(path),
+        heldout_inputs(evaluator, data),
+        quantized_parity(recipe),
+        evaluator.is_classifier,
+    )
+    record["parity"] = parity.to_dict()
+    record["status"] = "passed" if parity.passed else "failed"
+    if not parity.passed:
+        record["error"] = "quantized output too far from fp32: " + "; ".join(parity.failures)
+    return record
+
+
+def export_quantized(
+    out_dir: Path,
+    torch_model: torch.nn.Module,
+    source_stage: str,
+    variants: list,
+    recipe: Recipe,
+    evaluator: Evaluator,
+    data: TaskData,
+    example_inputs: Any,
+) -> list[dict]:
+    """Build every requested variant; a failure is recorded in its artifact, not raised."""
+    records, taken = [], set()
+    for spec in variants:
+        name = spec.name or f"compressed-{AUTO_NAME.get(spec.scheme, spec.scheme)}"
+        name = name if name not in taken else f"{name}-{len(taken) + 1}"
+        taken.add(name)
+        log.info(f"quantize {name} ({spec.scheme})")
+        try:
+            record = build_variant(spec, name, torch_model, recipe, evaluator, data, example_inputs, out_dir)
+        except ModelpressError as exc:
+            record = {
+                "name": name,
+                "format": "onnx",
+                "precision": spec.scheme,
+                "status": "failed",
+                "error": str(exc),
+                "opset": spec.opset or recipe.export.opset,
+            }
+        record["source_stage"] = source_stage
+        level = log.info if record["status"] == "passed" else log.warn
+        level(f"  {name}: {record['status']}" + (f" ({record['error']})" if "error" in record else ""))
+        write_json_atomic(artifacts_dir(out_dir) / f"{name}.json", record)
+        records.append(record)
+    return records
