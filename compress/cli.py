@@ -1,4 +1,4 @@
-"""The ``modelpress`` command line: run, demo, export, report, passes.
+"""The ``modelpress`` command line: run, demo, export, report, passes, bench.
 
 Bad input (recipe, checkpoint, data, folder) ends with one plain line per problem
 on stderr and exit status 2; an artifact that fails export or parity, exit status 1.
@@ -17,6 +17,7 @@ EXAMPLES = {
     "export": "example:\n  modelpress export recipe.yaml --out runs/my-model   # then: modelpress report runs/my-model",
     "report": "example:\n  modelpress report runs/my-model   # re-measure on this machine, rewrite report.json/md",
     "passes": "example:\n  modelpress passes",
+    "bench": "example:\n  modelpress bench minilm-sts --out reports/benchmarks   # needs: pip install -e '.[bench]'",
 }
 
 
@@ -68,12 +69,19 @@ def _cmd_passes(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from benchmarks.__main__ import main as bench_main
+
+    return bench_main([args.suite, *(["--quick"] if args.quick else []), "--out", args.out])
+
+
 COMMANDS = {
     "run": (_cmd_run, "compress a checkpoint with a recipe, export ONNX, verify, benchmark, report"),
     "demo": (_cmd_demo, "run the embedded default recipe on a residual CNN trained on digits"),
     "export": (_cmd_export, "run the recipe's passes (resuming) and export + verify the ONNX artifacts"),
     "report": (_cmd_report, "measure the artifacts of a run folder in ONNX Runtime and write the report"),
     "passes": (_cmd_passes, "list the registered passes"),
+    "bench": (_cmd_bench, "run a benchmark suite beside the peer tools; write reports/benchmarks/<suite>.md/.json"),
 }
 
 
@@ -100,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("run_dir", help="folder of an earlier run or export")
         if name in ("run", "demo", "export"):
             cmd.add_argument("--out", help="run folder (default: runs/<recipe name>); rerunning into it resumes")
+        if name == "bench":
+            cmd.add_argument("suite", help="suite name, e.g. minilm-sts")
+            cmd.add_argument("--quick", action="store_true", help="smoke mode: a few batches, few timing rounds")
+            cmd.add_argument("--out", default="reports/benchmarks", help="folder for <suite>.md/.json")
     return parser
 
 

@@ -128,3 +128,30 @@ def test_int4_embeddings_with_an_opset_below_21_is_refused():
 def test_torchscript_variant_above_opset_20_is_refused():
     with pytest.raises(RecipeError, match="torchscript exporter stops at opset 20"):
         parse_recipe({"passes": [{"pass": "quantize", "onnx": [{"exporter": "torchscript", "opset": 21}]}]})
+
+
+def test_torch_4bit_model_exports_a_4bit_twin_and_reports_both_metrics(tmp_path):
+    from tests.tiny_models import tiny_bert, token_data
+
+    recipe = {"passes": [{"pass": "quantize", "bitsandbytes": {"scheme": "nf4", "block_size": 32}}]}
+    result = compress.run(tiny_bert(), recipe, token_data(), out_dir=tmp_path)
+    artifacts = {a["name"]: a for a in result.artifacts}
+    assert quantized_layers(result.model)  # the torch model itself is 4-bit
+    assert artifacts["compressed"]["status"] == "passed"  # the float twin computes what the 4-bit layers do
+    twin = artifacts["compressed-int4"]
+    assert twin["status"] == "passed" and twin["quantization"]["block_size"] == 32 and twin["opset"] == 21
+    assert twin["size_bytes"] < 0.5 * artifacts["baseline"]["size_bytes"]
+    report = (tmp_path / "report.md").read_text()
+    torch_metric = f"{result.stages[-1].metric:.4f}"
+    assert f"| compressed-int4 | int4 | {twin['metric']['value']:.4f} | {torch_metric} |" in report
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bitsandbytes CUDA kernels)")
+@pytest.mark.parametrize("scheme", ["int8", "nf4", "fp4"])
+def test_bitsandbytes_schemes_on_cuda(scheme, tmp_path):
+    reference = wide_mlp().cuda()
+    result, data = quantize_run(wide_mlp().cuda(), tmp_path, bitsandbytes={"scheme": scheme})
+    x = data.eval[0][0].cuda()
+    with torch.no_grad():
+        assert result.model.fc1.weight.device.type == "cuda"
+        assert sqnr_db(reference(x), result.model(x).float()) >= SQNR_FLOOR_DB[scheme]

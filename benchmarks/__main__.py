@@ -1,0 +1,26 @@
+"""``python -m benchmarks SUITE [--quick] [--out DIR]``: run a benchmark suite, write its report."""
+
+import argparse
+import importlib
+import sys
+import tempfile
+from pathlib import Path
+
+# Suite name -> module with ``run(out_dir, work, quick) -> Path``.
+SUITES = {"minilm-sts": "benchmarks.minilm_sts"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("suite", choices=sorted(SUITES))
+    parser.add_argument("--quick", action="store_true", help="smoke mode: a few batches, few timing rounds")
+    parser.add_argument("--out", default="reports/benchmarks", help="folder for <suite>.md/.json")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="modelpress-bench-") as work:
+        path = importlib.import_module(SUITES[args.suite]).run(Path(args.out), Path(work), quick=args.quick)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
