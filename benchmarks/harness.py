@@ -20,6 +20,7 @@ import torch
 from compress.data import take_rows
 from compress.evaluate import Evaluator, torch_predictor
 from compress.io import write_json_atomic, write_text_atomic
+from export.benchmark import warm
 from export.runtime import default_threads, feed, make_session, ort_predictor
 
 
@@ -85,6 +86,7 @@ def measure(
             for row in rows:
                 call, count = runners[row.name][1], calls_per_round[batch_size]
                 with torch.no_grad():
+                    warm(lambda c=call, i=inputs: c(i))
                     start = time.perf_counter()
                     for _ in range(count):
                         call(inputs)

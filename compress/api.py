@@ -4,6 +4,7 @@
 -> report (metric in ONNX Runtime, latency, report.json/report.md).
 """
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,9 @@ import torch
 from compress import log
 from compress.data import TaskData, as_task_data, take_rows
 from compress.distributed import init_from_environment, is_main
-from compress.errors import InputError
+from compress.errors import InputError, OutputError
 from compress.evaluate import Evaluator, resolve_evaluator
-from compress.io import read_json, write_json_atomic, write_text_atomic
+from compress.io import ensure_writable, read_json, write_json_atomic, write_text_atomic
 from compress.loading import load_data, load_model
 from compress.pipeline import run_pipeline
 from compress.quant.bnb import float_copy
@@ -50,11 +51,30 @@ def _example_inputs(evaluator: Evaluator, data: TaskData) -> Any:
     raise InputError("task data: the eval split is empty; it must hold at least one batch")
 
 
+def _claim_folder(out_dir: Path, recipe: Recipe, force: bool) -> None:
+    """Refuse a folder holding another recipe's run (other name or inputs) unless ``force``, which clears it."""
+    ensure_writable(out_dir)
+    previous = read_json(out_dir / "run.json")
+    owner = (previous or {}).get("identity")
+    if owner is None or owner == recipe.identity():
+        return
+    if not force:
+        raise OutputError(
+            f"{out_dir}: holds a run of recipe {owner.get('name')!r} with other inputs (model/data/task); "
+            "choose another --out folder, or pass --force to replace that run"
+        )
+    for name in ("stages", "artifacts", "scratch"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in ("report.json", "report.md", "run.json", "recipe.yaml"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def _save_recipe(out_dir: Path, recipe: Recipe, search_dir: Path | None) -> None:
     import yaml
 
     write_text_atomic(out_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    write_json_atomic(out_dir / "run.json", {"recipe_sha256": recipe.sha256(), "search_dir": str(search_dir or "")})
+    run_info = {"recipe_sha256": recipe.sha256(), "identity": recipe.identity(), "search_dir": str(search_dir or "")}
+    write_json_atomic(out_dir / "run.json", run_info)
 
 
 def run(
@@ -68,12 +88,14 @@ def run(
     export: bool = True,
     report: bool = True,
     search_dir: Path | None = None,
+    force: bool = False,
 ) -> CompressionResult:
     """Compress ``model`` with ``recipe`` (YAML path, dict, Recipe, or list of pass configs).
 
     ``data`` is TaskData, a dict of splits, or an iterable of eval batches. The run folder
     (default ``runs/<recipe name>``) receives stages, ONNX artifacts and the report; rerunning
-    into the same folder resumes after the last completed stage. Under torchrun every rank
+    into the same folder resumes after the last completed stage; a folder holding a run of another
+    recipe (other name, model, data or task) is refused unless ``force``. Under torchrun every rank
     runs the passes (training ones with DDP) and rank 0 alone writes.
     """
     init_from_environment()
@@ -84,7 +106,7 @@ def run(
         example_inputs = _example_inputs(evaluator, data)
     out = Path(out_dir or Path("runs") / recipe.name)
     if is_main():
-        out.mkdir(parents=True, exist_ok=True)
+        _claim_folder(out, recipe, force)
         _save_recipe(out, recipe, search_dir)
     result = run_pipeline(model, recipe, data, evaluator, example_inputs, out)
     outcome = CompressionResult(result.model, result.stages, out_dir=out)
@@ -119,14 +141,21 @@ def measure_and_report(out: Path, recipe: Recipe, evaluator: Evaluator, data: Ta
 
 
 def run_recipe(
-    source: str | Path | Recipe, out_dir: str | Path | None = None, export: bool = True, report: bool = True
+    source: str | Path | Recipe,
+    out_dir: str | Path | None = None,
+    export: bool = True,
+    report: bool = True,
+    force: bool = False,
+    trust_checkpoint: bool = False,
 ):
     """Load the recipe's model and data (factories, checkpoint) and ``run`` it."""
     recipe = load_recipe(source)
+    if trust_checkpoint and recipe.model is not None:
+        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"trust_checkpoint": True})})
     search_dir = Path(source).resolve().parent if isinstance(source, (str, Path)) else None
     model = load_model(recipe.model, search_dir)
     data = load_data(recipe.data, search_dir)
-    return run(model, recipe, data, out_dir=out_dir, export=export, report=report, search_dir=search_dir)
+    return run(model, recipe, data, out_dir=out_dir, export=export, report=report, search_dir=search_dir, force=force)
 
 
 def report_run(out_dir: str | Path) -> CompressionResult:

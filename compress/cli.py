@@ -36,7 +36,7 @@ def _finish(result) -> int:
 def _cmd_run(args) -> int:
     from compress.api import run_recipe
 
-    return _finish(run_recipe(args.recipe, args.out))
+    return _finish(run_recipe(args.recipe, args.out, force=args.force, trust_checkpoint=args.trust_checkpoint))
 
 
 def _cmd_demo(args) -> int:
@@ -48,7 +48,7 @@ def _cmd_demo(args) -> int:
 def _cmd_export(args) -> int:
     from compress.api import run_recipe
 
-    result = run_recipe(args.recipe, args.out, report=False)
+    result = run_recipe(args.recipe, args.out, report=False, force=args.force, trust_checkpoint=args.trust_checkpoint)
     for artifact in result.artifacts:
         print(artifact["path"])
     return _finish(result)
@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("run_dir", help="folder of an earlier run or export")
         if name in ("run", "demo", "export"):
             cmd.add_argument("--out", help="run folder (default: runs/<recipe name>); rerunning into it resumes")
+        if name in ("run", "export"):
+            cmd.add_argument("--force", action="store_true", help="replace a run of another recipe in --out")
+            cmd.add_argument(
+                "--trust-checkpoint",
+                action="store_true",
+                help="allow a checkpoint that needs full unpickling (it can run code): only for files you trust",
+            )
         if name == "bench":
             cmd.add_argument("suite", help="suite name, e.g. minilm-sts")
             cmd.add_argument("--quick", action="store_true", help="smoke mode: a few batches, few timing rounds")

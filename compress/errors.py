@@ -25,3 +25,7 @@ class InputError(ModelpressError):
 
 class SelectionError(ModelpressError):
     """A layer pattern in a pass matches no layer of the model."""
+
+
+class OutputError(ModelpressError):
+    """The output folder cannot be used: not writable, full, or holding another recipe's run."""

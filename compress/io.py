@@ -1,11 +1,14 @@
 """Atomic writes: a file is either complete or absent, never half-written."""
 
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from compress.errors import OutputError
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
@@ -17,9 +20,27 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(
+                f"{path}: disk full while writing; free space and rerun the same command (completed stages are kept)"
+            ) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def ensure_writable(folder: Path) -> None:
+    """Fail before any work when ``folder`` cannot be created or written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise OutputError(
+            f"{folder}: cannot write there ({exc.strerror or exc}); choose another --out folder"
+        ) from None
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

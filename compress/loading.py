@@ -5,6 +5,8 @@ Checkpoints are read as safetensors, or as a pickled state_dict with
 """
 
 import importlib
+import pickle
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,23 +38,51 @@ def import_object(spec: str, what: str, search_dir: Path | None = None) -> Any:
         raise InputError(f"{what}: module {module_name!r} has no attribute {attr!r}") from None
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file or of a (weights-only) torch checkpoint."""
+def _untrusted_pickle(path: Path, exc: Exception) -> InputError:
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    holds = f" (it references {found.group(1)})" if found else ""
+    return InputError(
+        f"checkpoint {path}: refused: loading it needs arbitrary unpickling{holds}, which can run code. "
+        "Re-save the weights as safetensors or a plain state_dict; if you trust its source, set "
+        "model.trust_checkpoint: true in the recipe (CLI: --trust-checkpoint)"
+    )
+
+
+def load_state_dict(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file or of a torch checkpoint, unpickled with ``weights_only=True``
+    unless ``trust`` (the user vouches for the file: full unpickling can run code)."""
     if not path.is_file():
         raise InputError(f"checkpoint {path}: file not found; check model.checkpoint in the recipe")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):  # the file references Python objects beyond tensors
+            raise _untrusted_pickle(path, exc) from None
+        raise InputError(
+            f"checkpoint {path}: cannot be read (not a valid pickle); "
+            "the file is truncated, corrupt or not a checkpoint"
+        ) from None
     except Exception as exc:  # noqa: BLE001  (any reader failure means an unusable file)
-        raise InputError(f"checkpoint {path}: cannot be read ({str(exc).splitlines()[0]})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(
+            f"checkpoint {path}: cannot be read ({reason}); the file is truncated, corrupt or not a checkpoint"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"checkpoint {path}: expected a state_dict (a mapping of names to tensors)")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise InputError(
+            f"checkpoint {path}: NaN or Inf values in {', '.join(broken[:5])}{' ...' if len(broken) > 5 else ''}; "
+            "the training that wrote it diverged; use an earlier checkpoint"
+        )
     return dict(state)
 
 
@@ -96,7 +126,7 @@ def load_model(spec: ModelSpec | None, search_dir: Path | None = None) -> torch.
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model.factory {spec.factory} returned {type(model).__name__}, not a torch.nn.Module")
     if checkpoint is not None:
-        load_weights(model, load_state_dict(checkpoint), f"checkpoint {checkpoint}")
+        load_weights(model, load_state_dict(checkpoint, spec.trust_checkpoint), f"checkpoint {checkpoint}")
     return model.eval()
 
 

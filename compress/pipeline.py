@@ -15,8 +15,9 @@ import torch
 
 from compress import log
 from compress.context import Context
-from compress.data import TaskData
+from compress.data import TaskData, call_model, flatten_inputs, model_device, to_device
 from compress.distributed import barrier, is_main
+from compress.errors import InputError
 from compress.evaluate import Evaluator, torch_predictor
 from compress.metrics import count_nonzero_params, count_params, weights_fingerprint
 from compress.quant.bnb import float_copy
@@ -43,6 +44,26 @@ def _stage_names(recipe: Recipe) -> list[str]:
         count = seen[config.pass_name]
         names.append(config.pass_name if count == 1 else f"{config.pass_name}-{count}")
     return names
+
+
+def _describe(inputs) -> str:
+    names, tensors = flatten_inputs(inputs)
+    return ", ".join(
+        f"{name} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for name, t in zip(names, tensors)
+    )
+
+
+def _check_model_runs(model, example_inputs) -> None:
+    """Fail before any work when the model cannot take the data's inputs, naming their shapes."""
+    try:
+        with torch.no_grad():
+            call_model(model, to_device(example_inputs, model_device(model)))
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(
+            f"the model cannot run on the eval inputs ({_describe(example_inputs)}): {type(exc).__name__}: {reason}; "
+            "eval batches must be (inputs, labels) with inputs shaped and typed as the model expects"
+        ) from None
 
 
 def _resume(model, fingerprints: list[str], example_inputs, out_dir: Path | None):
@@ -79,6 +100,7 @@ def run_pipeline(
     """Apply every pass of ``recipe`` to ``model`` (in place) and return the stages."""
     torch.manual_seed(recipe.seed)
     model.eval()
+    _check_model_runs(model, example_inputs)
     baseline = copy.deepcopy(model)
     fingerprints = [chain_fingerprint(weights_fingerprint(model), {"seed": recipe.seed, "metric": evaluator.name})]
     for config in recipe.passes:

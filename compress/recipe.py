@@ -36,6 +36,7 @@ class ModelSpec(StrictModel):
     factory: str | None = Field(None, description="package.module:function returning an nn.Module")
     checkpoint: str | None = Field(None, description="safetensors / state_dict file, or a Hugging Face folder")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
+    trust_checkpoint: bool = Field(False, description="allow full unpickling (can run code); only for trusted files")
 
 
 class DataSpec(StrictModel):
@@ -95,6 +96,14 @@ class Recipe(StrictModel):
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def identity(self) -> dict[str, Any]:
+        """What makes a run folder this recipe's: its name and its inputs (model, data, task).
+        Passes may change between reruns: the folder then resumes from the first changed pass."""
+        body = self.model_dump(
+            mode="json", include={"name", "model", "data", "task"}, exclude={"model": {"trust_checkpoint"}}
+        )
+        return {"name": self.name, "sha256": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()}
 
 
 def parse_pass(entry: Any, where: str) -> PassConfig:

@@ -45,6 +45,17 @@ def time_calls(call, warmup: int, iterations: int, max_seconds: float, minimum: 
 
 
 ROUNDS = 10
+TURN_WARMUP_SECONDS = 0.1
+
+
+def warm(call, seconds: float = TURN_WARMUP_SECONDS) -> None:
+    """Untimed calls for ``seconds`` (at least one) at the start of a turn: the previous artifact's
+    ONNX Runtime threads are still spinning and its weights fill the caches. Without this, a 90 MB
+    model measured right after another one reads twice as slow at batch 1."""
+    deadline = time.perf_counter() + seconds
+    call()
+    while time.perf_counter() < deadline:
+        call()
 
 
 def benchmark_sessions(
@@ -53,7 +64,7 @@ def benchmark_sessions(
     """Per session, one Latency per batch size; inputs are ``sample_inputs`` rows cycled to the batch size.
 
     The sessions take turns: each batch size is timed in ``ROUNDS`` rounds, and in every round each
-    session runs its share of the iterations. Load on a shared machine then hits all artifacts
+    session warms up (``warm``), then runs its share of the iterations. Load on a shared machine then hits all artifacts
     alike, so their ratios hold even when absolute timings drift.
     """
     results: dict[str, list[Latency]] = {name: [] for name in sessions}
@@ -65,9 +76,9 @@ def benchmark_sessions(
             time_calls(lambda s=session, i=inputs: s.run(None, i), warmup, 0, 0)
         for _ in range(ROUNDS):
             for name, session in sessions.items():
-                times[name] += time_calls(
-                    lambda s=session, i=inputs: s.run(None, i), 0, per_round, max_seconds / ROUNDS, minimum=1
-                )
+                call = lambda s=session, i=inputs: s.run(None, i)  # noqa: E731
+                warm(call)
+                times[name] += time_calls(call, 0, per_round, max_seconds / ROUNDS, minimum=1)
         for name, session in sessions.items():
             provider = session.get_providers()[0]
             results[name].append(

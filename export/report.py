@@ -16,8 +16,10 @@ from compress.stages import StageResult
 SCHEMA = "modelpress.report/1"
 METHOD = (
     "ONNX Runtime CPUExecutionProvider, all graph optimizations, fixed intra-op threads; "
-    "per batch size: {warmup} warm-up runs per artifact, then up to {iterations} timed runs or {max_seconds} s "
-    "per artifact, with the artifacts taking turns in 10 rounds so that machine load hits all of them alike; "
+    "per batch size: {warmup} warm-up runs per artifact, then up to {iterations} timed runs "
+    "or {max_seconds} s per artifact, with the artifacts taking turns in 10 rounds so that "
+    "machine load hits all of them alike; each turn opens with 0.1 s of untimed runs, so that "
+    "the previous artifact's spinning threads and cached weights do not weigh on it; "
     "wall-clock per run; p50/p90 over the timed runs; input: held-out rows cycled to the batch size"
 )
 

@@ -99,6 +99,11 @@ def logits_loss(student, teacher, labels, config: DistillConfig) -> torch.Tensor
     )
     soft = soft * t * t
     if labels is None:
+        if config.alpha < 1.0:
+            raise InputError(
+                f"distill: alpha {config.alpha} mixes in cross-entropy on labels, but the train batches carry "
+                "no integer labels; return (inputs, labels) batches from the data factory, or set alpha: 1.0"
+            )
         return soft
     return config.alpha * soft + (1 - config.alpha) * F.cross_entropy(student, labels)
 

@@ -19,7 +19,8 @@ from pydantic import Field, PositiveInt, model_validator
 
 from compress import log
 from compress.config import PassConfig, StrictModel
-from compress.errors import SelectionError
+from compress.data import flatten_inputs, training_inputs
+from compress.errors import InputError, SelectionError
 from compress.quant.bnb import dequantized_weight, quantize_named
 from compress.quant.budget import fit_budget
 from compress.registry import register_pass
@@ -204,8 +205,28 @@ def requantize(model: torch.nn.Module, record: dict, config: dict) -> torch.nn.M
     return model
 
 
+def _check_calibration(config: QuantizeConfig, data) -> None:
+    """Static int8 needs calibration rows; find out now, not after training and export."""
+    static = [spec for spec in config.onnx_variants() if spec.scheme == "int8_static"]
+    if not static:
+        return
+    split = "calibration" if data.calibration is not None else "train"
+    source = getattr(data, split)
+    batches = source() if callable(source) else source
+    rows = sum(int(flatten_inputs(training_inputs(batch))[1][0].shape[0]) for batch in batches or [])
+    if rows == 0:
+        raise InputError(
+            f"quantize: int8_static calibrates activation ranges on the {split!r} split, which is empty; "
+            "return calibration batches from the data factory, or use scheme int8_dynamic"
+        )
+    wanted = max(spec.calibration.samples for spec in static)
+    if rows < wanted:
+        log.warn(f"quantize: {rows} calibration rows available, fewer than the {wanted} requested")
+
+
 @register_pass("quantize", QuantizeConfig, after_load=requantize)
 def quantize(model: torch.nn.Module, config: QuantizeConfig, ctx) -> torch.nn.Module:
+    _check_calibration(config, ctx.data)
     if config.bitsandbytes is not None:
         model = _quantize_torch(model, config, ctx)
     ctx.record(onnx_variants=[spec.model_dump(mode="json") for spec in config.onnx_variants()])
