@@ -48,7 +48,10 @@ def test_logits_loss_is_t_squared_kl_mixed_with_cross_entropy():
     kl = (p_teacher * (p_teacher.log() - F.log_softmax(student / 2, -1))).sum(-1).mean() * 4
     expected = 0.25 * kl + 0.75 * F.cross_entropy(student, labels)
     torch.testing.assert_close(logits_loss(student, teacher, labels, config), expected)
-    torch.testing.assert_close(logits_loss(student, teacher, None, config), kl)
+    with pytest.raises(InputError, match="carry no integer labels"):
+        logits_loss(student, teacher, None, config)
+    soft_only = DistillConfig(temperature=2.0, alpha=1.0)
+    torch.testing.assert_close(logits_loss(student, teacher, None, soft_only), kl)
 
 
 def test_logits_distillation_recovers_agreement_with_the_teacher():
