@@ -76,42 +76,27 @@ def _strip_debug_info(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def _dynamo_export(wrapper, tensors, tmp: Path, names, output_name, opset, dynamic_batch, external) -> None:
-    torch.onnx.export(
-        wrapper,
-        tuple(tensors),
-        str(tmp),
-        input_names=names,
-        output_names=[output_name],
-        opset_version=opset,
-        dynamic_shapes=_dynamic_shapes(tensors) if dynamic_batch else None,
-        external_data=external,
-        dynamo=True,
-        verbose=False,
-    )
+def _dynamo_options(tensors, names, output_name, dynamic_batch: bool, external: bool) -> dict:
+    return {
+        "dynamic_shapes": _dynamic_shapes(tensors) if dynamic_batch else None,
+        "external_data": external,
+        "dynamo": True,
+        "verbose": False,
+    }
 
 
-def _torchscript_export(wrapper, tensors, tmp: Path, names, output_name, opset, dynamic_batch, external) -> None:
+def _torchscript_options(tensors, names, output_name, dynamic_batch: bool, external: bool) -> dict:
     axes = {}
     if dynamic_batch:
         for name, spec in zip(names, _dynamic_shapes(tensors)[0]):
             axes[name] = {axis: ("batch" if axis == 0 else "sequence") for axis in spec}
         axes[output_name] = {0: "batch"}
-    torch.onnx.export(
-        wrapper,
-        tuple(tensors),
-        str(tmp),
-        input_names=names,
-        output_names=[output_name],
-        opset_version=opset,
-        dynamic_axes=axes or None,
-        dynamo=False,
-    )
+    return {"dynamic_axes": axes or None, "dynamo": False}
 
 
 # torch's maintained exporter (dynamo) by default; TorchScript (opset <= 20) where a graph must
 # match ONNX Runtime's transformer fusion patterns, which it recognises in TorchScript graphs.
-EXPORTERS = {"dynamo": _dynamo_export, "torchscript": _torchscript_export}
+EXPORTERS = {"dynamo": _dynamo_options, "torchscript": _torchscript_options}
 
 
 def to_onnx(
@@ -137,7 +122,15 @@ def to_onnx(
                 warnings.simplefilter("ignore", FutureWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
                 warnings.filterwarnings("ignore", message="# The axis name")
-                EXPORTERS[exporter](wrapper, tensors, tmp, names, output_name, opset, dynamic_batch, external)
+                torch.onnx.export(
+                    wrapper,
+                    tuple(tensors),
+                    str(tmp),
+                    input_names=names,
+                    output_names=[output_name],
+                    opset_version=opset,
+                    **EXPORTERS[exporter](tensors, names, output_name, dynamic_batch, external),
+                )
         except Exception as exc:  # noqa: BLE001  (the exporter raises many types; all mean the same)
             raise ExportError(
                 f"{type(model).__name__} could not be exported to ONNX (opset {opset}): {_root_cause(exc)}"
