@@ -21,7 +21,7 @@ from compress import log
 from compress.config import PassConfig, StrictModel
 from compress.data import flatten_inputs, training_inputs
 from compress.errors import InputError, SelectionError
-from compress.quant.bnb import dequantized_weight, quantize_named
+from compress.quant.bnb import dequantized_weight, quantize_named, replace_module
 from compress.quant.budget import fit_budget
 from compress.registry import register_pass
 from compress.select import select_modules
@@ -180,8 +180,7 @@ def _quantize_torch(model: torch.nn.Module, config: QuantizeConfig, ctx) -> torc
         quantize_named(model, quantized, spec)
         value = ctx.evaluate(model, split)
         for name, layer in originals.items():  # put the float layers back
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, layer)
+            replace_module(model, name, layer)
         return value
 
     budget = fit_budget(names, score, reference, config.max_metric_drop) if config.max_metric_drop is not None else None

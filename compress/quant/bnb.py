@@ -98,16 +98,17 @@ def float_copy(model: torch.nn.Module) -> torch.nn.Module:
 
     clone = copy.deepcopy(model)
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = clone.get_submodule(parent_name)
-        setattr(parent, child, _float_linear(getattr(parent, child)))
+        replace_module(clone, name, _float_linear(clone.get_submodule(name)))
     return clone
+
+
+def replace_module(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
 
 
 def quantize_named(model: torch.nn.Module, names: list[str], spec) -> torch.nn.Module:
     """Replace the ``nn.Linear`` layers called ``names`` by bitsandbytes layers, in place."""
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, quantize_linear(getattr(parent, child), spec))
+        replace_module(model, name, quantize_linear(model.get_submodule(name), spec))
     return model
