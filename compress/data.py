@@ -15,6 +15,8 @@ import torch
 from compress.errors import InputError
 
 BatchSource = Iterable | Callable[[], Iterable]
+# Where a split is absent, the split that stands in for it (see TaskData).
+FALLBACK_SPLITS = {"validation": "eval", "calibration": "train"}
 
 
 @dataclass
@@ -31,6 +33,10 @@ class TaskData:
     train: BatchSource | None = None
     validation: BatchSource | None = None
     calibration: BatchSource | None = None
+
+    def resolve(self, split: str) -> str:
+        """``split`` when the data has it, else the split that stands in for it."""
+        return FALLBACK_SPLITS.get(split, split) if getattr(self, split) is None else split
 
     def batches(self, split: str) -> Iterable:
         source = getattr(self, split)

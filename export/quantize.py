@@ -61,7 +61,7 @@ class CalibrationReader:
     """onnxruntime.quantization's data reader over the calibration split, up to ``samples`` rows."""
 
     def __init__(self, data: TaskData, samples: int):
-        split = "calibration" if data.calibration is not None else "train"
+        split = data.resolve("calibration")
         self.feeds = []
         rows = 0
         for batch in data.batches(split):

@@ -108,7 +108,7 @@ def build_variant(
         graph = onnx.load(str(prepared))
         scheme = resolve_scheme(spec, graph)
         nodes = [n for n in weight_nodes(graph, scheme, spec.exclude_ops) if n not in spec.exclude_nodes]
-        split = spec.budget_split if getattr(data, spec.budget_split, None) is not None else "eval"
+        split = data.resolve(spec.budget_split)
 
         def quantize(quantized: list[str], target: Path) -> Path:
             excluded = [*spec.exclude_nodes, *(n for n in nodes if n not in quantized)]

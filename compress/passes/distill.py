@@ -200,7 +200,7 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
     ids = [device.index] if device.type == "cuda" else None
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids) if world_size() > 1 else model
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda" and config.mixed_precision)
-    split = "validation" if ctx.data.validation is not None else "eval"
+    split = ctx.data.resolve("validation")
     checkpoint = ctx.scratch_dir / "distill.pt" if ctx.scratch_dir else None
     state = _load_checkpoint(checkpoint, model, feature_loss, optimizer, schedule)
     if state is None:

@@ -145,10 +145,6 @@ class QuantizeConfig(PassConfig):
         ]
 
 
-def _budget_split(ctx, config: QuantizeConfig) -> str:
-    return config.budget_split if getattr(ctx.data, config.budget_split, None) is not None else "eval"
-
-
 # bitsandbytes' CPU 4-bit kernels repack weights in tiles of 32 output features.
 CPU_OUTPUT_TILE = 32
 
@@ -172,7 +168,7 @@ def _quantize_torch(model: torch.nn.Module, config: QuantizeConfig, ctx) -> torc
     names = list(select_modules(model, ["re:.*"], spec.skip, (torch.nn.Linear,), owner="quantize.bitsandbytes"))
     if spec.scheme != "int8":
         _check_four_bit_shapes(model, names, spec)
-    split = _budget_split(ctx, config)
+    split = ctx.data.resolve(config.budget_split)
     reference = ctx.evaluate(model, split) if config.max_metric_drop is not None else float("nan")
 
     def score(quantized: list[str]) -> float:
@@ -209,7 +205,7 @@ def _check_calibration(config: QuantizeConfig, data) -> None:
     static = [spec for spec in config.onnx_variants() if spec.scheme == "int8_static"]
     if not static:
         return
-    split = "calibration" if data.calibration is not None else "train"
+    split = data.resolve("calibration")
     source = getattr(data, split)
     batches = source() if callable(source) else source
     rows = sum(int(flatten_inputs(training_inputs(batch))[1][0].shape[0]) for batch in batches or [])

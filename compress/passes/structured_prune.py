@@ -284,8 +284,8 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     custom_widths: dict = {}  # widths of custom-type layers before the first step
     for step in range(config.steps):
         if config.importance in NEEDS_GRADIENTS:
-            split = "calibration" if ctx.data.calibration is not None else "train"
-            accumulate_task_gradients(model, ctx.data.batches(split), config.gradient_batches)
+            batches = ctx.data.batches(ctx.data.resolve("calibration"))
+            accumulate_task_gradients(model, batches, config.gradient_batches)
         _step(pruner, model)
         custom = {m: r for m, r in _layer_ratios(model, config).items() if is_conv1d(m)}
         _prune_custom_layers(pruner, custom, custom_widths, step, config.steps, config.round_to)
