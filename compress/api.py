@@ -18,6 +18,7 @@ from compress.errors import InputError, OutputError
 from compress.evaluate import Evaluator, resolve_evaluator
 from compress.io import ensure_writable, read_json, write_json_atomic, write_text_atomic
 from compress.loading import load_data, load_model
+from compress.metrics import weights_fingerprint
 from compress.pipeline import run_pipeline
 from compress.quant.bnb import float_copy
 from compress.recipe import Recipe, load_recipe
@@ -44,10 +45,11 @@ class CompressionResult:
         return {s.name: s.metric for s in self.stages}
 
 
-def _example_inputs(evaluator: Evaluator, data: TaskData) -> Any:
+def _example_inputs(evaluator: Evaluator, data: TaskData, recipe: Recipe) -> Any:
+    # Two rows for a dynamic batch: torch.export specializes dimensions of size 1, which would fix the axis.
+    rows = 2 if recipe.export.dynamic_batch else recipe.export.fixed_batch_size
     for batch in data.batches("eval"):
-        # Two rows: torch.export specializes dimensions of size 1, which would fix the batch axis.
-        return take_rows(evaluator.inputs_of(batch)[0], 2)
+        return take_rows(evaluator.inputs_of(batch)[0], rows)
     raise InputError("task data: the eval split is empty; it must hold at least one batch")
 
 
@@ -63,9 +65,9 @@ def _claim_folder(out_dir: Path, recipe: Recipe, force: bool) -> None:
             f"{out_dir}: holds a run of recipe {owner.get('name')!r} with other inputs (model/data/task); "
             "choose another --out folder, or pass --force to replace that run"
         )
-    for name in ("stages", "artifacts", "scratch"):
+    for name in ("stages", "artifacts", "scratch", "plots"):
         shutil.rmtree(out_dir / name, ignore_errors=True)
-    for name in ("report.json", "report.md", "run.json", "recipe.yaml"):
+    for name in ("report.json", "report.md", "report.html", "manifest.json", "run.json", "recipe.yaml"):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -103,7 +105,7 @@ def run(
     data = as_task_data(data)
     evaluator = resolve_evaluator(evaluator or recipe.task.metric, search_dir)
     if example_inputs is None:
-        example_inputs = _example_inputs(evaluator, data)
+        example_inputs = _example_inputs(evaluator, data, recipe)
     out = Path(out_dir or Path("runs") / recipe.name)
     if is_main():
         _claim_folder(out, recipe, force)
@@ -111,7 +113,7 @@ def run(
     result = run_pipeline(model, recipe, data, evaluator, example_inputs, out)
     outcome = CompressionResult(result.model, result.stages, out_dir=out)
     if export and recipe.export.enabled and is_main():  # rank 0 alone exports and reports
-        from export.artifacts import export_artifacts
+        from export.artifacts import convert_to_ort, export_artifacts, measure_torch_sources
         from export.quantized_artifacts import export_quantized
 
         compressed = float_copy(result.model)  # bitsandbytes layers export as the float weights they hold
@@ -123,20 +125,37 @@ def run(
         outcome.artifacts += export_quantized(
             out, compressed, result.stages[-1].name, variants, recipe, evaluator, data, example_inputs
         )
+        if recipe.export.ort_format:
+            convert_to_ort(out, recipe)
         if report:
+            sources = {"compressed": result.model, **({"baseline": result.baseline} if recipe.export.baseline else {})}
+            measure_torch_sources(out, sources, recipe, evaluator, data)
             outcome.report_path, outcome.artifacts = measure_and_report(out, recipe, evaluator, data)
+        _write_manifest(out, recipe, result.baseline)
     return outcome
 
 
+def _write_manifest(out: Path, recipe: Recipe, baseline: torch.nn.Module) -> None:
+    from export.artifacts import read_artifacts
+    from export.environment import collect_environment
+    from export.manifest import build_manifest, write_manifest
+
+    versions = collect_environment()["versions"]
+    manifest = build_manifest(
+        out, recipe, read_stages(out), read_artifacts(out), weights_fingerprint(baseline), versions
+    )
+    log.info(f"manifest: {write_manifest(out, manifest)}")
+
+
 def measure_and_report(out: Path, recipe: Recipe, evaluator: Evaluator, data: TaskData):
-    """Measure the run's artifacts in ONNX Runtime and write report.json / report.md."""
+    """Measure the run's artifacts in ONNX Runtime and write report.json / .md / .html."""
     from export.artifacts import measure_artifacts
     from export.environment import collect_environment
     from export.report import build_report, write_report
 
     artifacts = measure_artifacts(out, recipe, evaluator, data)
     path = write_report(out, build_report(recipe, read_stages(out), artifacts, collect_environment()))
-    log.info(f"report: {path} and {path.with_suffix('.md')}")
+    log.info(f"report: {path}, {path.with_suffix('.md')} and {path.with_suffix('.html')}")
     return path, artifacts
 
 

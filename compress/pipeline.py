@@ -19,7 +19,14 @@ from compress.data import TaskData, call_model, flatten_inputs, model_device, to
 from compress.distributed import barrier, is_main
 from compress.errors import InputError
 from compress.evaluate import Evaluator, torch_predictor
-from compress.metrics import count_nonzero_params, count_params, weights_fingerprint
+from compress.metrics import (
+    count_macs,
+    count_nonzero_params,
+    count_params,
+    dense_bytes,
+    layer_table,
+    weights_fingerprint,
+)
 from compress.quant.bnb import float_copy
 from compress.recipe import Recipe
 from compress.registry import get_pass
@@ -141,6 +148,13 @@ def run_pipeline(
     return PipelineOutput(model, baseline, stages)
 
 
+def _macs_or_none(model, example_inputs) -> int | None:
+    try:
+        return count_macs(model, example_inputs)
+    except (RuntimeError, TypeError, ValueError, AttributeError):  # an op the counter cannot trace
+        return None
+
+
 def _finish_stage(ctx, model, index, name, config, evaluator, fingerprint, start, out_dir) -> StageResult:
     metric = ctx.evaluate(model)
     float_model = float_copy(model)  # quantized layers count (and save) as the float weights they hold
@@ -156,6 +170,9 @@ def _finish_stage(ctx, model, index, name, config, evaluator, fingerprint, start
         seconds=round(time.perf_counter() - start, 3),
         fingerprint=fingerprint,
         record=dict(ctx.facts),
+        macs=_macs_or_none(float_model, ctx.example_inputs),
+        dense_bytes=dense_bytes(float_model),
+        layers=layer_table(model),
     )
     if out_dir is not None and is_main():
         save_stage(out_dir, stage, float_model if index > 0 else None)

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, PositiveInt, SerializeAsAny, ValidationError
@@ -66,7 +66,21 @@ class ParitySpec(StrictModel):
 class ExportSpec(StrictModel):
     enabled: bool = True
     opset: int = Field(18, ge=14, le=23)
-    dynamic_batch: bool = True
+    dynamic_batch: bool = Field(
+        True, description="dynamic batch (and sequence) axes; false: fixed input shapes, as edge runtimes want"
+    )
+    fixed_batch_size: PositiveInt = Field(1, description="the batch size of fixed input shapes")
+    external_data: Literal["auto", "always", "never"] = Field(
+        "auto", description="weights in a .data file beside the .onnx; auto: past protobuf's 2 GB limit"
+    )
+    ort_format: bool = Field(False, description="also convert each artifact to ORT format (.ort) for ORT Mobile")
+    ort_optimization: Literal["fixed", "runtime"] = Field(
+        "fixed", description="fixed: optimized for the CPU EP now; runtime: left to NNAPI/CoreML at load time"
+    )
+    check_providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider", "CUDAExecutionProvider"],
+        description="execution providers every artifact's nodes are checked against (where installed)",
+    )
     baseline: bool = Field(True, description="also export the uncompressed model, for comparison")
     output_name: str = "output"
     parity: ParitySpec = Field(default_factory=ParitySpec)
@@ -78,6 +92,9 @@ class ReportSpec(StrictModel):
     iterations: int = Field(100, ge=1, le=100_000)
     max_seconds: float = Field(5.0, gt=0, description="time budget per measurement")
     threads: int | None = Field(None, ge=1, le=1024, description="ONNX Runtime intra-op threads; default: all cores")
+    max_metric_drop: float = Field(
+        0.01, ge=0, description="artifacts within this metric drop of the baseline qualify for the recommendation"
+    )
 
 
 class Recipe(StrictModel):

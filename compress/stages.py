@@ -34,6 +34,9 @@ class StageResult:
     seconds: float
     fingerprint: str
     record: dict = field(default_factory=dict)
+    macs: int | None = None
+    dense_bytes: int | None = None
+    layers: list = field(default_factory=list)
     resumed: bool = False
 
     @property

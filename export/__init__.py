@@ -5,7 +5,8 @@ onnxruntime is imported only when a session is made, so importing this package s
 
 from export.errors import ExportError, ParityError, ShapeMismatch, ToleranceExceeded
 from export.onnx_export import OnnxModel, to_onnx
-from export.report import build_report, render_markdown, write_report
+from export.render import render_html, render_markdown
+from export.report import build_report, write_report
 
 __all__ = [
     "ExportError",
@@ -14,6 +15,7 @@ __all__ = [
     "ShapeMismatch",
     "ToleranceExceeded",
     "build_report",
+    "render_html",
     "render_markdown",
     "to_onnx",
     "write_report",

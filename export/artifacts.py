@@ -1,8 +1,9 @@
 """Export, verify and measure the artifacts of a run, one JSON record per artifact.
 
 ``export_artifacts`` writes ``artifacts/<name>.onnx`` and ``<name>.json`` (parity
-included); ``measure_artifacts`` adds the metric measured in ONNX Runtime and the
-latency. A failed export or parity check is recorded in the artifact, not hidden.
+included); ``convert_to_ort`` adds ORT-format files; ``measure_torch_sources`` times the
+torch modules; ``measure_artifacts`` adds the metric measured in ONNX Runtime, the latency per
+provider and the providers' support. A failed export or parity check is recorded, not hidden.
 """
 
 import gzip
@@ -19,10 +20,11 @@ from compress.errors import ModelpressError
 from compress.evaluate import Evaluator
 from compress.io import read_json, write_json_atomic
 from compress.recipe import Recipe
-from export.benchmark import benchmark_sessions
-from export.guardrail import flag_slow_or_large
+from export.benchmark import benchmark_sessions, merge_latency
+from export.edge import merge_support, provider_support, to_ort_format
+from export.guardrail import flag_artifacts
 from export.onnx_export import to_onnx
-from export.runtime import default_threads, make_session, ort_predictor
+from export.runtime import default_threads, feed, make_session, ort_predictor
 from export.validate import compare_outputs
 
 
@@ -33,12 +35,16 @@ def heldout_inputs(evaluator: Evaluator, data: TaskData) -> Iterator[Any]:
 
 
 def file_facts(path: Path) -> dict[str, Any]:
+    """Size (with the external-data file, when there is one), gzip size and sha256 of an artifact."""
     raw = path.read_bytes()
-    return {
-        "size_bytes": len(raw),
-        "size_gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0)),
-        "sha256": hashlib.sha256(raw).hexdigest(),
-    }
+    facts = {"sha256": hashlib.sha256(raw).hexdigest()}
+    data = path.with_name(path.name + ".data")
+    if data.is_file():
+        external = data.read_bytes()
+        facts["external_data"] = {"path": data.name, "sha256": hashlib.sha256(external).hexdigest()}
+        raw += external
+    gzip_bytes = len(gzip.compress(raw, compresslevel=9, mtime=0))
+    return {"size_bytes": len(raw), "size_gzip_bytes": gzip_bytes, **facts}
 
 
 def artifacts_dir(out_dir: Path) -> Path:
@@ -67,12 +73,20 @@ def export_artifacts(
         }
         log.info(f"export {name} -> {path}")
         try:
+            spec = recipe.export
             onnx_model = to_onnx(
-                model, example_inputs, path, recipe.export.opset, recipe.export.dynamic_batch, recipe.export.output_name
+                model,
+                example_inputs,
+                path,
+                spec.opset,
+                spec.dynamic_batch,
+                spec.output_name,
+                external_data=spec.external_data,
             )
             record.update(input_names=onnx_model.input_names, output_names=onnx_model.output_names)
             record.update(file_facts(path))
             session = make_session(path)
+            record["input_shapes"] = {i.name: i.shape for i in session.get_inputs()}
             parity = compare_outputs(
                 model, session, heldout_inputs(evaluator, data), recipe.export.parity, evaluator.is_classifier
             )
@@ -93,28 +107,95 @@ def read_artifacts(out_dir: Path) -> list[dict]:
     return [r for p in sorted(artifacts_dir(out_dir).glob("*.json")) if (r := read_json(p))]
 
 
+def _providers_to_time() -> list[str]:
+    """ONNX Runtime CPU always; its CUDA provider where onnxruntime-gpu and a CUDA device are present."""
+    import onnxruntime as ort
+    import torch
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+    return ["CPUExecutionProvider", *(["CUDAExecutionProvider"] if cuda else [])]
+
+
+def _batch_sizes(recipe: Recipe) -> list[int]:
+    """The report's batch sizes; the one fixed batch size when the artifacts have fixed input shapes."""
+    return recipe.report.batch_sizes if recipe.export.dynamic_batch else [recipe.export.fixed_batch_size]
+
+
 def measure_artifacts(out_dir: Path, recipe: Recipe, evaluator: Evaluator, data: TaskData) -> list[dict]:
-    """Add metric (run in ONNX Runtime) and CPU latency to every exported artifact record."""
+    """Add the metric (run in ONNX Runtime), latency per provider and provider support to every artifact.
+
+    Latency entries of other machines (an earlier run on a GPU box, say) and of torch are kept;
+    those this machine measures again are replaced.
+    """
     records = read_artifacts(out_dir)
     threads = recipe.report.threads or default_threads()
     sample = next(heldout_inputs(evaluator, data))
     measured = [r for r in records if "size_bytes" in r and (out_dir / r["path"]).is_file()]
-    sessions = {}
-    for record in measured:
-        session = sessions[record["name"]] = make_session(out_dir / record["path"], threads)
-        value = evaluator.score(ort_predictor(session), data.batches("eval"))
-        record["metric"] = {"name": evaluator.name, "value": value, "runtime": "onnxruntime"}
     spec = recipe.report
-    latency = benchmark_sessions(
-        sessions, sample, spec.batch_sizes, threads, spec.warmup, spec.iterations, spec.max_seconds
-    )
+    for provider in _providers_to_time():
+        sessions = {r["name"]: make_session(out_dir / r["path"], threads, provider) for r in measured}
+        for record in measured if provider == "CPUExecutionProvider" else []:
+            value = evaluator.score(ort_predictor(sessions[record["name"]]), data.batches("eval"))
+            record["metric"] = {"name": evaluator.name, "value": value, "runtime": "onnxruntime"}
+        latency = benchmark_sessions(
+            sessions, sample, _batch_sizes(recipe), threads, spec.warmup, spec.iterations, spec.max_seconds
+        )
+        for record in measured:
+            new = [entry.to_dict() for entry in latency[record["name"]]]
+            record["latency"] = merge_latency(record.get("latency", []), new)
+            summary = ", ".join(f"bs{e['batch_size']} p50 {e['p50_ms']:.2f} ms" for e in new)
+            log.info(
+                f"measure {record['name']} ({provider}): {evaluator.name} {record['metric']['value']:.4f}; {summary}"
+            )
     for record in measured:
-        record["latency"] = [entry.to_dict() for entry in latency[record["name"]]]
-        summary = ", ".join(f"bs{e.batch_size} p50 {e.p50_ms:.2f} ms" for e in latency[record["name"]])
-        log.info(f"measure {record['name']}: {evaluator.name} {record['metric']['value']:.4f}; {summary}")
-    flag_slow_or_large(records)
+        check = provider_support(out_dir / record["path"], recipe.export.check_providers, feed(sample))
+        record["provider_support"] = merge_support(record.get("provider_support", []), check)
+    flag_artifacts(records)
     for record in records:
         for warning in record.get("warnings", []):
             log.warn(f"{record['name']}: {warning}")
         write_json_atomic(artifacts_dir(out_dir) / f"{record['name']}.json", record)
     return records
+
+
+def measure_torch_sources(
+    out_dir: Path, models: dict[str, torch.nn.Module], recipe: Recipe, evaluator: Evaluator, data: TaskData
+) -> None:
+    """Latency of each artifact's torch source in torch (CPU, and CUDA when present), kept in its record:
+    the torch-side variants (bitsandbytes layers) are only measured here, while the modules exist."""
+    from export.benchmark import benchmark_torch
+
+    sample = next(heldout_inputs(evaluator, data))
+    threads = recipe.report.threads or default_threads()
+    spec = recipe.report
+    devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    for name, model in models.items():
+        record = read_json(artifacts_dir(out_dir) / f"{name}.json")
+        if record is None:
+            continue
+        new = []
+        for device in devices:
+            entries = benchmark_torch(
+                model, sample, _batch_sizes(recipe), threads, device, spec.warmup, spec.iterations, spec.max_seconds
+            )
+            new += [entry.to_dict() for entry in entries]
+        model.to("cpu")
+        record["latency"] = merge_latency(record.get("latency", []), new)
+        write_json_atomic(artifacts_dir(out_dir) / f"{name}.json", record)
+
+
+def convert_to_ort(out_dir: Path, recipe: Recipe) -> None:
+    """``.ort`` files (and required-operators configs) for every passed artifact, recorded in it."""
+    for record in read_artifacts(out_dir):
+        if record.get("status") != "passed" or record.get("format") != "onnx":
+            continue
+        try:
+            record["ort_format"] = {
+                "status": "passed",
+                **to_ort_format(out_dir / record["path"], recipe.export.ort_optimization),
+            }
+            log.info(f"ort format {record['name']}: {record['ort_format']['path']}")
+        except ModelpressError as exc:
+            record["ort_format"] = {"status": "failed", "error": str(exc)}
+            log.warn(str(exc))
+        write_json_atomic(artifacts_dir(out_dir) / f"{record['name']}.json", record)

@@ -1,9 +1,11 @@
-"""Latency of an ONNX artifact in ONNX Runtime: warm-up, then timed runs, percentiles.
+"""Latency of artifacts: warm-up, then timed runs, percentiles and throughput.
 
 Each measurement runs ``warmup`` untimed calls, then up to ``iterations`` timed calls
 or until ``max_seconds`` pass, with the artifacts of a run taking turns (see
 ``benchmark_sessions``). Timings are wall-clock per call with
 ``time.perf_counter``, on one fixed input batch, with a fixed intra-op thread count.
+On CUDA, ONNX Runtime runs through IO binding with inputs and outputs already on the
+device, and torch calls end in ``torch.cuda.synchronize``, so a timing is the device's work.
 """
 
 import time
@@ -13,12 +15,14 @@ from typing import Any
 import numpy as np
 
 from compress.data import take_rows
+from export.environment import device_name
 from export.runtime import feed
 
 
 @dataclass
 class Latency:
     device: str
+    device_name: str
     runtime: str
     provider: str
     batch_size: int
@@ -26,7 +30,9 @@ class Latency:
     iterations: int
     p50_ms: float
     p90_ms: float
+    p99_ms: float
     mean_ms: float
+    throughput_per_s: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +50,30 @@ def time_calls(call, warmup: int, iterations: int, max_seconds: float, minimum: 
     return times
 
 
+def latency_key(entry: dict) -> tuple:
+    """What one latency entry measures: machine, runtime, provider and batch size."""
+    return entry.get("device_name"), entry["runtime"], entry["provider"], entry["batch_size"]
+
+
+def merge_latency(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` entries of other machines or runtimes kept, those ``new`` measures again replaced."""
+    replaced = {latency_key(e) for e in new}
+    return [e for e in old if latency_key(e) not in replaced] + new
+
+
+def summarize(times: list[float], **fields) -> Latency:
+    p50 = round(float(np.percentile(times, 50)), 4)
+    return Latency(
+        **fields,
+        iterations=len(times),
+        p50_ms=p50,
+        p90_ms=round(float(np.percentile(times, 90)), 4),
+        p99_ms=round(float(np.percentile(times, 99)), 4),
+        mean_ms=round(float(np.mean(times)), 4),
+        throughput_per_s=round(fields["batch_size"] * 1000 / p50, 2),
+    )
+
+
 ROUNDS = 10
 TURN_WARMUP_SECONDS = 0.1
 
@@ -56,6 +86,26 @@ def warm(call, seconds: float = TURN_WARMUP_SECONDS) -> None:
     call()
     while time.perf_counter() < deadline:
         call()
+
+
+def _runner(session, inputs: dict):
+    """A no-argument call running ``session`` once; on CUDA through IO binding, data kept on the device."""
+    provider = session.get_providers()[0]
+    if not provider.startswith("CUDA"):
+        return lambda: session.run(None, inputs)
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    for name, array in inputs.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+    for output in session.get_outputs():
+        binding.bind_output(output.name, "cuda")
+
+    def call():
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return call
 
 
 def benchmark_sessions(
@@ -72,26 +122,56 @@ def benchmark_sessions(
     for batch_size in batch_sizes:
         inputs = feed(take_rows(sample_inputs, batch_size))
         times: dict[str, list[float]] = {name: [] for name in sessions}
-        for session in sessions.values():
-            time_calls(lambda s=session, i=inputs: s.run(None, i), warmup, 0, 0)
+        calls = {name: _runner(session, inputs) for name, session in sessions.items()}
+        for call in calls.values():
+            time_calls(call, warmup, 0, 0)
         for _ in range(ROUNDS):
-            for name, session in sessions.items():
-                call = lambda s=session, i=inputs: s.run(None, i)  # noqa: E731
+            for name, call in calls.items():
                 warm(call)
                 times[name] += time_calls(call, 0, per_round, max_seconds / ROUNDS, minimum=1)
         for name, session in sessions.items():
             provider = session.get_providers()[0]
+            device = "cuda" if provider.startswith("CUDA") else "cpu"
             results[name].append(
-                Latency(
-                    device="cuda" if provider.startswith("CUDA") else "cpu",
+                summarize(
+                    times[name],
+                    device=device,
+                    device_name=device_name(device),
                     runtime="onnxruntime",
                     provider=provider,
                     batch_size=batch_size,
                     threads=threads,
-                    iterations=len(times[name]),
-                    p50_ms=round(float(np.percentile(times[name], 50)), 4),
-                    p90_ms=round(float(np.percentile(times[name], 90)), 4),
-                    mean_ms=round(float(np.mean(times[name])), 4),
                 )
             )
+    return results
+
+
+def benchmark_torch(
+    model, sample_inputs, batch_sizes, threads: int, device: str, warmup=10, iterations=100, max_seconds=5.0
+) -> list[Latency]:
+    """Latency of a torch module (a torch-side variant, e.g. bitsandbytes layers) on ``device``."""
+    import torch
+
+    from compress.data import call_model, to_device
+
+    model = model.to(device).eval()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    results = []
+    try:
+        for batch_size in batch_sizes:
+            inputs = to_device(take_rows(sample_inputs, batch_size), device)
+
+            def call(i=inputs):
+                with torch.inference_mode():
+                    call_model(model, i)
+                sync()
+
+            times = time_calls(call, warmup, iterations, max_seconds)
+            provider = f"torch-{device}"
+            fields = dict(device=device, device_name=device_name(device), runtime="torch", provider=provider)
+            results.append(summarize(times, **fields, batch_size=batch_size, threads=threads))
+    finally:
+        torch.set_num_threads(previous_threads)
     return results

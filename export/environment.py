@@ -6,7 +6,16 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("modelpress", "torch", "onnx", "onnxruntime", "torch-pruning", "bitsandbytes", "numpy")
+PACKAGES = (
+    "modelpress",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "torch-pruning",
+    "bitsandbytes",
+    "numpy",
+)
 
 
 def _cpu_model() -> str:
@@ -43,12 +52,44 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+GPU_NOT_MEASURED = "GPU: not measured (no CUDA device)"
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
 def _gpu() -> dict:
+    import onnxruntime
     import torch
 
     if not torch.cuda.is_available():
-        return {"available": False, "note": "GPU: not measured (no CUDA device)"}
-    return {"available": True, "name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+        return {"available": False, "note": GPU_NOT_MEASURED}
+    return {
+        "available": True,
+        "name": torch.cuda.get_device_name(0),
+        "driver": _nvidia_driver(),
+        "cuda": torch.version.cuda,
+        "onnxruntime_cuda": "CUDAExecutionProvider" in onnxruntime.get_available_providers(),
+    }
+
+
+def device_name(device: str) -> str:
+    """The machine a latency entry was measured on: the CPU model, or the GPU's name."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return _cpu_model()
 
 
 def collect_environment() -> dict:

@@ -1,9 +1,12 @@
-"""Guardrails: flag a quantized artifact that is not faster or not smaller than its fp32 source.
+"""Guardrails: flag an artifact that is not faster or not smaller than its fp32 source, or whose parity is weak.
 
 Users' top complaint about quantization is "the int8 model is slower than fp32". The
 report never hides it: every quantized artifact is compared with the artifact it was
 built from, at every measured batch size, and a loss comes with its likely cause.
+Parity that passed only narrowly (or failed) is flagged too: "accuracy collapsed in the runtime".
 """
+
+from export.benchmark import latency_key
 
 
 def _int8_static_cause(record: dict, provider: str) -> str:
@@ -32,17 +35,41 @@ CAUSES = {"int8_static": _int8_static_cause, "int8_dynamic": _int8_dynamic_cause
 NO_INT8_KERNELS = {"CUDAExecutionProvider": "CUDAExecutionProvider has no int8 kernels for these ops (use TensorRT)"}
 
 
-def flag_slow_or_large(records: list[dict]) -> None:
-    """Add ``warnings`` to each quantized record that is not faster or not smaller than its source."""
+# A quantized artifact whose outputs agree less than this with fp32 passed its (loose) parity
+# bounds, but its accuracy in the runtime deserves a look before shipping.
+WEAK_COSINE = 0.99
+WEAK_TOP1_AGREEMENT = 0.98
+
+
+def _parity_warnings(record: dict) -> list[str]:
+    parity = record.get("parity")
+    if parity is None:
+        return []
+    if not parity["passed"]:
+        return [f"parity failed against its torch source: {'; '.join(parity['failures'])}"]
+    weak = []
+    if "scheme" in record and parity["min_cosine"] < WEAK_COSINE:
+        weak.append(f"min cosine {parity['min_cosine']:.4f} < {WEAK_COSINE}")
+    if "scheme" in record and (parity.get("top1_agreement") or 1.0) < WEAK_TOP1_AGREEMENT:
+        weak.append(f"top-1 agreement {parity['top1_agreement']:.4f} < {WEAK_TOP1_AGREEMENT}")
+    if not weak:
+        return []
+    return [f"parity weak against its torch source ({', '.join(weak)}): check the metric on your own data"]
+
+
+def flag_artifacts(records: list[dict]) -> None:
+    """Set ``warnings`` on every record: weak or failed parity; a quantized artifact not faster or not
+    smaller than its source."""
     by_name = {r["name"]: r for r in records}
     for record in records:
+        record["warnings"] = _parity_warnings(record)
         source = by_name.get(record.get("source_artifact", ""))
         if source is None or record.get("status") != "passed":
             continue
-        warnings = []
-        source_p50 = {(e["provider"], e["batch_size"]): e["p50_ms"] for e in source.get("latency", [])}
+        warnings = record["warnings"]
+        source_p50 = {latency_key(e): e["p50_ms"] for e in source.get("latency", [])}
         for entry in record.get("latency", []):
-            base = source_p50.get((entry["provider"], entry["batch_size"]))
+            base = source_p50.get(latency_key(entry))
             if base is None or entry["p50_ms"] < base:
                 continue
             provider = entry["provider"]
@@ -56,4 +83,3 @@ def flag_slow_or_large(records: list[dict]) -> None:
                 f"not smaller than {source['name']} ({record['size_bytes']:,} vs {source['size_bytes']:,} bytes): "
                 "no weight matched the scheme's ops (int4 quantizes MatMul/Gather, not Gemm or Conv)"
             )
-        record["warnings"] = warnings

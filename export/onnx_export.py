@@ -22,6 +22,11 @@ logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(loggin
 
 # Past this size protobuf cannot hold the model in one file.
 EXTERNAL_DATA_BYTES = 1_800_000_000
+EXTERNAL_DATA = {
+    "auto": lambda weight_bytes: weight_bytes > EXTERNAL_DATA_BYTES,
+    "always": lambda weight_bytes: True,
+    "never": lambda weight_bytes: False,
+}
 
 
 @dataclass(frozen=True)
@@ -64,16 +69,22 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def _strip_debug_info(path: Path) -> None:
+def _strip_debug_info(path: Path, data_file: str | None) -> None:
     """Drop per-node debug metadata (torch stack traces, with the exporting machine's file paths):
-    it leaks local paths into a shipped artifact and adds tens of kB to small models."""
+    it leaks local paths into a shipped artifact and adds tens of kB to small models. With
+    ``data_file``, the weights are saved there (beside ``path``) as ONNX external data."""
     import onnx
 
     model = onnx.load(str(path))
     for node in model.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
-    onnx.save(model, str(path))
+    if data_file is None:
+        onnx.save(model, str(path))
+        return
+    for stale in path.parent.glob(f"{path.name}*.data"):  # the exporter's own file, named after tmp
+        stale.unlink()
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_file)
 
 
 def _dynamo_options(tensors, names, output_name, dynamic_batch: bool, external: bool) -> dict:
@@ -107,13 +118,19 @@ def to_onnx(
     dynamic_batch: bool = True,
     output_name: str = "output",
     exporter: str = "dynamo",
+    external_data: str = "auto",
 ) -> OnnxModel:
-    """Export ``model`` to ``path`` (atomically) and check the file; raise ExportError on failure."""
+    """Export ``model`` to ``path`` (atomically) and check the file; raise ExportError on failure.
+
+    With external data (``always``, or ``auto`` past protobuf's 2 GB limit) the weights go to
+    ``<path>.data`` beside the graph, written before the graph so that a present ``.onnx`` is complete.
+    """
     import onnx
 
     names, tensors = flatten_inputs(example_inputs)
     wrapper = _FlatSignature(model.eval(), example_inputs).eval()
-    external = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = EXTERNAL_DATA[external_data](weight_bytes)
 
     def export(tmp: Path) -> None:
         try:
@@ -135,8 +152,7 @@ def to_onnx(
             raise ExportError(
                 f"{type(model).__name__} could not be exported to ONNX (opset {opset}): {_root_cause(exc)}"
             ) from None
-        if not external:
-            _strip_debug_info(tmp)
+        _strip_debug_info(tmp, path.name + ".data" if external else None)
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as exc:  # noqa: BLE001

@@ -75,7 +75,12 @@ class CalibrationReader:
                 break
         if not self.feeds:
             raise InputError(f"int8 static calibration: the {split!r} split is empty; give it at least one batch")
+        self.split, self.rows = split, rows
         self._iterator: Iterator | None = None
+
+    def provenance(self) -> dict:
+        """Which samples calibrated: positions in the split's batch order (the first ``rows``)."""
+        return {"split": self.split, "indices": list(range(self.rows))}
 
     def get_next(self) -> dict | None:
         if self._iterator is None:

@@ -23,7 +23,7 @@ from compress.recipe import ParitySpec, Recipe
 from export.artifacts import artifacts_dir, file_facts, heldout_inputs
 from export.errors import ExportError
 from export.onnx_export import to_onnx
-from export.quantize import PRECISION, SCHEMES, name_nodes, resolve_scheme, weight_nodes
+from export.quantize import PRECISION, SCHEMES, CalibrationReader, name_nodes, resolve_scheme, weight_nodes
 from export.runtime import make_session, ort_predictor
 from export.validate import compare_outputs
 
@@ -146,6 +146,9 @@ def build_variant(
         "float_nodes": float_nodes,
         "budget": {**budget.to_dict(), "split": split} if budget else None,
         "source_artifact": "compressed",
+        "calibration_samples": (
+            CalibrationReader(data, spec.calibration.samples).provenance() if scheme == "int8_static" else None
+        ),
         "opset": max(
             o.version
             for o in onnx.load(str(path), load_external_data=False).opset_import

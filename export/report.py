@@ -1,8 +1,8 @@
-"""The report: one data model rendered as ``report.json`` and ``report.md``.
+"""The report's data model: ``report.json``, from which ``report.md`` and ``report.html`` are rendered.
 
-The JSON layout is versioned by ``schema`` and documented in ``reports/README.md``.
-Ratios compare each artifact with the baseline artifact measured in the same run,
-so they stay meaningful on a noisy, shared machine.
+The JSON layout is versioned by ``schema``, documented in ``reports/README.md`` and checked
+against ``export/report.schema.json``. Ratios compare each artifact with the baseline artifact
+measured in the same run, so they stay meaningful on a noisy, shared machine.
 """
 
 import datetime
@@ -13,23 +13,99 @@ from compress.io import write_json_atomic, write_text_atomic
 from compress.recipe import Recipe
 from compress.stages import StageResult
 
-SCHEMA = "modelpress.report/1"
+SCHEMA = "modelpress.report/2"
+SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 METHOD = (
-    "ONNX Runtime CPUExecutionProvider, all graph optimizations, fixed intra-op threads; "
     "per batch size: {warmup} warm-up runs per artifact, then up to {iterations} timed runs "
-    "or {max_seconds} s per artifact, with the artifacts taking turns in 10 rounds so that "
-    "machine load hits all of them alike; each turn opens with 0.1 s of untimed runs, so that "
-    "the previous artifact's spinning threads and cached weights do not weigh on it; "
-    "wall-clock per run; p50/p90 over the timed runs; input: held-out rows cycled to the batch size"
+    "or {max_seconds} s per artifact; ONNX Runtime artifacts take turns in 10 rounds so that "
+    "machine load hits all of them alike, each turn opening with 0.1 s of untimed runs (the previous "
+    "artifact's spinning threads and cached weights must not weigh on it); all graph optimizations; "
+    "{threads} intra-op threads for ONNX Runtime and torch alike; wall-clock per run with time.perf_counter; "
+    "p50/p90/p99 over the timed runs, throughput = batch size / p50; on CUDA, ONNX Runtime runs through "
+    "IO binding with inputs and outputs on the device and torch calls end in torch.cuda.synchronize; "
+    "input shapes: {shapes}, rows of the held-out split cycled to the batch size"
 )
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and metric (higher)."""
+    front = []
+    for i, (cost, metric) in enumerate(points):
+        dominated = any(
+            c <= cost and m >= metric and (c, m) != (cost, metric) for j, (c, m) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def headline_latency(artifact: dict, device_name: str | None) -> dict | None:
+    """The entry compared across artifacts: ONNX Runtime on this CPU at the largest batch size."""
+    entries = [
+        e
+        for e in artifact.get("latency", [])
+        if e["runtime"] == "onnxruntime" and e["device"] == "cpu" and e.get("device_name") == device_name
+    ]
+    return max(entries, key=lambda e: e["batch_size"]) if entries else None
+
+
+def recommend(artifacts: list[dict], budget: float, device_name: str | None) -> dict | None:
+    """The fastest passed artifact whose metric is within ``budget`` of the baseline's (ties: better
+    metric, then smaller); None without a measured baseline."""
+    base = next((a for a in artifacts if a["name"] == "baseline" and "metric" in a), None)
+    if base is None:
+        return None
+    candidates = []
+    for artifact in artifacts:
+        latency = headline_latency(artifact, device_name)
+        if artifact.get("status") != "passed" or "metric" not in artifact or latency is None:
+            continue
+        drop = base["metric"]["value"] - artifact["metric"]["value"]
+        if drop <= budget:
+            candidates.append((latency["p50_ms"], -artifact["metric"]["value"], artifact["size_bytes"], artifact))
+    if not candidates:
+        return None
+    p50, _, _, best = min(candidates, key=lambda c: c[:3])
+    drop = base["metric"]["value"] - best["metric"]["value"]
+    base_p50 = headline_latency(base, device_name)["p50_ms"]
+    return {
+        "name": best["name"],
+        "path": best["path"],
+        "reason": (
+            f"fastest artifact within the metric budget ({drop:+.4f} drop ≤ {budget}): "
+            f"{p50:.3f} ms p50 ({p50 / base_p50:.2f}× baseline), {best['size_bytes'] / 1e6:.3f} MB "
+            f"({best['size_bytes'] / base['size_bytes']:.2f}× baseline)"
+        ),
+    }
+
+
+def _gpu_section(artifacts: list[dict], environment: dict) -> dict:
+    names = sorted({e["device_name"] for a in artifacts for e in a.get("latency", []) if e["device"] == "cuda"})
+    if names:
+        return {"measured": True, "devices": names, "note": f"GPU: measured on {', '.join(names)}"}
+    note = environment["gpu"].get("note") or f"GPU: {environment['gpu'].get('name')} present, but nothing ran on it"
+    return {"measured": False, "devices": [], "note": note}
+
+
+def _input_shapes(artifacts: list[dict]) -> str:
+    shapes = next((a["input_shapes"] for a in artifacts if a.get("input_shapes")), None)
+    return ", ".join(f"{name} {shape}" for name, shape in shapes.items()) if shapes else "see artifacts"
 
 
 def build_report(recipe: Recipe, stages: list[StageResult], artifacts: list[dict], environment: dict) -> dict:
     spec = recipe.report
+    threads = spec.threads or environment["usable_cores"]
+    warnings = [f"{a['name']}: {w}" for a in artifacts for w in a.get("warnings", [])]
+    warnings += [f"{a['name']}: {a.get('error', 'failed')}" for a in artifacts if a.get("status") != "passed"]
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "recipe": {"name": recipe.name, "sha256": recipe.sha256(), "passes": [p.to_dict() for p in recipe.passes]},
+        "summary": {
+            "recommended": recommend(artifacts, spec.max_metric_drop, environment["cpu"]),
+            "max_metric_drop": spec.max_metric_drop,
+            "warnings": warnings,
+        },
         "stages": [
             {
                 "name": s.name,
@@ -37,136 +113,35 @@ def build_report(recipe: Recipe, stages: list[StageResult], artifacts: list[dict
                 "metric": {"name": s.metric_name, "value": s.metric},
                 "params": s.params,
                 "nonzero_params": s.nonzero_params,
+                "macs": s.macs,
+                "dense_bytes": s.dense_bytes,
                 "seconds": s.seconds,
+                "layers": s.layers,
                 "record": s.record,
             }
             for s in stages
         ],
         "artifacts": artifacts,
-        "latency_method": METHOD.format(warmup=spec.warmup, iterations=spec.iterations, max_seconds=spec.max_seconds),
+        "gpu": _gpu_section(artifacts, environment),
+        "latency_method": METHOD.format(
+            warmup=spec.warmup,
+            iterations=spec.iterations,
+            max_seconds=spec.max_seconds,
+            threads=threads,
+            shapes=_input_shapes(artifacts),
+        ),
         "environment": environment,
+        "plots": {},
     }
 
 
-def _ratio(value: float, base: float | None) -> str:
-    return f"{value / base:.2f}×" if base else "–"
-
-
-def _latency_rows(artifacts: list[dict]) -> list[str]:
-    baseline = next((a for a in artifacts if a["name"] == "baseline"), None)
-    base_p50 = {e["batch_size"]: e["p50_ms"] for e in (baseline or {}).get("latency", [])}
-    rows = []
-    for artifact in artifacts:
-        for e in artifact.get("latency", []):
-            rows.append(
-                f"| {artifact['name']} | {e['device']} ({e['provider']}) | {e['batch_size']} | {e['threads']} "
-                f"| {e['p50_ms']:.3f} | {e['p90_ms']:.3f} | {_ratio(e['p50_ms'], base_p50.get(e['batch_size']))} |"
-            )
-    return rows
-
-
-def _quantized_rows(artifacts: list[dict], stages: list[dict]) -> list[str]:
-    """Scheme, budget and the layers kept in float per quantized artifact, beside the torch metric."""
-    quantized = [a for a in artifacts if "scheme" in a]
-    if not quantized:
-        return []
-    torch_metric = {s["name"]: f"{s['metric']['value']:.4f}" for s in stages}
-    lines = [
-        "",
-        "## Quantized artifacts",
-        "",
-        "| artifact | scheme | metric in ORT | metric in torch (source) | budget | quantized nodes | kept float |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for a in quantized:
-        budget = a.get("budget")
-        verdict = (
-            f"drop {budget['drop']:+.4f} ≤ {budget['budget']}: {'met' if budget['met'] else '**not met**'}"
-            if budget
-            else "none"
-        )
-        metric = f"{a['metric']['value']:.4f}" if "metric" in a else "–"
-        kept = ", ".join(f"`{n}`" for n in a.get("float_nodes", [])) or "none"
-        lines.append(
-            f"| {a['name']} | {a['scheme']} | {metric} | {torch_metric.get(a.get('source_stage'), '–')} "
-            f"| {verdict} | {a.get('quantized_nodes', '–')} | {kept} |"
-        )
-    for a in quantized:
-        for warning in a.get("warnings", []):
-            lines.append(f"\n**Warning, {a['name']}:** {warning}")
-    return lines
-
-
-def render_markdown(report: dict) -> str:
-    env, stages, artifacts = report["environment"], report["stages"], report["artifacts"]
-    base_metric = stages[0]["metric"]["value"] if stages else None
-    lines = [
-        f"# modelpress report: {report['recipe']['name']}",
-        "",
-        f"Schema `{report['schema']}`, created {report['created']}, recipe sha256 `{report['recipe']['sha256'][:12]}`.",
-        "",
-        "## Stages (torch)",
-        "",
-        "| stage | metric | Δ vs baseline | params | non-zero params | MACs (vs before the pass) | time (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for s in stages:
-        delta = s["metric"]["value"] - base_metric
-        record = s.get("record") or {}
-        macs = (
-            f"{record['macs_after']:,} ({_ratio(record['macs_after'], record['macs_before'])})"
-            if "macs_after" in record
-            else "–"
-        )
-        lines.append(
-            f"| {s['name']} | {s['metric']['name']} {s['metric']['value']:.4f} | {delta:+.4f} "
-            f"| {s['params']:,} | {s['nonzero_params']:,} | {macs} | {s['seconds']:.1f} |"
-        )
-    lines += [
-        "",
-        "## Artifacts (ONNX, measured in ONNX Runtime)",
-        "",
-        "| artifact | status | metric | parity max abs diff | size (vs baseline) | gzip size (vs baseline) | opset |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    base = next((a for a in artifacts if a["name"] == "baseline"), {})
-    for a in artifacts:
-        metric = f"{a['metric']['name']} {a['metric']['value']:.4f}" if "metric" in a else "not measured"
-        diff = f"{a['parity']['max_abs_diff']:.2e}" if "parity" in a else "–"
-        size, gz = (
-            f"{a[key] / 1e6:.3f} MB ({_ratio(a[key], base.get(key))})" if key in a else "–"
-            for key in ("size_bytes", "size_gzip_bytes")
-        )
-        lines.append(f"| {a['name']} | {a['status']} | {metric} | {diff} | {size} | {gz} | {a['opset']} |")
-    failed = [a for a in artifacts if a["status"] != "passed"]
-    for a in failed:
-        lines.append(f"\n**{a['name']} failed:** {a.get('error', 'unknown error')}")
-    lines += _quantized_rows(artifacts, stages)
-    lines += [
-        "",
-        "## Latency",
-        "",
-        "| artifact | device | batch | threads | p50 (ms) | p90 (ms) | p50 vs baseline |",
-        "|---|---|---|---|---|---|---|",
-        *_latency_rows(artifacts),
-        "",
-        env["gpu"].get("note") or f"GPU: {env['gpu']['name']} (not measured by this report)",
-        "",
-        f"Method: {report['latency_method']}.",
-        "",
-        "## Environment",
-        "",
-        f"- CPU: {env['cpu']}, {env['cores']} cores ({env['usable_cores']} usable), {env['memory_gib']} GiB",
-        f"- Python {env['python']} on {env['platform']}",
-        "- " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
-        f"- git commit: {env['git_commit'] or 'unknown'}",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
-    """Write report.json and report.md; return the JSON path."""
+    """Write the plots, report.json, report.md and report.html; return the JSON path."""
+    from export.plots import write_plots
+    from export.render import render_html, render_markdown
+
+    report["plots"] = write_plots(out_dir, report)
     path = write_json_atomic(out_dir / "report.json", report)
     write_text_atomic(out_dir / "report.md", render_markdown(report))
+    write_text_atomic(out_dir / "report.html", render_html(report, out_dir))
     return path

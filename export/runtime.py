@@ -31,10 +31,32 @@ def feed(inputs: Any) -> dict[str, np.ndarray]:
     return {name: t.detach().cpu().numpy() for name, t in zip(names, tensors)}
 
 
+def fixed_batch_size(session) -> int | None:
+    """The batch size an artifact exported with fixed input shapes takes; None when the axis is dynamic."""
+    first = session.get_inputs()[0].shape[0]
+    return first if isinstance(first, int) else None
+
+
+def _run_in_chunks(session, inputs: Any, size: int) -> np.ndarray:
+    """Rows in chunks of the fixed batch ``size``, the last one padded by repeating its rows."""
+    names, tensors = flatten_inputs(inputs)
+    rows = int(tensors[0].shape[0])
+    outputs = []
+    for start in range(0, rows, size):
+        index = torch.arange(start, start + size).clamp(max=rows - 1)
+        chunk = {name: t[index].detach().cpu().numpy() for name, t in zip(names, tensors)}
+        outputs.append(session.run(None, chunk)[0][: rows - start])
+    return np.concatenate(outputs)
+
+
 def ort_predictor(session):
-    """``predict(inputs) -> Tensor`` running the session, for evaluators and parity."""
+    """``predict(inputs) -> Tensor`` running the session, for evaluators and parity. An artifact with
+    fixed input shapes gets its inputs in chunks of its batch size."""
+    size = fixed_batch_size(session)
 
     def predict(inputs):
-        return torch.from_numpy(session.run(None, feed(inputs))[0])
+        if size is None:
+            return torch.from_numpy(session.run(None, feed(inputs))[0])
+        return torch.from_numpy(_run_in_chunks(session, inputs, size))
 
     return predict

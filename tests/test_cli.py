@@ -82,9 +82,20 @@ def test_run_then_report_then_export(tmp_path):
     assert [a["status"] for a in report["artifacts"]] == ["passed", "passed"]
     assert {e["batch_size"] for e in report["artifacts"][1]["latency"]} == {1, 4}
 
+    # A measurement from another machine (as if the run had been re-measured on a GPU box) is kept,
+    # keyed by device; this machine's entries are measured again and replaced, not duplicated.
+    record_path = out / "artifacts" / "compressed.json"
+    record = json.loads(record_path.read_text())
+    cpu_entries = len(record["latency"])
+    other = {**record["latency"][0], "device": "cuda", "device_name": "Other GPU", "provider": "CUDAExecutionProvider"}
+    record_path.write_text(json.dumps({**record, "latency": [*record["latency"], other]}))
     (out / "report.json").unlink()
     assert modelpress("report", out).returncode == 0
-    assert json.loads((out / "report.json").read_text())["artifacts"][0]["metric"]["runtime"] == "onnxruntime"
+    report = json.loads((out / "report.json").read_text())
+    assert report["artifacts"][0]["metric"]["runtime"] == "onnxruntime"
+    latency = report["artifacts"][1]["latency"]
+    assert len(latency) == cpu_entries + 1 and other in latency
+    assert report["gpu"] == {"measured": True, "devices": ["Other GPU"], "note": "GPU: measured on Other GPU"}
 
     export_out = tmp_path / "export-only"
     result = modelpress("export", recipe, "--out", export_out)

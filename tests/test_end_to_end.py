@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 
 import compress
 from compress.evaluate import EVALUATORS, torch_predictor
+from export.report import SCHEMA_FILE
 from tests.tiny_models import TINY_ARCHS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,14 +59,29 @@ def test_demo_trains_compresses_exports_and_reports(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, json.loads(SCHEMA_FILE.read_text()))
     baseline, *_, final = report["stages"]
     assert baseline["metric"]["value"] >= 0.97
-    assert [s["name"] for s in report["stages"]] == ["baseline", "structured_prune", "distill"]
+    assert [s["name"] for s in report["stages"]] == ["baseline", "structured_prune", "distill", "quantize"]
     # Pruning halves every channel group (about 0.25x params); distillation recovers the accuracy.
-    assert final["params"] <= 0.3 * baseline["params"]
+    assert final["params"] <= 0.3 * baseline["params"] and final["macs"] <= 0.3 * baseline["macs"]
     assert final["metric"]["value"] >= baseline["metric"]["value"] - 0.01
-    for artifact in report["artifacts"]:
+    artifacts = {a["name"]: a for a in report["artifacts"]}
+    assert list(artifacts) == ["baseline", "compressed", "int8"]
+    for artifact in artifacts.values():
         assert artifact["parity"]["passed"] and artifact["metric"]["runtime"] == "onnxruntime"
-        assert {e["batch_size"] for e in artifact["latency"]} == {1, 32}
-    sizes = {a["name"]: a["size_bytes"] for a in report["artifacts"]}
-    assert sizes["compressed"] <= 0.3 * sizes["baseline"]
+        assert {e["batch_size"] for e in artifact["latency"] if e["runtime"] == "onnxruntime"} == {1, 32}
+        assert (
+            artifact["ort_format"]["status"] == "passed"
+            and (out / "artifacts" / artifact["ort_format"]["path"]).is_file()
+        )
+        cpu = next(e for e in artifact["provider_support"] if e["provider"] == "CPUExecutionProvider")
+        assert cpu["supported"]
+    assert artifacts["compressed"]["size_bytes"] <= 0.3 * artifacts["baseline"]["size_bytes"]
+    assert artifacts["int8"]["size_bytes"] <= 0.1 * artifacts["baseline"]["size_bytes"]
+    assert artifacts["int8"]["metric"]["value"] >= artifacts["baseline"]["metric"]["value"] - 0.005
+    assert report["summary"]["recommended"]["name"] in artifacts
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(report["plots"]) == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["artifacts"]) >= {"artifacts/int8.onnx", "artifacts/int8.ort"}

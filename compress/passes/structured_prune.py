@@ -19,7 +19,7 @@ from pydantic import Field
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor
 from compress.errors import ModelpressError
-from compress.metrics import count_params
+from compress.metrics import count_macs, count_params
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
 from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
@@ -216,16 +216,9 @@ def _step(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> None:
         ) from None
 
 
-def _macs(model, example_inputs) -> int | None:
-    """MACs by Torch-Pruning's counter; None where it cannot count every layer (Hugging Face Conv1D)."""
-    if conv1d_types(model):
-        return None
-    return int(tp.utils.count_ops_and_params(model, example_inputs)[0])
-
-
-def _ratio_for_macs(model, config: StructuredPruneConfig, example_inputs, target: float) -> float:
+def _ratio_forcount_macs(model, config: StructuredPruneConfig, example_inputs, target: float) -> float:
     """Bisect the ratio whose one-shot pruning removes ``target`` of the MACs (on copies)."""
-    base = _macs(model, example_inputs)
+    base = count_macs(model, example_inputs)
     if base is None:
         raise PruneError(
             "structured_prune: macs_reduction needs MACs, which Torch-Pruning cannot count for Hugging Face "
@@ -236,7 +229,7 @@ def _ratio_for_macs(model, config: StructuredPruneConfig, example_inputs, target
         middle = (low + high) / 2
         trial = copy.deepcopy(model)
         _step(_build_pruner(trial, config.model_copy(update={"steps": 1}), example_inputs, middle), trial)
-        if 1 - _macs(trial, example_inputs) / base < target:
+        if 1 - count_macs(trial, example_inputs) / base < target:
             low = middle
         else:
             high = middle
@@ -271,7 +264,7 @@ def restore(model: torch.nn.Module, record: dict, example_inputs: Any) -> torch.
 def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx) -> torch.nn.Module:
     inputs = ctx.example_inputs
     _, output_shape = _execution_order(model, inputs)
-    macs_before, params_before = _macs(model, inputs), count_params(model)
+    macs_before, params_before = count_macs(model, inputs), count_params(model)
     removed_heads = {}
     if config.head_ratio > 0:
         p = 1 if config.importance == Criterion.l1.value else 2
@@ -279,7 +272,7 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
         _check_forward(model, inputs, output_shape)
     ratio = config.ratio
     if config.macs_reduction is not None:
-        ratio = _ratio_for_macs(model, config, inputs, config.macs_reduction)
+        ratio = _ratio_forcount_macs(model, config, inputs, config.macs_reduction)
     pruner = _build_pruner(model, config, inputs, ratio)
     custom_widths: dict = {}  # widths of custom-type layers before the first step
     for step in range(config.steps):
@@ -293,7 +286,7 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
         _check_forward(model, inputs, output_shape)
         if config.finetune_steps and step < config.steps - 1:
             fit_to_teacher(model, ctx.teacher, ctx.data, config.finetune_steps, config.finetune_lr)
-    macs_after, params_after = _macs(model, inputs), count_params(model)
+    macs_after, params_after = count_macs(model, inputs), count_params(model)
     ctx.record(
         removed_heads=removed_heads,
         attention_heads=head_counts(model),

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 DEQUANTIZED = "modelpress_dequantized"
+SCHEME = "modelpress_scheme"
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -63,12 +64,18 @@ def quantize_linear(dense: torch.nn.Linear, spec) -> torch.nn.Module:
         layer.bias = torch.nn.Parameter(dense.bias.data.clone(), requires_grad=dense.bias.requires_grad)
     layer = layer.to(dense.weight.device)  # bitsandbytes quantizes on this move
     setattr(layer, DEQUANTIZED, dequantize(layer).reshape(dense.weight.shape).to(dense.weight.dtype))
+    setattr(layer, SCHEME, spec.scheme)
     return layer.train(dense.training)
 
 
 def dequantized_weight(module: torch.nn.Module) -> torch.Tensor | None:
     """The float weight a quantized layer computes with; None for any other module."""
     return getattr(module, DEQUANTIZED, None)
+
+
+def scheme_of(module: torch.nn.Module) -> str | None:
+    """The bitsandbytes scheme (int8, nf4, fp4) of a layer built by ``quantize_linear``."""
+    return getattr(module, SCHEME, None)
 
 
 def is_quantized(module: torch.nn.Module) -> bool:

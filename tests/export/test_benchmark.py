@@ -1,8 +1,10 @@
-"""Latency measurement: warm-up and iteration counts, records per batch size."""
+"""Latency measurement: warm-up and iteration counts, percentiles and throughput per batch size,
+torch-side timing, and merging measurements of several machines."""
 
 import torch
 
-from export.benchmark import ROUNDS, benchmark_sessions, time_calls
+from export.benchmark import ROUNDS, benchmark_sessions, benchmark_torch, merge_latency, summarize, time_calls
+from export.environment import device_name
 from export.onnx_export import to_onnx
 from export.runtime import make_session
 from tests.tiny_models import mlp
@@ -29,4 +31,31 @@ def test_benchmark_records_each_batch_size_for_every_session(tmp_path):
         assert [r.batch_size for r in latencies] == [1, 4]
         for r in latencies:
             assert r.device == "cpu" and r.provider == "CPUExecutionProvider" and r.threads == 1
-            assert r.iterations == 2 * ROUNDS and 0 < r.p50_ms <= r.p90_ms
+            assert r.iterations == 2 * ROUNDS and 0 < r.p50_ms <= r.p90_ms <= r.p99_ms
+            assert r.device_name == device_name("cpu") and r.runtime == "onnxruntime"
+            assert r.throughput_per_s == round(r.batch_size * 1000 / r.p50_ms, 2)
+
+
+def test_summary_percentiles_and_throughput():
+    times = [float(t) for t in range(1, 101)]  # 1..100 ms
+    r = summarize(times, device="cpu", device_name="x", runtime="torch", provider="torch-cpu", batch_size=8, threads=1)
+    assert (r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms) == (50.5, 90.1, 99.01, 50.5)
+    assert r.throughput_per_s == round(8 * 1000 / 50.5, 2) and r.iterations == 100
+
+
+def test_torch_latency_per_batch_size():
+    results = benchmark_torch(mlp(), torch.randn(3, 12), [1, 4], threads=1, device="cpu", warmup=1, iterations=6)
+    assert [(r.batch_size, r.runtime, r.provider, r.iterations) for r in results] == [
+        (1, "torch", "torch-cpu", 6),
+        (4, "torch", "torch-cpu", 6),
+    ]
+    assert torch.get_num_threads() >= 1
+
+
+def test_merge_replaces_what_this_machine_measured_again_and_keeps_the_rest():
+    def entry(device_name, batch, p50, runtime="onnxruntime"):
+        return {"device_name": device_name, "runtime": runtime, "provider": "P", "batch_size": batch, "p50_ms": p50}
+
+    old = [entry("cpu A", 1, 1.0), entry("gpu B", 1, 0.1), entry("cpu A", 1, 5.0, runtime="torch")]
+    new = [entry("cpu A", 1, 2.0)]
+    assert merge_latency(old, new) == [entry("gpu B", 1, 0.1), entry("cpu A", 1, 5.0, runtime="torch"), new[0]]

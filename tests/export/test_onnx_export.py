@@ -74,3 +74,32 @@ def test_unexportable_op_is_named_and_leaves_no_file(tmp_path):
     ):
         to_onnx(Eigenvalues(), torch.randn(3, 3), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fixed_shapes_run_any_number_of_rows_in_chunks(tmp_path):
+    model = TINY_ARCHS["mlp"][0]()
+    exported = to_onnx(model, torch.randn(4, 12), tmp_path / "m.onnx", dynamic_batch=False)
+    inputs = torch.randn(10, 12)  # two full chunks of 4 and one padded chunk of 2
+    with torch.no_grad():
+        expected = model(inputs)
+    actual = ort_predictor(make_session(exported.path))(inputs)
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, atol=FP32_EXPORT_ATOL["mlp"], rtol=0)
+
+
+def test_external_data_keeps_the_weights_beside_the_graph(tmp_path):
+    model = TINY_ARCHS["mlp"][0]()
+    path = tmp_path / "m.onnx"
+    to_onnx(model, torch.randn(2, 12), path, external_data="always")
+    data = tmp_path / "m.onnx.data"
+    assert data.is_file() and data.stat().st_size >= 12 * 4 * 16  # the first weight matrix at least
+    graph = onnx.load(str(path), load_external_data=False)
+    external = [t.name for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert "model.fc1.weight" in external
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]  # no temporary file left
+    inputs = torch.randn(3, 12)
+    with torch.no_grad():
+        expected = model(inputs)
+    torch.testing.assert_close(
+        ort_predictor(make_session(path))(inputs), expected, atol=FP32_EXPORT_ATOL["mlp"], rtol=0
+    )

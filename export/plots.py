@@ -1,0 +1,113 @@
+"""The report's plots (matplotlib, PNG): metric vs latency and metric vs size with the Pareto
+front marked, and the final model's per-layer sparsity and precision.
+
+matplotlib runs headless (Agg) and is imported only when a report is written.
+"""
+
+from pathlib import Path
+
+from compress.io import write_atomic
+from export.report import headline_latency, pareto_front
+
+PLOT_DIR = "plots"
+PRECISION_COLOURS = {"float32": "#4c72b0", "int8": "#dd8452", "nf4": "#55a868", "fp4": "#c44e52"}
+
+
+def _save(figure, path: Path) -> None:
+    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+
+
+def _tradeoff(report: dict, cost_of, xlabel: str, title: str, path: Path) -> bool:
+    """Metric against a cost per artifact, the Pareto front as a dashed line; False when nothing to plot."""
+    import matplotlib.pyplot as plt
+
+    points, names = [], []
+    for artifact in report["artifacts"]:
+        cost = cost_of(artifact)
+        if artifact.get("status") == "passed" and "metric" in artifact and cost is not None:
+            points.append((cost, artifact["metric"]["value"]))
+            names.append(artifact["name"])
+    if not points:
+        return False
+    front = sorted(pareto_front(points), key=lambda i: points[i][0])
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    axes.scatter([p[0] for p in points], [p[1] for p in points], color="#4c72b0", zorder=3)
+    axes.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="#c44e52", label="Pareto front")
+    axes.scatter(
+        [points[i][0] for i in front], [points[i][1] for i in front], s=90, facecolors="none", edgecolors="#c44e52"
+    )
+    for (x, y), name in zip(points, names):
+        axes.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    metric = report["artifacts"][0].get("metric", {}).get("name", "metric")
+    axes.set(xlabel=xlabel, ylabel=f"{metric} (ONNX Runtime)", title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    _save(figure, path)
+    plt.close(figure)
+    return True
+
+
+def _layers(report: dict, path: Path) -> bool:
+    """Per layer of the final stage: the non-zero weights left, as a share of the layer's baseline
+    weights (so structured and unstructured pruning both show), coloured by precision."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    stages = report["stages"]
+    layers = stages[-1].get("layers") if stages else None
+    if not layers or "nonzero" not in layers[0]:
+        return False
+    before = {layer["name"]: layer["params"] for layer in stages[0].get("layers") or []}
+    kept = [100 * layer["nonzero"] / before.get(layer["name"], layer["params"]) for layer in layers]
+    height = max(2.5, 0.22 * len(layers) + 1)
+    figure, axes = plt.subplots(figsize=(6.4, height))
+    colours = [PRECISION_COLOURS.get(layer["precision"], "#8172b3") for layer in layers]
+    axes.barh(range(len(layers)), kept, color=colours)
+    axes.set_yticks(range(len(layers)), [layer["name"] for layer in layers], fontsize=7)
+    axes.invert_yaxis()
+    axes.set(
+        xlabel="non-zero weights left, % of the layer's baseline weights",
+        xlim=(0, 105),
+        title=f"Layers after {stages[-1]['name']}: weights left and precision",
+    )
+    precisions = sorted({layer["precision"] for layer in layers})
+    axes.legend(
+        handles=[Patch(color=PRECISION_COLOURS.get(p, "#8172b3"), label=p) for p in precisions],
+        title="precision",
+        fontsize=8,
+        loc="lower right",
+    )
+    axes.grid(axis="x", alpha=0.3)
+    _save(figure, path)
+    plt.close(figure)
+    return True
+
+
+def write_plots(out_dir: Path, report: dict) -> dict[str, str]:
+    """Write the PNGs under ``plots/``; return name -> path relative to ``out_dir`` for those written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    cpu = report["environment"]["cpu"]
+
+    def latency(artifact):
+        entry = headline_latency(artifact, cpu)
+        return entry["p50_ms"] if entry else None
+
+    headline = [e for a in report["artifacts"] if (e := headline_latency(a, cpu))]
+    batch = max((e["batch_size"] for e in headline), default="largest")
+    plots = {
+        "metric_vs_latency": lambda p: _tradeoff(
+            report, latency, f"p50 latency, ms (ONNX Runtime CPU, batch {batch})", "Metric vs latency", p
+        ),
+        "metric_vs_size": lambda p: _tradeoff(
+            report, lambda a: a.get("size_bytes", 0) / 1e6 or None, "size on disk, MB", "Metric vs size", p
+        ),
+        "layers": lambda p: _layers(report, p),
+    }
+    written = {}
+    for name, draw in plots.items():
+        path = out_dir / PLOT_DIR / f"{name}.png"
+        if draw(path):
+            written[name] = str(path.relative_to(out_dir))
+    return written
