@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 # Suite name -> module with ``run(out_dir, work, quick) -> Path``.
-SUITES = {"minilm-sts": "benchmarks.minilm_sts"}
+SUITES = {"digits-cnn": "benchmarks.digits_cnn", "minilm-sts": "benchmarks.minilm_sts"}
 
 
 def main(argv: list[str] | None = None) -> int:

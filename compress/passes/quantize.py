@@ -69,6 +69,9 @@ class OnnxQuantSpec(StrictModel):
     exclude_nodes / exclude_ops: ONNX node names / op types left in float.
     block_size / symmetric / accuracy_level: int4 (accuracy_level 4 = int8 compute, fastest on CPU).
     quantize_embeddings: int4 also packs Gather tables (embeddings); needs export.opset >= 21.
+    int4_embeddings: int8_dynamic packs Gather tables (embeddings) as int4 blocks of ``block_size``
+        (GatherBlockQuantized) instead of int8, halving a transformer's largest tensor; the graph's
+        opset becomes 21, as int4 tensors require.
     optimize: ONNX Runtime transformer fusions to apply before quantizing (``bert``, ``vit``, ``gpt2``).
     exporter: torch exporter of this artifact's fp32 source graph. ``torchscript`` gives graphs
         whose attention ONNX Runtime can fuse (and then quantize as QAttention).
@@ -86,11 +89,18 @@ class OnnxQuantSpec(StrictModel):
     symmetric: bool = False
     accuracy_level: Literal[0, 1, 2, 3, 4] = 4
     quantize_embeddings: bool = True
+    int4_embeddings: bool = False
     optimize: Literal["none", "bert", "vit", "gpt2"] = "none"
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     opset: int | None = Field(None, ge=14, le=23)
     max_metric_drop: float | None = Field(None, ge=0.0, description="this variant's budget (default: the pass's)")
     budget_split: Literal["validation", "eval"] = "validation"
+
+    @model_validator(mode="after")
+    def _int4_embeddings_scheme(self):
+        if self.int4_embeddings and self.scheme not in ("int8_dynamic", "auto"):
+            raise ValueError(f"int4_embeddings applies to scheme int8_dynamic, not {self.scheme}; remove it")
+        return self
 
     @model_validator(mode="after")
     def _torchscript_opset(self):

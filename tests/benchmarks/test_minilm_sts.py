@@ -18,7 +18,7 @@ def test_quick_suite_writes_every_row_with_real_figures(tmp_path, monkeypatch):
     assert main(["minilm-sts", "--quick", "--out", str(tmp_path)]) == 0
     body = json.loads((tmp_path / "minilm-sts-quick.json").read_text())
     rows = {row["name"]: row for row in body["rows"]}
-    assert len(rows) == 9 and list(rows)[0] == "fp32 (ONNX)"
+    assert len(rows) == 11 and list(rows)[0] == "fp32 (ONNX)"
     fp32 = rows["fp32 (ONNX)"]
     assert fp32["metric"] > 80.0  # all-MiniLM-L6-v2 on the first 128 STS-B dev pairs
     for row in rows.values():
@@ -27,5 +27,8 @@ def test_quick_suite_writes_every_row_with_real_figures(tmp_path, monkeypatch):
     assert rows["modelpress int8"]["size_bytes"] <= 0.26 * fp32["size_bytes"]
     assert rows["modelpress int4"]["size_bytes"] <= 0.16 * fp32["size_bytes"]
     assert rows["ORT MatMulNBits 4-bit (defaults)"]["size_bytes"] > 0.5 * fp32["size_bytes"]  # embeddings left fp32
+    pruned, pruned_e4 = rows["modelpress prune + distill + int8"], rows["modelpress prune + distill + int8-e4"]
+    assert pruned["size_bytes"] < rows["modelpress int8"]["size_bytes"]  # fewer heads and FFN neurons
+    assert pruned_e4["size_bytes"] < 0.75 * pruned["size_bytes"]  # the word table in int4 blocks
     markdown = (tmp_path / "minilm-sts-quick.md").read_text()
     assert "| modelpress int4 | modelpress |" in markdown and "(1.00×)" in markdown

@@ -62,6 +62,26 @@ def test_int4_packs_matmuls_and_the_embedding_table(tmp_path):
     assert record["parity"]["min_cosine"] >= 0.95
 
 
+def test_int8_with_int4_embeddings_packs_the_tables_in_blocks(tmp_path):
+    variants = [
+        {"scheme": "int8_dynamic", "name": "int8"},
+        {"scheme": "int8_dynamic", "name": "int8-e4", "int4_embeddings": True, "block_size": 16},
+    ]
+    artifacts, _ = quantized("tiny_bert", tmp_path, variants)
+    int8, mixed = artifacts["int8"], artifacts["int8-e4"]
+    assert mixed["status"] == "passed" and mixed["opset"] == 21
+    int8_ops, mixed_ops = op_counts(tmp_path / int8["path"]), op_counts(tmp_path / mixed["path"])
+    assert mixed_ops["MatMulInteger"] == int8_ops["MatMulInteger"] > 0  # the matmuls stay int8
+    assert mixed_ops["GatherBlockQuantized"] == int8_ops["Gather"] - mixed_ops["Gather"] >= 1
+    assert mixed["size_bytes"] < int8["size_bytes"]
+    assert mixed["parity"]["min_cosine"] >= 0.95
+
+
+def test_int4_embeddings_needs_int8_dynamic():
+    with pytest.raises(ValueError, match="int4_embeddings applies to scheme int8_dynamic"):
+        OnnxQuantSpec(scheme="int8_static", int4_embeddings=True)
+
+
 def test_auto_picks_static_for_convolutions_and_dynamic_otherwise(tmp_path):
     conv_ops = onnx.helper.make_graph([onnx.helper.make_node("Conv", ["x", "w"], ["y"])], "g", [], [])
     dense_ops = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [], [])
