@@ -19,6 +19,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets the usual permissions
         os.replace(tmp, path)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
@@ -29,6 +30,12 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def ensure_writable(folder: Path) -> None:

@@ -36,8 +36,8 @@ def _tradeoff(report: dict, cost_of, xlabel: str, title: str, path: Path) -> boo
     axes.scatter(
         [points[i][0] for i in front], [points[i][1] for i in front], s=90, facecolors="none", edgecolors="#c44e52"
     )
-    for (x, y), name in zip(points, names):
-        axes.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    for index, ((x, y), name) in enumerate(zip(points, names)):  # alternate sides: close points stay legible
+        axes.annotate(name, (x, y), textcoords="offset points", xytext=(5, 6 if index % 2 else -12), fontsize=8)
     metric = report["artifacts"][0].get("metric", {}).get("name", "metric")
     axes.set(xlabel=xlabel, ylabel=f"{metric} (ONNX Runtime)", title=title)
     axes.grid(alpha=0.3)
@@ -73,7 +73,7 @@ def _layers(report: dict, path: Path) -> bool:
     precisions = sorted({layer["precision"] for layer in layers})
     axes.legend(
         handles=[Patch(color=PRECISION_COLOURS.get(p, "#8172b3"), label=p) for p in precisions],
-        title="precision",
+        title="precision in torch",
         fontsize=8,
         loc="lower right",
     )

@@ -200,7 +200,7 @@ def _plots(report: dict) -> list:
     titles = {
         "metric_vs_latency": "Metric vs latency",
         "metric_vs_size": "Metric vs size",
-        "layers": "Per-layer sparsity and precision",
+        "layers": "Per-layer weights left and precision in torch (ONNX-side quantization: see Quantized artifacts)",
     }
     return [("h2", "Plots")] + [("image", titles.get(name, name), path) for name, path in report["plots"].items()]
 
