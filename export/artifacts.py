@@ -6,6 +6,7 @@ torch modules; ``measure_artifacts`` adds the metric measured in ONNX Runtime, t
 provider and the providers' support. A failed export or parity check is recorded, not hidden.
 """
 
+import copy
 import gzip
 import hashlib
 from collections.abc import Iterator
@@ -175,11 +176,23 @@ def measure_torch_sources(
             continue
         new = []
         for device in devices:
-            entries = benchmark_torch(
-                model, sample, _batch_sizes(recipe), threads, device, spec.warmup, spec.iterations, spec.max_seconds
-            )
+            # A copy goes to the GPU: the caller's module stays as it is, on the CPU.
+            source = model if device == "cpu" else copy.deepcopy(model)
+            try:
+                entries = benchmark_torch(
+                    source,
+                    sample,
+                    _batch_sizes(recipe),
+                    threads,
+                    device,
+                    spec.warmup,
+                    spec.iterations,
+                    spec.max_seconds,
+                )
+            except RuntimeError as exc:  # e.g. layers quantized for CPU kernels that CUDA cannot take as they are
+                log.warn(f"{name}: torch latency on {device} not measured: {str(exc).splitlines()[0]}")
+                continue
             new += [entry.to_dict() for entry in entries]
-        model.to("cpu")
         record["latency"] = merge_latency(record.get("latency", []), new)
         write_json_atomic(artifacts_dir(out_dir) / f"{name}.json", record)
 

@@ -56,9 +56,10 @@ def latency_key(entry: dict) -> tuple:
 
 
 def merge_latency(old: list[dict], new: list[dict]) -> list[dict]:
-    """``old`` entries of other machines or runtimes kept, those ``new`` measures again replaced."""
+    """``old`` entries of other machines or runtimes kept, those ``new`` measures again replaced.
+    Entries without a ``device_name`` (reports before schema 2) name no machine, so they go."""
     replaced = {latency_key(e) for e in new}
-    return [e for e in old if latency_key(e) not in replaced] + new
+    return [e for e in old if "device_name" in e and latency_key(e) not in replaced] + new
 
 
 def summarize(times: list[float], **fields) -> Latency:

@@ -15,6 +15,7 @@ import onnx
 
 from compress.data import TaskData, flatten_inputs, take_rows, training_inputs
 from compress.errors import InputError
+from export.errors import ExportError
 
 # Weight-bearing ops each scheme quantizes, with the input index of the weight.
 WEIGHT_INPUTS = {
@@ -94,6 +95,7 @@ class CalibrationReader:
 def _int8_dynamic(src: Path, dst: Path, spec, excluded: list[str], data: TaskData) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    _check_tables(src, spec)
     int8_ops = [op for op in WEIGHT_INPUTS["int8_dynamic"] if op not in spec.exclude_ops]
     if spec.int4_embeddings:
         int8_ops.remove("Gather")
@@ -109,6 +111,16 @@ def _int8_dynamic(src: Path, dst: Path, spec, excluded: list[str], data: TaskDat
     )
     if spec.int4_embeddings and "Gather" not in spec.exclude_ops:
         _weight_only_int4(dst, dst, spec, excluded, ("Gather",))
+
+
+def _check_tables(src: Path, spec) -> None:
+    """int4_embeddings needs a Gather over a weight table (not one fused into EmbedLayerNormalization)."""
+    graph = onnx.load(str(src), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    if spec.int4_embeddings and not any(n.op_type == "Gather" and n.input[0] in initializers for n in graph.node):
+        raise ExportError(
+            "int4_embeddings: the graph has no Gather over a weight table to pack as int4; remove int4_embeddings"
+        )
 
 
 def _int8_static(src: Path, dst: Path, spec, excluded: list[str], data: TaskData) -> None:

@@ -38,12 +38,19 @@ def _attention_dims(torch_model: torch.nn.Module) -> tuple[int, int]:
     return 0, 0
 
 
-def _optimized(path: Path, model_type: str, torch_model: torch.nn.Module) -> onnx.ModelProto:
+def _optimized(path: Path, model_type: str, torch_model: torch.nn.Module, keep_gathers: bool) -> onnx.ModelProto:
+    """ONNX Runtime's transformer fusions. ``keep_gathers`` leaves the embedding lookups as Gather
+    nodes instead of fusing them into EmbedLayerNormalization, so that int4 can pack their tables."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, width = _attention_dims(torch_model)
+    options = FusionOptions(model_type)
+    options.enable_embed_layer_norm = not keep_gathers
     # opt_level 0: only the transformer fusions; ONNX Runtime's own passes run at load time.
-    optimized = optimize_model(str(path), model_type=model_type, num_heads=heads, hidden_size=width, opt_level=0)
+    optimized = optimize_model(
+        str(path), model_type=model_type, num_heads=heads, hidden_size=width, opt_level=0, optimization_options=options
+    )
     fused = {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
     log.info(f"  fused for {model_type}: {fused or 'nothing'}")
     graph = optimized.model
@@ -70,7 +77,7 @@ def _prepare(spec, torch_model, recipe: Recipe, example_inputs, work: Path) -> P
         spec.exporter,
     )
     if spec.optimize != "none":
-        onnx.save(_optimized(source, spec.optimize, torch_model), str(source))
+        onnx.save(_optimized(source, spec.optimize, torch_model, spec.int4_embeddings), str(source))
     prepared = work / "prepared.onnx"
     # ONNX Runtime's own pre-processing: shape inference and graph optimization (folding, fusions)
     # before quantizing, so the quantizer sees the graph the runtime will run.

@@ -59,3 +59,5 @@ def test_merge_replaces_what_this_machine_measured_again_and_keeps_the_rest():
     old = [entry("cpu A", 1, 1.0), entry("gpu B", 1, 0.1), entry("cpu A", 1, 5.0, runtime="torch")]
     new = [entry("cpu A", 1, 2.0)]
     assert merge_latency(old, new) == [entry("gpu B", 1, 0.1), entry("cpu A", 1, 5.0, runtime="torch"), new[0]]
+    legacy = {"runtime": "onnxruntime", "provider": "P", "batch_size": 1, "p50_ms": 3.0}  # schema 1: no machine
+    assert merge_latency([legacy], new) == new
