@@ -11,9 +11,9 @@ from export.benchmark import latency_key
 
 def _int8_static_cause(record: dict, provider: str) -> str:
     return (
-        "static QDQ: ONNX Runtime runs Quantize/DequantizeLinear pairs it cannot fuse into integer kernels "
-        "(it fuses Conv and MatMul on CPU, not attention or normalization), so they add work; "
-        "for transformer models use scheme int8_dynamic"
+        "static QDQ: the Quantize/DequantizeLinear nodes around the int8 kernels (and those ONNX Runtime "
+        "cannot fuse on CPU: attention, normalization) cost more than the int8 math saves at this size; "
+        "a small model at batch 1 often stays faster in fp32, and transformer models want int8_dynamic"
     )
 
 

@@ -71,7 +71,7 @@ def test_weak_or_failed_parity_is_flagged():
 @pytest.mark.parametrize(
     ("scheme", "quantization", "cause"),
     [
-        ("int8_static", {}, "Quantize/DequantizeLinear pairs"),
+        ("int8_static", {}, "Quantize/DequantizeLinear nodes around the int8 kernels"),
         ("int8_dynamic", {}, "quantizes activations at run time"),
         ("int4", {"accuracy_level": 0}, "set accuracy_level: 4"),
         ("int4", {"accuracy_level": 4}, "unpacking costs more"),
