@@ -126,7 +126,7 @@ def run(
             out, compressed, result.stages[-1].name, variants, recipe, evaluator, data, example_inputs
         )
         if recipe.export.ort_format:
-            convert_to_ort(out, recipe)
+            outcome.artifacts = convert_to_ort(out, recipe)
         if report:
             sources = {"compressed": result.model, **({"baseline": result.baseline} if recipe.export.baseline else {})}
             measure_torch_sources(out, sources, recipe, evaluator, data)

@@ -197,9 +197,10 @@ def measure_torch_sources(
         write_json_atomic(artifacts_dir(out_dir) / f"{name}.json", record)
 
 
-def convert_to_ort(out_dir: Path, recipe: Recipe) -> None:
-    """``.ort`` files (and required-operators configs) for every passed artifact, recorded in it."""
-    for record in read_artifacts(out_dir):
+def convert_to_ort(out_dir: Path, recipe: Recipe) -> list[dict]:
+    """``.ort`` files (and required-operators configs) for every passed artifact; return the records."""
+    records = read_artifacts(out_dir)
+    for record in records:
         if record.get("status") != "passed" or record.get("format") != "onnx":
             continue
         try:
@@ -212,3 +213,4 @@ def convert_to_ort(out_dir: Path, recipe: Recipe) -> None:
             record["ort_format"] = {"status": "failed", "error": str(exc)}
             log.warn(str(exc))
         write_json_atomic(artifacts_dir(out_dir) / f"{record['name']}.json", record)
+    return records
