@@ -44,6 +44,14 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def check_tables(model: onnx.ModelProto, spec) -> None:
+    """int4_embeddings needs a Gather over a weight table (not one fused into EmbedLayerNormalization)."""
+    if spec.int4_embeddings and not weight_nodes(model, "int4", exclude_ops=["MatMul"]):
+        raise ExportError(
+            "int4_embeddings: the graph has no Gather over a weight table to pack as int4; remove int4_embeddings"
+        )
+
+
 def weight_nodes(model: onnx.ModelProto, scheme: str, exclude_ops: list[str] = ()) -> list[str]:
     """Names of the nodes ``scheme`` quantizes: weight ops whose weight is an initializer."""
     initializers = {init.name for init in model.graph.initializer}
@@ -95,7 +103,6 @@ class CalibrationReader:
 def _int8_dynamic(src: Path, dst: Path, spec, excluded: list[str], data: TaskData) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    _check_tables(src, spec)
     int8_ops = [op for op in WEIGHT_INPUTS["int8_dynamic"] if op not in spec.exclude_ops]
     if spec.int4_embeddings:
         int8_ops.remove("Gather")
@@ -111,16 +118,6 @@ def _int8_dynamic(src: Path, dst: Path, spec, excluded: list[str], data: TaskDat
     )
     if spec.int4_embeddings and "Gather" not in spec.exclude_ops:
         _weight_only_int4(dst, dst, spec, excluded, ("Gather",))
-
-
-def _check_tables(src: Path, spec) -> None:
-    """int4_embeddings needs a Gather over a weight table (not one fused into EmbedLayerNormalization)."""
-    graph = onnx.load(str(src), load_external_data=False).graph
-    initializers = {init.name for init in graph.initializer}
-    if spec.int4_embeddings and not any(n.op_type == "Gather" and n.input[0] in initializers for n in graph.node):
-        raise ExportError(
-            "int4_embeddings: the graph has no Gather over a weight table to pack as int4; remove int4_embeddings"
-        )
 
 
 def _int8_static(src: Path, dst: Path, spec, excluded: list[str], data: TaskData) -> None:

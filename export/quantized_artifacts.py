@@ -23,7 +23,15 @@ from compress.recipe import ParitySpec, Recipe
 from export.artifacts import artifacts_dir, file_facts, heldout_inputs
 from export.errors import ExportError
 from export.onnx_export import to_onnx
-from export.quantize import PRECISION, SCHEMES, CalibrationReader, name_nodes, resolve_scheme, weight_nodes
+from export.quantize import (
+    PRECISION,
+    SCHEMES,
+    CalibrationReader,
+    check_tables,
+    name_nodes,
+    resolve_scheme,
+    weight_nodes,
+)
 from export.runtime import make_session, ort_predictor
 from export.validate import compare_outputs
 
@@ -114,6 +122,7 @@ def build_variant(
         prepared = _prepare(spec, torch_model, recipe, example_inputs, work)
         graph = onnx.load(str(prepared))
         scheme = resolve_scheme(spec, graph)
+        check_tables(graph, spec)  # once, on the prepared graph, not in every budget trial
         nodes = [n for n in weight_nodes(graph, scheme, spec.exclude_ops) if n not in spec.exclude_nodes]
         split = data.resolve(spec.budget_split)
 

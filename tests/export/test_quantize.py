@@ -77,6 +77,12 @@ def test_int8_with_int4_embeddings_packs_the_tables_in_blocks(tmp_path):
     assert mixed["parity"]["min_cosine"] >= 0.95
 
 
+def test_int4_embeddings_without_a_table_fails_that_artifact(tmp_path):
+    artifacts, _ = quantized("mlp", tmp_path, [{"scheme": "int8_dynamic", "name": "e4", "int4_embeddings": True}])
+    assert artifacts["e4"]["status"] == "failed"
+    assert "no Gather over a weight table" in artifacts["e4"]["error"]
+
+
 def test_int4_embeddings_needs_int8_dynamic():
     with pytest.raises(ValueError, match="int4_embeddings applies to scheme int8_dynamic"):
         OnnxQuantSpec(scheme="int8_static", int4_embeddings=True)
