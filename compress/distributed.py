@@ -16,10 +16,16 @@ def initialized() -> bool:
 
 
 def init_from_environment() -> None:
-    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); once."""
+    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); once.
+
+    Under NCCL each rank binds the GPU of its LOCAL_RANK first: NCCL reduces tensors on the
+    current device, and without this every rank would use GPU 0.
+    """
     if initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     torch.distributed.init_process_group(backend=backend)
 
 
@@ -35,11 +41,25 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def _current_cuda_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+# The device a backend reduces on: NCCL only takes CUDA tensors (a CPU tensor fails at the
+# first all-reduce); gloo takes CPU tensors.
+REDUCTION_DEVICES = {"nccl": _current_cuda_device, "gloo": lambda: torch.device("cpu")}
+
+
+def reduction_device() -> torch.device:
+    """Where a tensor must live to be all-reduced by this process group's backend."""
+    return REDUCTION_DEVICES.get(str(torch.distributed.get_backend()), REDUCTION_DEVICES["gloo"])()
+
+
 def mean_across_ranks(value: float) -> float:
     """The mean of ``value`` over all ranks (itself for one process)."""
     if not initialized():
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
+    tensor = torch.tensor([value], dtype=torch.float64, device=reduction_device())
     torch.distributed.all_reduce(tensor)
     return float(tensor) / world_size()
 

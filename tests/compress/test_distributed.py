@@ -92,3 +92,40 @@ def test_cli_under_torchrun_writes_once(tmp_path):
     assert [a["status"] for a in report["artifacts"]] == ["passed", "passed"]
     assert report["stages"][2]["record"]["processes"] == 2
     assert result.stdout.count("report.json") == 1  # rank 0 alone reports
+
+
+class _Reduced(Exception):
+    """Raised by the fake all-reduce once it has seen the tensor's device."""
+
+
+def test_nccl_reduces_on_the_gpu_never_a_cpu_tensor(monkeypatch):
+    """Under NCCL the loss and stop flags are all-reduced as device tensors: NCCL rejects CPU tensors."""
+    import compress.distributed as dist
+
+    devices = []
+
+    def fake_all_reduce(tensor, *args, **kwargs):
+        devices.append(tensor.device)
+        raise _Reduced
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(torch.distributed, "all_reduce", fake_all_reduce)
+    # No GPU here: the meta device stands in for the current CUDA device.
+    monkeypatch.setitem(dist.REDUCTION_DEVICES, "nccl", lambda: torch.device("meta"))
+    try:
+        dist.mean_across_ranks(1.0)
+    except _Reduced:
+        pass
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *a: "gloo")
+    try:
+        dist.mean_across_ranks(1.0)
+    except _Reduced:
+        pass
+    assert [d.type for d in devices] == ["meta", "cpu"]
+
+
+def test_the_nccl_device_is_the_current_cuda_device():
+    import compress.distributed as dist
+
+    assert dist.REDUCTION_DEVICES["nccl"] is dist._current_cuda_device
