@@ -96,9 +96,10 @@ def read_yaml(path: Path) -> Any:
         ) from None
     if "\0" in text:
         raise RecipeError(f"{path}: holds NUL characters, so it is not a text recipe; save the recipe as UTF-8")
-    loader = _StrictLoader(text)
+    loader = None
     try:
         _check_depth(text, path)
+        loader = _StrictLoader(text)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -111,4 +112,5 @@ def read_yaml(path: Path) -> Any:
     except RecursionError:  # the parser itself recurses on nesting before we can count it
         raise RecipeError(f"{path}: nested deeper than {MAX_DEPTH} levels; a recipe needs a few, flatten it") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

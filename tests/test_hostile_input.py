@@ -247,3 +247,33 @@ def test_run_leaves_the_callers_module_unchanged(tmp_path):
     assert result.model is not model and (result.model.fc1.weight == 0).any()
     inplace = compress.run(model, recipe, vector_data(), out_dir=tmp_path / "out", inplace=True)
     assert inplace.model is model and (model.fc1.weight == 0).any()
+
+
+def _api_error(tmp_path, data, metric="accuracy") -> str:
+    import compress
+    from compress.errors import ModelpressError
+
+    recipe = {"export": {"enabled": False}, "task": {"metric": "accuracy"}}
+    with pytest.raises(ModelpressError) as caught:
+        compress.run(mlp(), recipe, data, out_dir=tmp_path / "out", evaluator=metric)
+    return str(caught.value)
+
+
+def test_labels_out_of_range_are_refused_not_scored_zero(tmp_path):
+    x = torch.randn(8, 12)
+    message = _api_error(tmp_path, [(x, torch.full((8,), 7))])
+    assert "labels range over [7, 7] but the model has 4 outputs" in message
+
+
+def test_labels_as_a_list_work_through_the_api(tmp_path):
+    import compress
+
+    x = torch.randn(8, 12)
+    result = compress.run(mlp(), {"export": {"enabled": False}}, [(x, [0, 1, 2, 3] * 2)], out_dir=tmp_path)
+    assert 0.0 <= result.metrics["baseline"] <= 1.0
+
+
+@pytest.mark.parametrize(("value", "fragment"), [("high", "returned str 'high'"), (float("nan"), "returned nan")])
+def test_a_metric_that_is_not_a_finite_number_is_an_error(value, fragment, tmp_path):
+    message = _api_error(tmp_path, [(torch.randn(8, 12), torch.zeros(8, dtype=torch.long))], lambda p, b: value)
+    assert fragment in message
