@@ -24,11 +24,12 @@ def active_folder() -> Path | None:
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` then rename ``tmp`` over ``path`` (same folder, so rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets the usual permissions
         os.replace(tmp, path)
@@ -38,14 +39,15 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
             raise OutputError(
                 f"{path}: disk full while writing; free space and rerun the same command (completed stages are kept)"
             ) from None
-        if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (errno.EROFS, errno.EACCES):
+        if getattr(exc, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise OutputError(
                 f"{path}: cannot write there any more ({exc.strerror or exc}); make the folder writable "
                 "and rerun the same command (completed stages are kept)"
             ) from None
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return path
 
 

@@ -277,3 +277,31 @@ def test_labels_as_a_list_work_through_the_api(tmp_path):
 def test_a_metric_that_is_not_a_finite_number_is_an_error(value, fragment, tmp_path):
     message = _api_error(tmp_path, [(torch.randn(8, 12), torch.zeros(8, dtype=torch.long))], lambda p, b: value)
     assert fragment in message
+
+
+def test_a_corrupt_demo_cache_is_rebuilt_atomically(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from compress.demo import digits
+
+    monkeypatch.setenv("MODELPRESS_CACHE", str(tmp_path))
+    monkeypatch.setattr(digits, "train", lambda model, epochs: None)  # the cache is the point, not training
+    (tmp_path / digits.CACHE_NAME).write_bytes(b"not safetensors")
+    model = digits.pretrained_model(epochs=1)
+    assert set(load_file(str(tmp_path / digits.CACHE_NAME))) == set(model.state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [digits.CACHE_NAME]  # no temporary file left
+
+
+def test_a_folder_made_read_only_mid_run_is_one_line(tmp_path, capsys, monkeypatch):
+    real_replace = os.replace
+
+    def read_only(src, dst):
+        if str(dst).endswith(".safetensors"):
+            raise PermissionError(13, "Permission denied")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_only)
+    assert run_cli(tmp_path, body(passes=[{"pass": "magnitude_prune", "sparsity": 0.5}])) == 2
+    err = capsys.readouterr().err
+    assert "cannot write there any more" in err and "Traceback" not in err
+    assert list(tmp_path.rglob("*.tmp")) == []
