@@ -132,3 +132,43 @@ def test_rerun_without_the_quantize_pass_leaves_no_int8_artifact(tmp_path):
     assert [s.name for s in second.stages] == ["baseline", "magnitude_prune"]
     listed = json.loads((tmp_path / "run.json").read_text())["files"]
     assert not any("int8" in f for f in listed)
+
+
+HANG_IN_QUANTIZE = """
+import glob
+import os
+import pathlib
+import time
+
+from compress.evaluate import accuracy
+
+
+def hang_in_quantize(predict, batches):
+    # Blocks once quantization's temporary folder exists, so the test can send SIGTERM there.
+    if glob.glob(os.path.join(os.environ["TMPDIR"], "modelpress-quant-*")):
+        pathlib.Path(os.environ["MODELPRESS_TEST_WAITING"]).touch()
+        time.sleep(300)
+    return accuracy(predict, batches)
+"""
+
+
+def test_sigterm_during_quantization_removes_temporary_folders(tmp_path):
+    import signal
+
+    scratch, waiting = tmp_path / "tmp", tmp_path / "waiting"
+    scratch.mkdir()
+    (tmp_path / "gate.py").write_text(HANG_IN_QUANTIZE)
+    quantize = {"pass": "quantize", "onnx": [{"scheme": "int8_dynamic", "max_metric_drop": 0.5}]}
+    (tmp_path / "recipe.yaml").write_text(recipe_text(task={"metric": "gate:hang_in_quantize"}, passes=[quantize]))
+    env = {**os.environ, "TMPDIR": str(scratch), "MODELPRESS_TEST_WAITING": str(waiting)}
+    command = [sys.executable, "-m", "compress.cli", "run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "o")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240  # generous: only bounds a broken run, never measures speed
+    while not waiting.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert waiting.exists(), process.communicate(timeout=60)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert list(scratch.glob("modelpress-*")) == []  # torch's own caches may stay; ours do not
