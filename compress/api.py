@@ -229,7 +229,7 @@ def report_run(out_dir: str | Path) -> CompressionResult:
     """Re-measure the artifacts of an earlier run folder on this machine and rewrite its report."""
     out = Path(out_dir)
     run_info = read_json(out / "run.json")
-    if run_info is None or not (out / "recipe.yaml").is_file():
+    if not isinstance(run_info, dict) or not (out / "recipe.yaml").is_file():
         raise InputError(f"{out}: not a modelpress run folder (no run.json/recipe.yaml); run 'modelpress run' first")
     search_dir = Path(run_info["search_dir"]) if run_info.get("search_dir") else None
     recipe = load_recipe(out / "recipe.yaml")

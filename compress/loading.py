@@ -133,6 +133,18 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], sour
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    # bool/integer tensors would be cast to the model's float silently (or the reverse): name them
+    retyped = sorted(
+        k
+        for k in set(own) & set(state)
+        if own[k].is_floating_point() != state[k].is_floating_point()
+        or (own[k].dtype == torch.bool) != (state[k].dtype == torch.bool)
+    )
+    if retyped:
+        shown = ", ".join(f"{k} ({state[k].dtype}, model {own[k].dtype})" for k in retyped[:5])
+        raise InputError(
+            f"{source}: tensors of another kind than the model's: {shown}; re-save the weights in the model's dtypes"
+        )
     if missing or unexpected or mismatched:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", sorted(mismatched))):
@@ -147,7 +159,14 @@ def _load_hf_folder(path: Path) -> torch.nn.Module:
         from transformers import AutoModel
     except ImportError:
         raise InputError(f"{path} is a Hugging Face folder; install transformers to load it") from None
-    return AutoModel.from_pretrained(str(path))
+    try:
+        return AutoModel.from_pretrained(str(path))
+    except Exception as exc:  # noqa: BLE001  (transformers raises many types for a bad folder)
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(
+            f"checkpoint {path}: not a loadable Hugging Face folder ({type(exc).__name__}: {reason[:200]}); "
+            "check its config.json and weights"
+        ) from None
 
 
 def load_model(spec: ModelSpec | None, search_dir: Path | None = None) -> torch.nn.Module:

@@ -305,3 +305,36 @@ def test_a_folder_made_read_only_mid_run_is_one_line(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert "cannot write there any more" in err and "Traceback" not in err
     assert list(tmp_path.rglob("*.tmp")) == []
+
+
+def test_a_generator_split_is_refused_not_reported_empty(tmp_path):
+    batches = ((torch.randn(4, 12), torch.zeros(4, dtype=torch.long)) for _ in range(2))
+    assert "one-shot iterator" in _api_error(tmp_path, batches)
+
+
+def test_integer_tensors_in_a_checkpoint_are_not_cast_silently(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    state = {k: v.to(torch.int8) if k == "fc1.weight" else v for k, v in mlp().state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    model = {"factory": "tests.tiny_models:mlp", "checkpoint": str(tmp_path / "model.safetensors")}
+    assert run_cli(tmp_path, body(model=model)) == 2
+    assert "fc1.weight (torch.int8, model torch.float32)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["", "{not json", "{}"])
+def test_a_bad_hugging_face_folder_is_one_line(config, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(config)
+    assert run_cli(tmp_path, body(model={"checkpoint": str(folder)})) == 2
+    err = capsys.readouterr().err
+    assert "not a loadable Hugging Face folder" in err and "Traceback" not in err
+
+
+def test_report_on_a_folder_whose_run_json_is_a_list_is_one_line(tmp_path, capsys):
+    (tmp_path / "run.json").write_text("[]")
+    (tmp_path / "recipe.yaml").write_text(body())
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "not a modelpress run folder" in capsys.readouterr().err
