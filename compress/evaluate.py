@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from compress.data import call_model, first_tensor, model_device, to_device
+from compress.data import call_model, first_tensor, flatten_inputs, model_device, to_device
 from compress.errors import InputError
 
 Predict = Callable[[Any], torch.Tensor]
@@ -121,7 +121,19 @@ def torch_predictor(model: torch.nn.Module) -> Predict:
     @torch.no_grad()
     def predict(inputs):
         device = model_device(model)
-        return first_tensor(call_model(model, to_device(inputs, device))).cpu()
+        try:
+            return first_tensor(call_model(model, to_device(inputs, device))).cpu()
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            # The first batch was checked before any work; a later one of another shape lands here.
+            names, tensors = flatten_inputs(inputs)
+            shapes = ", ".join(
+                f"{n} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for n, t in zip(names, tensors)
+            )
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise InputError(
+                f"the model cannot run on an eval batch ({shapes}): {type(exc).__name__}: {reason}; "
+                "every batch must be shaped and typed like the first"
+            ) from None
 
     model.eval()
     return predict

@@ -338,3 +338,9 @@ def test_report_on_a_folder_whose_run_json_is_a_list_is_one_line(tmp_path, capsy
     (tmp_path / "recipe.yaml").write_text(body())
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "not a modelpress run folder" in capsys.readouterr().err
+
+
+def test_a_later_batch_of_another_shape_is_one_line(tmp_path):
+    labels = torch.zeros(4, dtype=torch.long)
+    message = _api_error(tmp_path, [(torch.randn(4, 12), labels), (torch.randn(4, 7), labels)])
+    assert "cannot run on an eval batch (input (4, 7) float32)" in message
