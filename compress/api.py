@@ -237,5 +237,10 @@ def report_run(out_dir: str | Path) -> CompressionResult:
         raise InputError(f"{out}: no exported artifacts; run 'modelpress export RECIPE --out {out}' first")
     evaluator = resolve_evaluator(recipe.task.metric, search_dir)
     data = load_data(recipe.data, search_dir)
-    path, artifacts = measure_and_report(out, recipe, evaluator, data)
+    folder.lock(out)  # a run still writing this folder is not re-measured under its feet
+    try:
+        set_active_folder(out)
+        path, artifacts = measure_and_report(out, recipe, evaluator, data)
+    finally:
+        folder.unlock(out)
     return CompressionResult(None, read_stages(out), artifacts, out, path)

@@ -16,7 +16,9 @@ from compress.io import read_json
 
 LOCK = ".modelpress.lock"
 # What a run writes: these top-level files, and everything under these folders.
-TOP_FILES = ("recipe.yaml", "run.json", "run.log", "report.json", "report.md", "report.html", "manifest.json")
+TOP_FILES = ("recipe.yaml", "run.json", "report.json", "report.md", "report.html", "manifest.json")
+# run.log is only appended to (console tee, internal-error tracebacks): never a collision, never removed.
+LOG = "run.log"
 FOLDERS = ("stages", "artifacts", "plots", "scratch")
 # Reproduced by every run from its stages: cleared so the report lists exactly this run's artifacts.
 OUTPUTS = ("artifacts", "plots", "report.json", "report.md", "report.html", "manifest.json")
@@ -95,4 +97,4 @@ def remove_ours(folder: Path, names: tuple[str, ...]) -> None:
 
 def files_written(folder: Path) -> list[str]:
     """Every file of ours in ``folder`` now, for run.json."""
-    return sorted(f for f in _relative_files(folder) if _ours(f))
+    return sorted(f for f in _relative_files(folder) if _ours(f) or f == LOG)
