@@ -134,7 +134,13 @@ def run(
     out = Path(out_dir or Path("runs") / recipe.name)
     identity = _identity(recipe, model, data)
     if not inplace:
-        model = copy.deepcopy(model)  # the caller's module keeps its weights, layers and mode
+        try:
+            model = copy.deepcopy(model)  # the caller's module keeps its weights, layers and mode
+        except Exception as exc:  # noqa: BLE001  (a module holding uncopyable state: locks, handles)
+            raise InputError(
+                f"model: cannot be copied ({type(exc).__name__}: {exc}); pass inplace=True to let the passes "
+                "change it in place"
+            ) from None
     try:
         if is_main():
             _claim_folder(out, recipe, identity, force)
