@@ -94,17 +94,17 @@ RECIPES = [
     ),
     (
         "factory-raises",
-        lambda: body(model={"factory": "factories:boom"}),
+        lambda: body(model={"factory": "hostile_factories:boom"}),
         2,
         [
-            "model.factory `factories:boom` raised ValueError: weights_path is not set",
-            "factories.py:",
+            "model.factory `hostile_factories:boom` raised ValueError: weights_path is not set",
+            "hostile_factories.py:",
         ],
     ),
     ("factory-builtin", lambda: body(model={"factory": "builtins:eval"}), 2, ["builtins cannot be factories"]),
     (
         "factory-kwargs-typo",
-        lambda: body(model={"factory": "factories:mlp_with", "kwargs": {"hiden": 8}}),
+        lambda: body(model={"factory": "hostile_factories:mlp_with", "kwargs": {"hiden": 8}}),
         2,
         ["raised TypeError", "hiden", "model.kwargs"],
     ),
@@ -113,7 +113,7 @@ RECIPES = [
 
 
 def run_cli(tmp_path, text, *extra, capsys=None):
-    (tmp_path / "factories.py").write_text(FACTORIES)
+    (tmp_path / "hostile_factories.py").write_text(FACTORIES)
     path = tmp_path / "recipe.yaml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     args = list(extra) or ["--out", str(tmp_path / "out")]
@@ -139,7 +139,7 @@ def test_hostile_recipe(row, make, status, fragments, tmp_path, capsys, monkeypa
         assert not (tmp_path / "out").exists()  # refused before any write
         assert len(err.strip().splitlines()) <= 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == sorted(
-        ["factories.py", "recipe.yaml", *(["out"] if status == 0 else [])]
+        ["hostile_factories.py", "recipe.yaml", *(["out"] if status == 0 else [])]
     )
 
 
