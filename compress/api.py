@@ -4,19 +4,20 @@
 -> report (metric in ONNX Runtime, latency, report.json/report.md).
 """
 
-import shutil
+import copy
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from compress import log
+from compress import folder, log
 from compress.data import TaskData, as_task_data, take_rows
 from compress.distributed import init_from_environment, is_main
 from compress.errors import InputError, OutputError
 from compress.evaluate import Evaluator, resolve_evaluator
-from compress.io import ensure_writable, read_json, write_json_atomic, write_text_atomic
+from compress.io import ensure_writable, read_json, set_active_folder, write_json_atomic, write_text_atomic
 from compress.loading import load_data, load_model
 from compress.metrics import weights_fingerprint
 from compress.pipeline import run_pipeline
@@ -53,29 +54,51 @@ def _example_inputs(evaluator: Evaluator, data: TaskData, recipe: Recipe) -> Any
     raise InputError("task data: the eval split is empty; it must hold at least one batch")
 
 
-def _claim_folder(out_dir: Path, recipe: Recipe, force: bool) -> None:
-    """Refuse a folder holding another recipe's run (other name or inputs) unless ``force``, which clears it."""
+def _claim_folder(out_dir: Path, recipe: Recipe, identity: dict, force: bool) -> None:
+    """Lock the folder, then refuse one holding another run (other recipe or inputs) unless ``force``,
+    which clears modelpress's own files there; files modelpress did not write are never touched."""
     ensure_writable(out_dir)
+    folder.lock(out_dir)  # before --force: a folder in use is never cleared
+    folder.check_collisions(out_dir)
     previous = read_json(out_dir / "run.json")
-    owner = (previous or {}).get("identity")
-    if owner is None or owner == recipe.identity():
+    owner = previous.get("identity") if isinstance(previous, dict) else None
+    if owner is None or owner == identity:
         return
     if not force:
         raise OutputError(
-            f"{out_dir}: holds a run of recipe {owner.get('name')!r} with other inputs (model/data/task); "
-            "choose another --out folder, or pass --force to replace that run"
+            f"{out_dir}: holds a run of recipe {owner.get('name') if isinstance(owner, dict) else owner!r} "
+            "with other inputs (model/data/task); choose another --out folder, or pass --force to replace that run"
         )
-    for name in ("stages", "artifacts", "scratch", "plots"):
-        shutil.rmtree(out_dir / name, ignore_errors=True)
-    for name in ("report.json", "report.md", "report.html", "manifest.json", "run.json", "recipe.yaml"):
-        (out_dir / name).unlink(missing_ok=True)
+    folder.remove_ours(out_dir, (*folder.FOLDERS, *folder.TOP_FILES))
 
 
-def _save_recipe(out_dir: Path, recipe: Recipe, search_dir: Path | None) -> None:
+def _identity(recipe: Recipe, model: torch.nn.Module, data: TaskData) -> dict:
+    """The recipe's identity; for an in-memory model (no model section) also its structure and initial
+    weights, and the first eval batch, so two different models never share one run folder."""
+    identity = recipe.identity()
+    if recipe.model is None:
+        digest = hashlib.sha256(weights_fingerprint(model).encode() + repr(model).encode())
+        for batch in data.batches("eval"):
+            digest.update(repr(batch).encode())  # torch's repr summarizes large tensors: bounded
+            break
+        identity = {**identity, "inputs": digest.hexdigest()}
+    return identity
+
+
+def _save_recipe(out_dir: Path, recipe: Recipe, identity: dict, search_dir: Path | None) -> None:
     import yaml
 
     write_text_atomic(out_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    run_info = {"recipe_sha256": recipe.sha256(), "identity": recipe.identity(), "search_dir": str(search_dir or "")}
+    _write_run_info(out_dir, recipe, identity, search_dir)
+
+
+def _write_run_info(out_dir: Path, recipe: Recipe, identity: dict, search_dir: Path | None) -> None:
+    run_info = {
+        "recipe_sha256": recipe.sha256(),
+        "identity": identity,
+        "search_dir": str(search_dir or ""),
+        "files": sorted({*folder.files_written(out_dir), "run.json"}),
+    }
     write_json_atomic(out_dir / "run.json", run_info)
 
 
@@ -91,14 +114,16 @@ def run(
     report: bool = True,
     search_dir: Path | None = None,
     force: bool = False,
+    inplace: bool = False,
 ) -> CompressionResult:
     """Compress ``model`` with ``recipe`` (YAML path, dict, Recipe, or list of pass configs).
 
     ``data`` is TaskData, a dict of splits, or an iterable of eval batches. The run folder
     (default ``runs/<recipe name>``) receives stages, ONNX artifacts and the report; rerunning
     into the same folder resumes after the last completed stage; a folder holding a run of another
-    recipe (other name, model, data or task) is refused unless ``force``. Under torchrun every rank
-    runs the passes (training ones with DDP) and rank 0 alone writes.
+    recipe (other name, model, data or task) is refused unless ``force``. The folder is locked while the
+    run goes. ``model`` itself is left unchanged (the passes work on a copy) unless ``inplace``. Under
+    torchrun every rank runs the passes (training ones with DDP) and rank 0 alone writes.
     """
     init_from_environment()
     recipe = load_recipe(recipe)
@@ -107,10 +132,30 @@ def run(
     if example_inputs is None:
         example_inputs = _example_inputs(evaluator, data, recipe)
     out = Path(out_dir or Path("runs") / recipe.name)
-    if is_main():
-        _claim_folder(out, recipe, force)
-        _save_recipe(out, recipe, search_dir)
+    identity = _identity(recipe, model, data)
+    if not inplace:
+        try:
+            model = copy.deepcopy(model)  # the caller's module keeps its weights, layers and mode
+        except Exception as exc:  # noqa: BLE001  (a module holding uncopyable state: locks, handles)
+            raise InputError(
+                f"model: cannot be copied ({type(exc).__name__}: {exc}); pass inplace=True to let the passes "
+                "change it in place"
+            ) from None
+    try:
+        if is_main():
+            _claim_folder(out, recipe, identity, force)
+            set_active_folder(out)
+            _save_recipe(out, recipe, identity, search_dir)
+        return _run_locked(model, recipe, data, evaluator, example_inputs, out, identity, search_dir, export, report)
+    finally:
+        if is_main():
+            folder.unlock(out)
+
+
+def _run_locked(model, recipe, data, evaluator, example_inputs, out, identity, search_dir, export, report):
     result = run_pipeline(model, recipe, data, evaluator, example_inputs, out)
+    if is_main():
+        _drop_stale_outputs(out, len(recipe.passes))
     outcome = CompressionResult(result.model, result.stages, out_dir=out)
     if export and recipe.export.enabled and is_main():  # rank 0 alone exports and reports
         from export.artifacts import convert_to_ort, export_artifacts, measure_torch_sources
@@ -132,7 +177,16 @@ def run(
             measure_torch_sources(out, sources, recipe, evaluator, data)
             outcome.report_path, outcome.artifacts = measure_and_report(out, recipe, evaluator, data)
         _write_manifest(out, recipe, result.baseline)
+    if is_main():
+        _write_run_info(out, recipe, identity, search_dir)
     return outcome
+
+
+def _drop_stale_outputs(out: Path, passes: int) -> None:
+    """Stages past this recipe's last pass, and the artifacts and report every run rewrites, are removed:
+    the report then lists exactly this run's stages and artifacts."""
+    stale = [p.name for p in (out / "stages").glob("*") if p.name[:2].isdigit() and int(p.name[:2]) > passes]
+    folder.remove_ours(out, (*(f"stages/{name}" for name in stale), *folder.OUTPUTS))
 
 
 def _write_manifest(out: Path, recipe: Recipe, baseline: torch.nn.Module) -> None:
@@ -181,7 +235,7 @@ def report_run(out_dir: str | Path) -> CompressionResult:
     """Re-measure the artifacts of an earlier run folder on this machine and rewrite its report."""
     out = Path(out_dir)
     run_info = read_json(out / "run.json")
-    if run_info is None or not (out / "recipe.yaml").is_file():
+    if not isinstance(run_info, dict) or not (out / "recipe.yaml").is_file():
         raise InputError(f"{out}: not a modelpress run folder (no run.json/recipe.yaml); run 'modelpress run' first")
     search_dir = Path(run_info["search_dir"]) if run_info.get("search_dir") else None
     recipe = load_recipe(out / "recipe.yaml")
@@ -189,5 +243,10 @@ def report_run(out_dir: str | Path) -> CompressionResult:
         raise InputError(f"{out}: no exported artifacts; run 'modelpress export RECIPE --out {out}' first")
     evaluator = resolve_evaluator(recipe.task.metric, search_dir)
     data = load_data(recipe.data, search_dir)
-    path, artifacts = measure_and_report(out, recipe, evaluator, data)
+    folder.lock(out)  # a run still writing this folder is not re-measured under its feet
+    try:
+        set_active_folder(out)
+        path, artifacts = measure_and_report(out, recipe, evaluator, data)
+    finally:
+        folder.unlock(out)
     return CompressionResult(None, read_stages(out), artifacts, out, path)

@@ -1,10 +1,14 @@
 """The ``modelpress`` command line: run, demo, export, report, passes, bench.
 
 Bad input (recipe, checkpoint, data, folder) ends with one plain line per problem
-on stderr and exit status 2; an artifact that fails export or parity, exit status 1.
+on stderr and exit status 2; an artifact that fails export or parity, exit status 1; a bug in
+modelpress, exit status 3 with one line pointing to the traceback saved in the run folder's run.log.
 """
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -122,8 +126,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _save_traceback() -> Path:
+    """Append the current exception's traceback to the run folder's run.log (or a temp file)."""
+    import tempfile
+    import time
+    import traceback
+
+    from compress.io import active_folder
+
+    text = f"--- internal error {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n{traceback.format_exc()}"
+    folder = active_folder()
+    if folder is not None:
+        try:
+            with open(folder / "run.log", "a") as log_file:
+                log_file.write(text)
+            return folder / "run.log"
+        except OSError:
+            pass  # the folder itself may be the problem: fall back to the temp dir
+    fd, name = tempfile.mkstemp(prefix="modelpress-error-", suffix=".log")
+    with os.fdopen(fd, "w") as log_file:
+        log_file.write(text)
+    return Path(name)
+
+
+def _interrupt_on_sigterm() -> None:
+    # SIGTERM unwinds like Ctrl-C, so temporary folders (with-blocks) are removed on the way out.
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        pass  # not the main thread (main() called from a worker): keep the default
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from compress.io import set_active_folder
+
+    set_active_folder(None)
+    previous = signal.getsignal(signal.SIGTERM)
+    _interrupt_on_sigterm()
     try:
         return args.handler(args)
     except ModelpressError as exc:
@@ -133,6 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("modelpress: interrupted; completed stages are kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001  (a bug in modelpress: one line here, the traceback in the log)
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        path = _save_traceback()
+        print(
+            f"modelpress: internal error: {type(exc).__name__}: {reason}; full traceback in {path} "
+            "(please report it with that file)",
+            file=sys.stderr,
+        )
+        return 3
+    finally:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

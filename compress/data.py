@@ -6,7 +6,7 @@ iterable of batches, or a zero-argument callable returning one, so it can be rea
 more than once (a DataLoader is fine; a generator is not).
 """
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -45,8 +45,24 @@ class TaskData:
         return source() if callable(source) else source
 
 
+def _check_reiterable(data: TaskData) -> TaskData:
+    # A generator is consumed by its first pass: every later stage would see it "empty".
+    for split in ("eval", "train", "validation", "calibration"):
+        source = getattr(data, split)
+        if isinstance(source, Iterator):
+            raise InputError(
+                f"task data: the {split!r} split is a one-shot iterator ({type(source).__name__}); every stage "
+                "reads it again: pass a list, a DataLoader, or a function returning a fresh generator"
+            )
+    return data
+
+
 def as_task_data(data: Any) -> TaskData:
-    """Accept TaskData, a dict with its fields, or a bare iterable used as ``eval``."""
+    """Accept TaskData, a dict with its fields, or a bare iterable used as ``eval``; splits must be re-iterable."""
+    return _check_reiterable(_as_task_data(data))
+
+
+def _as_task_data(data: Any) -> TaskData:
     if isinstance(data, TaskData):
         return data
     if isinstance(data, Mapping):

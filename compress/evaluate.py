@@ -6,13 +6,15 @@ Runtime, so the two figures are comparable. Any callable ``(predict, batches) ->
 can replace them (``task.metric: package.module:function``).
 """
 
+import dataclasses
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from compress.data import call_model, first_tensor, model_device, to_device
+from compress.data import call_model, first_tensor, flatten_inputs, model_device, to_device
 from compress.errors import InputError
 
 Predict = Callable[[Any], torch.Tensor]
@@ -32,7 +34,17 @@ def accuracy(predict: Predict, batches: Iterable) -> float:
     """Share of batches' ``(inputs, labels)`` whose argmax equals the label."""
     correct = total = 0
     for inputs, labels in batches:
-        correct += int((predict(inputs).argmax(-1) == labels).sum())
+        outputs = predict(inputs)
+        labels = torch.as_tensor(labels)  # a list of ints through the API works too
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise InputError(f"accuracy: labels are {labels.dtype}; eval batches must be (inputs, integer labels)")
+        width = outputs.shape[-1]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= width):
+            raise InputError(
+                f"accuracy: labels range over [{int(labels.min())}, {int(labels.max())}] but the model has "
+                f"{width} outputs; labels must be class indices in [0, {width - 1}]"
+            )
+        correct += int((outputs.argmax(-1) == labels).sum())
         total += len(labels)
     if total == 0:
         raise InputError("accuracy: the eval split is empty; give it at least one (inputs, labels) batch")
@@ -59,8 +71,35 @@ EVALUATORS = {
 }
 
 
+def checked(name: str, score: Callable[[Predict, Iterable], float]) -> Callable[[Predict, Iterable], float]:
+    """``score`` that must return a finite number: a NaN or a string is never ranked or recommended."""
+
+    def score_checked(predict: Predict, batches: Iterable) -> float:
+        value = score(predict, batches)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            shown = repr(value)[:60]
+            raise InputError(f"task.metric {name}: returned {type(value).__name__} {shown}; it must return a number")
+        if not math.isfinite(value):
+            raise InputError(
+                f"task.metric {name}: returned {value}; the model's outputs or the eval data are degenerate "
+                "(NaN outputs, constant predictions); check them"
+            )
+        return float(value)
+
+    return score_checked
+
+
 def resolve_evaluator(metric: "str | Callable | Evaluator", search_dir=None) -> Evaluator:
-    """An Evaluator from a built-in name, ``package.module:function``, or a callable."""
+    """An Evaluator from a built-in name, ``package.module:function``, or a callable; its score is checked."""
+    evaluator = _resolve(metric, search_dir)
+    if getattr(evaluator.score, "__name__", "") == "score_checked":
+        return evaluator
+    return dataclasses.replace(evaluator, score=checked(evaluator.name, evaluator.score))
+
+
+def _resolve(metric: "str | Callable | Evaluator", search_dir=None) -> Evaluator:
     if isinstance(metric, Evaluator):
         return metric
     if callable(metric):
@@ -70,7 +109,7 @@ def resolve_evaluator(metric: "str | Callable | Evaluator", search_dir=None) -> 
     if ":" in metric:
         from compress.loading import import_object
 
-        return resolve_evaluator(import_object(metric, "task.metric", search_dir))
+        return _resolve(import_object(metric, "task.metric", search_dir))
     raise InputError(
         f"task.metric: unknown metric {metric!r}; use one of {sorted(EVALUATORS)} or package.module:function"
     )
@@ -82,7 +121,19 @@ def torch_predictor(model: torch.nn.Module) -> Predict:
     @torch.no_grad()
     def predict(inputs):
         device = model_device(model)
-        return first_tensor(call_model(model, to_device(inputs, device))).cpu()
+        try:
+            return first_tensor(call_model(model, to_device(inputs, device))).cpu()
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            # The first batch was checked before any work; a later one of another shape lands here.
+            names, tensors = flatten_inputs(inputs)
+            shapes = ", ".join(
+                f"{n} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for n, t in zip(names, tensors)
+            )
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise InputError(
+                f"the model cannot run on an eval batch ({shapes}): {type(exc).__name__}: {reason}; "
+                "every batch must be shaped and typed like the first"
+            ) from None
 
     model.eval()
     return predict

@@ -10,25 +10,44 @@ from typing import Any
 
 from compress.errors import OutputError
 
+# The run folder of the run in progress: where an internal error's traceback is saved (run.log).
+_active_folder: list[Path] = []
+
+
+def set_active_folder(folder: Path | None) -> None:
+    _active_folder[:] = [folder] if folder is not None else []
+
+
+def active_folder() -> Path | None:
+    return _active_folder[0] if _active_folder else None
+
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` then rename ``tmp`` over ``path`` (same folder, so rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets the usual permissions
         os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+    except Exception as exc:
+        # safetensors and onnx raise their own types for a full disk; the OS message is the same
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
             raise OutputError(
                 f"{path}: disk full while writing; free space and rerun the same command (completed stages are kept)"
             ) from None
+        if getattr(exc, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise OutputError(
+                f"{path}: cannot write there any more ({exc.strerror or exc}); make the folder writable "
+                "and rerun the same command (completed stages are kept)"
+            ) from None
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return path
 
 

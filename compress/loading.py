@@ -8,6 +8,8 @@ import importlib
 import pickle
 import re
 import sys
+import traceback
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,26 @@ def import_object(spec: str, what: str, search_dir: Path | None = None) -> Any:
         raise InputError(f"{what}: module {module_name!r} has no attribute {attr!r}") from None
 
 
+def call_factory(factory: Any, spec: str, what: str, kwargs: Mapping[str, Any]) -> Any:
+    """Call a user's factory; its failure becomes one line naming the factory and the user's frame."""
+    if not callable(factory):
+        raise InputError(f"{what} {spec}: is a {type(factory).__name__}, not a function")
+    if getattr(factory, "__module__", None) == "builtins":
+        # eval, exec, open, ...: a recipe naming them would run arbitrary text, never a model or data
+        raise InputError(f"{what} {spec}: builtins cannot be factories; name a function of your own package")
+    try:
+        return factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001  (the user's code may raise anything; say which factory)
+        frames = traceback.extract_tb(exc.__traceback__)
+        frame = frames[-1] if frames else None
+        where = f" at {frame.filename}:{frame.lineno} in {frame.name}" if frame and len(frames) > 1 else ""
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(
+            f"{what} `{spec}` raised {type(exc).__name__}: {reason}{where}; "
+            f"fix the factory or its {what.split('.')[0]}.kwargs in the recipe"
+        ) from None
+
+
 def _untrusted_pickle(path: Path, exc: Exception) -> InputError:
     found = re.search(r"GLOBAL ([\w.]+)", str(exc))
     holds = f" (it references {found.group(1)})" if found else ""
@@ -48,11 +70,30 @@ def _untrusted_pickle(path: Path, exc: Exception) -> InputError:
     )
 
 
+def _check_archive(path: Path) -> None:
+    """Refuse a zip checkpoint whose members expand far beyond the file (a zip bomb), before loading it.
+    torch stores tensors uncompressed, so a real checkpoint expands to about its own size."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # the loader names the damage
+    size = path.stat().st_size
+    if expanded > max(8 * size, 64 << 20):
+        raise InputError(
+            f"checkpoint {path}: refused: its archive expands to {expanded / 2**20:.0f} MB from "
+            f"{size / 2**20:.1f} MB (a zip bomb, or not a torch checkpoint); re-save the weights with torch.save"
+        )
+
+
 def load_state_dict(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file or of a torch checkpoint, unpickled with ``weights_only=True``
     unless ``trust`` (the user vouches for the file: full unpickling can run code)."""
     if not path.is_file():
         raise InputError(f"checkpoint {path}: file not found; check model.checkpoint in the recipe")
+    _check_archive(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -92,6 +133,18 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], sour
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    # bool/integer tensors would be cast to the model's float silently (or the reverse): name them
+    retyped = sorted(
+        k
+        for k in set(own) & set(state)
+        if own[k].is_floating_point() != state[k].is_floating_point()
+        or (own[k].dtype == torch.bool) != (state[k].dtype == torch.bool)
+    )
+    if retyped:
+        shown = ", ".join(f"{k} ({state[k].dtype}, model {own[k].dtype})" for k in retyped[:5])
+        raise InputError(
+            f"{source}: tensors of another kind than the model's: {shown}; re-save the weights in the model's dtypes"
+        )
     if missing or unexpected or mismatched:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", sorted(mismatched))):
@@ -106,7 +159,14 @@ def _load_hf_folder(path: Path) -> torch.nn.Module:
         from transformers import AutoModel
     except ImportError:
         raise InputError(f"{path} is a Hugging Face folder; install transformers to load it") from None
-    return AutoModel.from_pretrained(str(path))
+    try:
+        return AutoModel.from_pretrained(str(path))
+    except Exception as exc:  # noqa: BLE001  (transformers raises many types for a bad folder)
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(
+            f"checkpoint {path}: not a loadable Hugging Face folder ({type(exc).__name__}: {reason[:200]}); "
+            "check its config.json and weights"
+        ) from None
 
 
 def load_model(spec: ModelSpec | None, search_dir: Path | None = None) -> torch.nn.Module:
@@ -122,7 +182,7 @@ def load_model(spec: ModelSpec | None, search_dir: Path | None = None) -> torch.
             )
         return _load_hf_folder(checkpoint).eval()
     factory = import_object(spec.factory, "model.factory", search_dir)
-    model = factory(**spec.kwargs)
+    model = call_factory(factory, spec.factory, "model.factory", spec.kwargs)
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model.factory {spec.factory} returned {type(model).__name__}, not a torch.nn.Module")
     if checkpoint is not None:
@@ -134,4 +194,4 @@ def load_data(spec: DataSpec | None, search_dir: Path | None = None) -> TaskData
     if spec is None:
         raise InputError("recipe: the 'data' section is required (data.factory: package.module:function)")
     factory = import_object(spec.factory, "data.factory", search_dir)
-    return as_task_data(factory(**spec.kwargs))
+    return as_task_data(call_factory(factory, spec.factory, "data.factory", spec.kwargs))

@@ -17,17 +17,21 @@ Example (YAML)::
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import Field, PositiveInt, SerializeAsAny, ValidationError
+from pydantic import Field, PositiveInt, SerializeAsAny, ValidationError, field_validator
 
+from compress import log
 from compress.config import PassConfig, StrictModel
 from compress.errors import RecipeError
 from compress.registry import get_pass
 from compress.validation import describe_errors
+from compress.yaml_safe import read_yaml
+
+MAX_BATCH = 4096  # batch sizes meet the machine's memory: larger ones are surely a typo (1e12)
 
 
 class ModelSpec(StrictModel):
@@ -58,7 +62,7 @@ class ParitySpec(StrictModel):
     atol: float = Field(1e-4, gt=0, description="largest allowed absolute difference")
     min_cosine: float = Field(0.9999, ge=-1, le=1, description="smallest allowed per-sample cosine similarity")
     min_top1_agreement: float = Field(0.99, ge=0, le=1, description="classifiers: share of equal argmax")
-    samples: PositiveInt = Field(256, description="held-out samples compared")
+    samples: PositiveInt = Field(256, le=100_000, description="held-out samples compared")
     quantized_min_cosine: float = Field(0.9, ge=-1, le=1, description="quantized artifacts: smallest cosine")
     quantized_min_top1_agreement: float = Field(0.9, ge=0, le=1, description="quantized classifiers: argmax agreement")
 
@@ -69,7 +73,7 @@ class ExportSpec(StrictModel):
     dynamic_batch: bool = Field(
         True, description="dynamic batch (and sequence) axes; false: fixed input shapes, as edge runtimes want"
     )
-    fixed_batch_size: PositiveInt = Field(1, description="the batch size of fixed input shapes")
+    fixed_batch_size: PositiveInt = Field(1, le=MAX_BATCH, description="the batch size of fixed input shapes")
     external_data: Literal["auto", "always", "never"] = Field(
         "auto", description="weights in a .data file beside the .onnx; auto: past protobuf's 2 GB limit"
     )
@@ -79,33 +83,55 @@ class ExportSpec(StrictModel):
     )
     check_providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider", "CUDAExecutionProvider"],
+        max_length=16,
         description="execution providers every artifact's nodes are checked against (where installed)",
     )
     baseline: bool = Field(True, description="also export the uncompressed model, for comparison")
-    output_name: str = "output"
+    output_name: str = Field("output", max_length=200)
     parity: ParitySpec = Field(default_factory=ParitySpec)
 
 
 class ReportSpec(StrictModel):
-    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 32])
+    batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_BATCH)]] = Field(
+        default_factory=lambda: [1, 32], min_length=1, max_length=16
+    )
     warmup: int = Field(10, ge=0, le=10_000)
     iterations: int = Field(100, ge=1, le=100_000)
-    max_seconds: float = Field(5.0, gt=0, description="time budget per measurement")
+    max_seconds: float = Field(5.0, gt=0, le=3600, description="time budget per measurement")
     threads: int | None = Field(None, ge=1, le=1024, description="ONNX Runtime intra-op threads; default: all cores")
+
+    @field_validator("threads")
+    @classmethod
+    def _cap_threads(cls, threads: int | None) -> int | None:
+        # More threads than cores only makes ONNX Runtime spin against itself (1024 hung for minutes).
+        cores = usable_cores()
+        if threads is not None and threads > cores:
+            log.warn(f"report.threads: {threads} is more than the {cores} usable cores; using {cores}")
+            return cores
+        return threads
+
     max_metric_drop: float = Field(
         0.01, ge=0, description="artifacts within this metric drop of the baseline qualify for the recommendation"
     )
 
 
 class Recipe(StrictModel):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = Field(0, ge=0)
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="torch/numpy seeds take 32 bits")
     model: ModelSpec | None = None
     data: DataSpec | None = None
     task: TaskSpec = Field(default_factory=TaskSpec)
-    passes: list[SerializeAsAny[PassConfig]] = Field(default_factory=list)
+    passes: list[SerializeAsAny[PassConfig]] = Field(default_factory=list, max_length=100)
     export: ExportSpec = Field(default_factory=ExportSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        # The name is the default run folder: '.' or '..' would put the run into the user's folders.
+        if set(name) == {"."}:
+            raise ValueError(f"{name!r} is not a plain folder name; use letters, digits, '_', '-' or '.'")
+        return name
 
     def to_dict(self) -> dict[str, Any]:
         body = self.model_dump(mode="json", exclude={"passes"})
@@ -166,9 +192,36 @@ def parse_recipe(doc: Any) -> Recipe:
         for index, config in enumerate(passes):
             where = f"passes[{index}] ({config.pass_name})"
             problems.extend(f"{where}: {line}" for line in config.check_recipe(recipe.export.opset))
+        problems.extend(_check_variant_names(passes))
     if problems:
         raise RecipeError(problems)
     return recipe.model_copy(update={"passes": passes})
+
+
+RESERVED_NAMES = {"baseline", "compressed"}  # the fp32 artifacts every run writes
+
+
+def _check_variant_names(passes: list[PassConfig]) -> list[str]:
+    """ONNX variant names become file names in artifacts/: plain, unique, and not an fp32 artifact's."""
+    problems, seen = [], set()
+    for index, config in enumerate(passes):
+        for spec in config.onnx_variants():
+            name = getattr(spec, "name", None)
+            if name is None:
+                continue
+            where = f"passes[{index}] ({config.pass_name}): onnx variant name {name!r}"
+            if name in RESERVED_NAMES:
+                problems.append(f"{where} is the fp32 artifact's name; choose another, e.g. {name}-int8")
+            elif name.startswith("."):
+                problems.append(f"{where} starts with '.' (a hidden file, or a path); use a plain name")
+            elif name in seen:
+                problems.append(f"{where} is used twice; give each variant its own name")
+            seen.add(name)
+    return problems
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def load_recipe(source: str | Path | Mapping | Recipe | Sequence[PassConfig]) -> Recipe:
@@ -185,12 +238,7 @@ def load_recipe(source: str | Path | Mapping | Recipe | Sequence[PassConfig]) ->
     path = Path(source)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found; check the path")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise RecipeError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)}); fix the syntax there") from None
+    doc = read_yaml(path)
     try:
         recipe = parse_recipe(doc)
     except RecipeError as exc:

@@ -68,6 +68,14 @@ def _range_text(model_cls: type[BaseModel] | None, key) -> str | None:
     return f"{left}, {right}"
 
 
+def _short(value, limit: int = 80) -> str:
+    """The offending value as the user wrote it, cut short: a hostile one may be megabytes long."""
+    if isinstance(value, (list, tuple, dict, str)) and len(value) > 1000:
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_errors(exc: ValidationError, model_cls: type[BaseModel], prefix: str = "") -> list[str]:
     """One line per error of ``exc``, raised while validating ``model_cls``."""
     lines = []
@@ -87,7 +95,7 @@ def describe_errors(exc: ValidationError, model_cls: type[BaseModel], prefix: st
         elif kind in _RANGE_ERRORS:
             allowed = _range_text(_model_at(model_cls, loc[:-1]), loc[-1])
             rule = f"must be in {allowed}" if allowed else err["msg"].lower()
-            lines.append(f"{where}: {err['input']!r} is out of range; {rule}")
+            lines.append(f"{where}: {_short(err['input'])} is out of range; {rule}")
         else:
-            lines.append(f"{where}: {err['msg']}; got {err.get('input')!r}")
+            lines.append(f"{where}: {err['msg']}; got {_short(err.get('input'))}")
     return lines

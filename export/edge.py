@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from export.errors import ExportError
+from export.scratch import own_cwd
 
 CPU = "CPUExecutionProvider"
 
@@ -27,12 +28,13 @@ def to_ort_format(path: Path, optimization: str = "fixed") -> dict:
 
     style = {"fixed": OptimizationStyle.Fixed, "runtime": OptimizationStyle.Runtime}[optimization]
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ort-") as work:
-        work = Path(work)
+        work = Path(work).resolve()  # absolute: the converter runs with another cwd
         try:
             # The converter prints progress on stdout and logs temporary paths; our log says what matters.
             logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
             with contextlib.redirect_stdout(io.StringIO()):
-                convert_onnx_models_to_ort(path, output_dir=work, optimization_styles=[style])
+                with own_cwd():  # the converter writes temporary files into the cwd
+                    convert_onnx_models_to_ort(path.resolve(), output_dir=work, optimization_styles=[style])
         except Exception as exc:  # noqa: BLE001  (the converter raises many types; all mean the same)
             raise ExportError(f"{path.name}: conversion to ORT format failed: {type(exc).__name__}: {exc}") from None
         produced = {p.suffix: p for p in work.iterdir() if p.suffix in (".ort", ".config")}

@@ -33,6 +33,7 @@ from export.quantize import (
     weight_nodes,
 )
 from export.runtime import make_session, ort_predictor
+from export.scratch import own_cwd
 from export.validate import compare_outputs
 
 AUTO_NAME = {"auto": "int8"}
@@ -89,7 +90,8 @@ def _prepare(spec, torch_model, recipe: Recipe, example_inputs, work: Path) -> P
     prepared = work / "prepared.onnx"
     # ONNX Runtime's own pre-processing: shape inference and graph optimization (folding, fusions)
     # before quantizing, so the quantizer sees the graph the runtime will run.
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    with own_cwd():  # ORT writes its temporary files into the cwd
+        quant_pre_process(str(source.resolve()), str(prepared.resolve()), skip_symbolic_shape=True)
     onnx.save(name_nodes(onnx.load(str(prepared))), str(prepared))
     return prepared
 
@@ -129,7 +131,8 @@ def build_variant(
         def quantize(quantized: list[str], target: Path) -> Path:
             excluded = [*spec.exclude_nodes, *(n for n in nodes if n not in quantized)]
             try:
-                SCHEMES[scheme](prepared, target, spec, excluded, data)
+                with own_cwd():  # shape inference and calibrators write temporary files into the cwd
+                    SCHEMES[scheme](prepared.resolve(), target.resolve(), spec, excluded, data)
             except ModelpressError:
                 raise
             except Exception as exc:  # noqa: BLE001  (onnxruntime.quantization raises bare exceptions)

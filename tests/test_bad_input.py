@@ -37,7 +37,7 @@ def unlabelled_train():
 
 class Eigen(torch.nn.Module):
     def forward(self, x):
-        return torch.linalg.eigh(x[:, :3, None] * x[:, None, :3]).eigenvalues
+        return torch.linalg.eigh(x[:, :4, None] * x[:, None, :4]).eigenvalues  # 4 outputs: 4 classes
 """
 
 

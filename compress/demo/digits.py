@@ -15,6 +15,7 @@ from torch import nn
 
 from compress import log
 from compress.data import TaskData
+from compress.errors import OutputError
 from compress.io import write_atomic
 
 CACHE_NAME = "digits_resnet-v2.safetensors"
@@ -127,9 +128,16 @@ def pretrained_model(epochs: int = 10) -> DigitsResNet:
     model = build_model()
     path = cache_dir() / CACHE_NAME
     if path.is_file():
-        load_model(model, str(path))
-        return model.eval()
+        try:
+            load_model(model, str(path))
+            return model.eval()
+        except Exception as exc:  # noqa: BLE001  (a corrupt cache is ours to rebuild, whatever the reader says)
+            log.warn(f"demo cache {path} is unreadable ({type(exc).__name__}); training the model again")
+            model = build_model()
     log.info(f"training the demo model on digits ({epochs} epochs, cached at {path})")
     train(model, epochs)
-    write_atomic(path, lambda tmp: save_model(model, str(tmp)))
+    try:
+        write_atomic(path, lambda tmp: save_model(model, str(tmp)))  # atomic: never a half-written cache
+    except (OSError, OutputError) as exc:  # an unwritable cache costs a retrain next time, not this run
+        log.warn(f"demo cache {path} cannot be written ({exc}); the trained model is used uncached")
     return model
