@@ -16,7 +16,7 @@ EXAMPLES = {
     "demo": "example:\n  modelpress demo --out runs/demo",
     "export": "example:\n  modelpress export recipe.yaml --out runs/my-model   # then: modelpress report runs/my-model",
     "report": "example:\n  modelpress report runs/my-model   # re-measure on this machine, rewrite report.json/md",
-    "passes": "examples:\n  modelpress passes --verbose   # every key: type, default, range, doc\n"
+    "passes": "example:\n  modelpress passes --verbose   # every key: type, default, range, doc\n"
     "  modelpress passes distill",
     "schema": "example:\n  modelpress schema > recipe.schema.json   # point your editor's YAML schema setting at it",
     "bench": "example:\n  modelpress bench minilm-sts --out reports/benchmarks   # needs: pip install -e '.[bench]'",

@@ -6,7 +6,7 @@ iterable of batches, or a zero-argument callable returning one, so it can be rea
 more than once (a DataLoader is fine; a generator is not).
 """
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -34,6 +34,12 @@ class TaskData:
     validation: BatchSource | None = None
     calibration: BatchSource | None = None
 
+    def __post_init__(self) -> None:
+        for split in ("eval", "train", "validation", "calibration"):
+            problem = split_problem(split, getattr(self, split))
+            if problem:
+                raise InputError(problem)
+
     def resolve(self, split: str) -> str:
         """``split`` when the data has it, else the split that stands in for it."""
         return FALLBACK_SPLITS.get(split, split) if getattr(self, split) is None else split
@@ -43,6 +49,41 @@ class TaskData:
         if source is None:
             raise InputError(f"the task data has no {split!r} split; return it from your data factory")
         return source() if callable(source) else source
+
+
+def _shapes(tensors) -> str:
+    return ", ".join(f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in tensors)
+
+
+def split_problem(split: str, source: Any) -> str | None:
+    """Why ``source`` cannot be the split ``split`` (what was given, what to pass instead), or None."""
+    if source is None or callable(source) and not isinstance(source, Iterator):
+        return None
+    if isinstance(source, Iterator):
+        # A generator is empty after its first pass, and every split is read several times
+        # (each stage's metric, parity, the report), so the later reads would see no batch.
+        return (
+            f"task data: the {split!r} split is a one-shot {type(source).__name__} (empty after its first pass; "
+            f"modelpress reads every split several times); pass a list of batches, a DataLoader, or a function "
+            f"returning a fresh iterator, e.g. {split}=list(batches) or {split}=lambda: make_batches()"
+        )
+    whole = [source] if isinstance(source, torch.Tensor) else source
+    if (
+        isinstance(whole, (tuple, list))
+        and 1 <= len(whole) <= 3
+        and all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in whole)
+        and len({t.shape[0] for t in whole}) == 1
+        # A list of same-kind tensors may be input-only batches; inputs beside labels (other dims or
+        # dtypes) are not.
+        and (isinstance(source, (tuple, torch.Tensor)) or len({(t.dim(), t.dtype) for t in whole}) > 1)
+    ):
+        # (X, y) of the whole data set: iterating it would give X, then y, as two "batches".
+        return (
+            f"task data: the {split!r} split is {len(whole)} whole tensor(s) ({_shapes(whole)}), not batches; "
+            f"a split is an iterable of batches such as (inputs, labels); pass e.g. "
+            f"{split}=list(zip(X.split(64), y.split(64))) or {split}=DataLoader(TensorDataset(X, y), batch_size=64)"
+        )
+    return None
 
 
 def as_task_data(data: Any) -> TaskData:
