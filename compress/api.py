@@ -110,29 +110,32 @@ def run(
     if is_main():
         _claim_folder(out, recipe, force)
         _save_recipe(out, recipe, search_dir)
-    result = run_pipeline(model, recipe, data, evaluator, example_inputs, out)
-    outcome = CompressionResult(result.model, result.stages, out_dir=out)
-    if export and recipe.export.enabled and is_main():  # rank 0 alone exports and reports
-        from export.artifacts import convert_to_ort, export_artifacts, measure_torch_sources
-        from export.quantized_artifacts import export_quantized
+    with log.run_log(out):  # everything printed, third-party output included, kept in run.log
+        result = run_pipeline(model, recipe, data, evaluator, example_inputs, out)
+        outcome = CompressionResult(result.model, result.stages, out_dir=out)
+        if export and recipe.export.enabled and is_main():  # rank 0 alone exports and reports
+            from export.artifacts import convert_to_ort, export_artifacts, measure_torch_sources
+            from export.quantized_artifacts import export_quantized
 
-        compressed = float_copy(result.model)  # bitsandbytes layers export as the float weights they hold
-        models = {"compressed": (compressed, result.stages[-1].name)}
-        if recipe.export.baseline:
-            models = {"baseline": (result.baseline, "baseline"), **models}
-        outcome.artifacts = export_artifacts(out, models, recipe, evaluator, data, example_inputs)
-        variants = [spec for config in recipe.passes for spec in config.onnx_variants()]
-        outcome.artifacts += export_quantized(
-            out, compressed, result.stages[-1].name, variants, recipe, evaluator, data, example_inputs
-        )
-        if recipe.export.ort_format:
-            outcome.artifacts = convert_to_ort(out, recipe)
-        if report:
-            sources = {"compressed": result.model, **({"baseline": result.baseline} if recipe.export.baseline else {})}
-            measure_torch_sources(out, sources, recipe, evaluator, data)
-            outcome.report_path, outcome.artifacts = measure_and_report(out, recipe, evaluator, data)
-        _write_manifest(out, recipe, result.baseline)
-    return outcome
+            compressed = float_copy(result.model)  # bitsandbytes layers export as the float weights they hold
+            models = {"compressed": (compressed, result.stages[-1].name)}
+            if recipe.export.baseline:
+                models = {"baseline": (result.baseline, "baseline"), **models}
+            outcome.artifacts = export_artifacts(out, models, recipe, evaluator, data, example_inputs)
+            variants = [spec for config in recipe.passes for spec in config.onnx_variants()]
+            outcome.artifacts += export_quantized(
+                out, compressed, result.stages[-1].name, variants, recipe, evaluator, data, example_inputs
+            )
+            if recipe.export.ort_format:
+                outcome.artifacts = convert_to_ort(out, recipe)
+            if report:
+                sources = {"compressed": result.model}
+                if recipe.export.baseline:
+                    sources["baseline"] = result.baseline
+                measure_torch_sources(out, sources, recipe, evaluator, data)
+                outcome.report_path, outcome.artifacts = measure_and_report(out, recipe, evaluator, data)
+            _write_manifest(out, recipe, result.baseline)
+        return outcome
 
 
 def _write_manifest(out: Path, recipe: Recipe, baseline: torch.nn.Module) -> None:
@@ -189,5 +192,6 @@ def report_run(out_dir: str | Path) -> CompressionResult:
         raise InputError(f"{out}: no exported artifacts; run 'modelpress export RECIPE --out {out}' first")
     evaluator = resolve_evaluator(recipe.task.metric, search_dir)
     data = load_data(recipe.data, search_dir)
-    path, artifacts = measure_and_report(out, recipe, evaluator, data)
+    with log.run_log(out):
+        path, artifacts = measure_and_report(out, recipe, evaluator, data)
     return CompressionResult(None, read_stages(out), artifacts, out, path)

@@ -6,9 +6,11 @@ runtime messages) reach the terminal. ``run_log`` keeps all of it in ``run.log``
 """
 
 import contextlib
+import logging
 import os
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -44,6 +46,10 @@ def warn(message: str) -> None:
     if _main_process():
         _to_log("warning: " + Console().render_str(message).plain)
         console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _pump(read_fd: int, log_file, terminal_fd: int, verbose: bool) -> None:
@@ -82,16 +88,29 @@ def run_log(out_dir: Path):
         os.dup2(write_fd, fd)
     os.close(write_fd)
     _state["log"] = log_file
+    # Python-level writers too, as a host (a notebook, pytest) may have replaced sys.stdout/stderr,
+    # warnings.showwarning and the root logger's handlers with its own.
+    previous = sys.stdout, sys.stderr, warnings.showwarning
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (closed below)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    warnings.showwarning = _show_warning
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(handler)
     try:
         yield
     finally:
+        logging.getLogger().removeHandler(handler)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(ValueError, OSError):
                 stream.flush()
+                stream.close()
+        sys.stdout, sys.stderr, warnings.showwarning = previous
         for fd, original in saved.items():
             os.dup2(original, fd)  # closes the last write ends: the pump sees EOF
-            os.close(original)
         pump.join(timeout=10)
+        for original in saved.values():
+            os.close(original)
         console.file = previous_file
         terminal.close()
         _state["log"] = None
