@@ -3,6 +3,7 @@
     import compress
     result = compress.run(model, "recipe.yaml", data=compress.TaskData(eval=loader))
     result.model, result.metrics, result.report_path
+    model = compress.load("runs/my-model")  # later: the compressed nn.Module, from the run folder
 
 Importing this package loads torch and pydantic only; ONNX Runtime and transformers
 are imported when a step needs them.
@@ -15,6 +16,7 @@ from compress.errors import InputError, ModelpressError, RecipeError, SelectionE
 from compress.evaluate import EVALUATORS, Evaluator
 from compress.recipe import Recipe, load_recipe
 from compress.registry import list_passes, register_pass
+from compress.reload import load
 
 __all__ = [
     "EVALUATORS",
@@ -28,6 +30,7 @@ __all__ = [
     "SelectionError",
     "TaskData",
     "list_passes",
+    "load",
     "load_recipe",
     "register_pass",
     "report_run",

@@ -146,7 +146,10 @@ def run(
             _claim_folder(out, recipe, identity, force)
             set_active_folder(out)
             _save_recipe(out, recipe, identity, search_dir)
-        return _run_locked(model, recipe, data, evaluator, example_inputs, out, identity, search_dir, export, report)
+        with log.run_log(out):  # everything printed, third-party output included, kept in run.log
+            return _run_locked(
+                model, recipe, data, evaluator, example_inputs, out, identity, search_dir, export, report
+            )
     finally:
         if is_main():
             folder.unlock(out)
@@ -246,7 +249,8 @@ def report_run(out_dir: str | Path) -> CompressionResult:
     folder.lock(out)  # a run still writing this folder is not re-measured under its feet
     try:
         set_active_folder(out)
-        path, artifacts = measure_and_report(out, recipe, evaluator, data)
+        with log.run_log(out):
+            path, artifacts = measure_and_report(out, recipe, evaluator, data)
     finally:
         folder.unlock(out)
     return CompressionResult(None, read_stages(out), artifacts, out, path)

@@ -1,4 +1,4 @@
-"""The ``modelpress`` command line: run, demo, export, report, passes, bench.
+"""The ``modelpress`` command line: run, demo, export, report, passes, schema, bench.
 
 Bad input (recipe, checkpoint, data, folder) ends with one plain line per problem
 on stderr and exit status 2; an artifact that fails export or parity, exit status 1; a bug in
@@ -20,7 +20,9 @@ EXAMPLES = {
     "demo": "example:\n  modelpress demo --out runs/demo",
     "export": "example:\n  modelpress export recipe.yaml --out runs/my-model   # then: modelpress report runs/my-model",
     "report": "example:\n  modelpress report runs/my-model   # re-measure on this machine, rewrite report.json/md",
-    "passes": "example:\n  modelpress passes",
+    "passes": "example:\n  modelpress passes --verbose   # every key: type, default, range, doc\n"
+    "  modelpress passes distill",
+    "schema": "example:\n  modelpress schema > recipe.schema.json   # point your editor's YAML schema setting at it",
     "bench": "example:\n  modelpress bench minilm-sts --out reports/benchmarks   # needs: pip install -e '.[bench]'",
 }
 
@@ -65,12 +67,43 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_passes(args) -> int:
+    from compress.describe import describe_pass
     from compress.registry import get_pass, list_passes
 
-    for name in list_passes():
+    names = [get_pass(args.name).name] if args.name else list_passes()  # an unknown name: exit 2 with hints
+    for name in names:
+        if args.name or args.verbose:
+            print("\n".join(describe_pass(name)))
+            continue
         doc = (sys.modules[get_pass(name).apply.__module__].__doc__ or "").strip()
         print(f"{name}: {doc.splitlines()[0].split(': ', 1)[-1] if doc else ''}")
     return 0
+
+
+def _cmd_schema(args) -> int:
+    import json
+
+    from compress.describe import recipe_schema
+
+    print(json.dumps(recipe_schema(), indent=2))
+    return 0
+
+
+def _bench_suites() -> list[str]:
+    try:
+        from benchmarks.__main__ import SUITES
+    except ImportError:  # an installed wheel ships no benchmarks package
+        return []
+    return sorted(SUITES)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("modelpress")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _cmd_bench(args) -> int:
@@ -84,7 +117,8 @@ COMMANDS = {
     "demo": (_cmd_demo, "run the embedded default recipe on a residual CNN trained on digits"),
     "export": (_cmd_export, "run the recipe's passes (resuming) and export + verify the ONNX artifacts"),
     "report": (_cmd_report, "measure the artifacts of a run folder in ONNX Runtime and write the report"),
-    "passes": (_cmd_passes, "list the registered passes"),
+    "passes": (_cmd_passes, "list the registered passes; --verbose or NAME: every key with type, default, range"),
+    "schema": (_cmd_schema, "print the JSON Schema of a recipe (every pass's keys included)"),
     "bench": (_cmd_bench, "run a benchmark suite beside the peer tools; write reports/benchmarks/<suite>.md/.json"),
 }
 
@@ -96,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  modelpress demo --out runs/demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"modelpress {_version()}")
+    _add_verbosity(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (handler, help_text) in COMMANDS.items():
         cmd = sub.add_parser(
@@ -105,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        # SUPPRESS: a subcommand's default must not overwrite "-v" given before the subcommand.
+        _add_verbosity(cmd, argparse.SUPPRESS)
         cmd.set_defaults(handler=handler)
         if name in ("run", "export"):
             cmd.add_argument("recipe", help="recipe YAML file")
@@ -119,8 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="allow a checkpoint that needs full unpickling (it can run code): only for files you trust",
             )
+        if name == "passes":
+            cmd.add_argument("name", nargs="?", help="one pass: print all its keys")
         if name == "bench":
-            cmd.add_argument("suite", help="suite name, e.g. minilm-sts")
+            suites = _bench_suites()
+            cmd.add_argument("suite", choices=suites or None, help=f"suite: {', '.join(suites) or 'none installed'}")
             cmd.add_argument("--quick", action="store_true", help="smoke mode: a few batches, few timing rounds")
             cmd.add_argument("--out", default="reports/benchmarks", help="folder for <suite>.md/.json")
     return parser
@@ -160,10 +201,20 @@ def _interrupt_on_sigterm() -> None:
         pass  # not the main thread (main() called from a worker): keep the default
 
 
+def _add_verbosity(parser: argparse.ArgumentParser, default) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default, help="print only warnings and results")
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="also show third-party output (always in run.log)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from compress import log
     from compress.io import set_active_folder
 
+    args = build_parser().parse_args(argv)
+    log.set_verbosity(quiet=args.quiet, verbose=args.verbose)
     set_active_folder(None)
     previous = signal.getsignal(signal.SIGTERM)
     _interrupt_on_sigterm()

@@ -34,6 +34,12 @@ class TaskData:
     validation: BatchSource | None = None
     calibration: BatchSource | None = None
 
+    def __post_init__(self) -> None:
+        for split in ("eval", "train", "validation", "calibration"):
+            problem = split_problem(split, getattr(self, split))
+            if problem:
+                raise InputError(problem)
+
     def resolve(self, split: str) -> str:
         """``split`` when the data has it, else the split that stands in for it."""
         return FALLBACK_SPLITS.get(split, split) if getattr(self, split) is None else split
@@ -45,24 +51,43 @@ class TaskData:
         return source() if callable(source) else source
 
 
-def _check_reiterable(data: TaskData) -> TaskData:
-    # A generator is consumed by its first pass: every later stage would see it "empty".
-    for split in ("eval", "train", "validation", "calibration"):
-        source = getattr(data, split)
-        if isinstance(source, Iterator):
-            raise InputError(
-                f"task data: the {split!r} split is a one-shot iterator ({type(source).__name__}); every stage "
-                "reads it again: pass a list, a DataLoader, or a function returning a fresh generator"
-            )
-    return data
+def _shapes(tensors) -> str:
+    return ", ".join(f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in tensors)
+
+
+def split_problem(split: str, source: Any) -> str | None:
+    """Why ``source`` cannot be the split ``split`` (what was given, what to pass instead), or None."""
+    if source is None or callable(source) and not isinstance(source, Iterator):
+        return None
+    if isinstance(source, Iterator):
+        # A generator is empty after its first pass, and every split is read several times
+        # (each stage's metric, parity, the report), so the later reads would see no batch.
+        return (
+            f"task data: the {split!r} split is a one-shot {type(source).__name__} (empty after its first pass; "
+            f"modelpress reads every split several times); pass a list of batches, a DataLoader, or a function "
+            f"returning a fresh iterator, e.g. {split}=list(batches) or {split}=lambda: make_batches()"
+        )
+    whole = [source] if isinstance(source, torch.Tensor) else source
+    if (
+        isinstance(whole, (tuple, list))
+        and 1 <= len(whole) <= 3
+        and all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in whole)
+        and len({t.shape[0] for t in whole}) == 1
+        # A list of same-kind tensors may be input-only batches; inputs beside labels (other dims or
+        # dtypes) are not.
+        and (isinstance(source, (tuple, torch.Tensor)) or len({(t.dim(), t.dtype) for t in whole}) > 1)
+    ):
+        # (X, y) of the whole data set: iterating it would give X, then y, as two "batches".
+        return (
+            f"task data: the {split!r} split is {len(whole)} whole tensor(s) ({_shapes(whole)}), not batches; "
+            f"a split is an iterable of batches such as (inputs, labels); pass e.g. "
+            f"{split}=list(zip(X.split(64), y.split(64))) or {split}=DataLoader(TensorDataset(X, y), batch_size=64)"
+        )
+    return None
 
 
 def as_task_data(data: Any) -> TaskData:
     """Accept TaskData, a dict with its fields, or a bare iterable used as ``eval``; splits must be re-iterable."""
-    return _check_reiterable(_as_task_data(data))
-
-
-def _as_task_data(data: Any) -> TaskData:
     if isinstance(data, TaskData):
         return data
     if isinstance(data, Mapping):

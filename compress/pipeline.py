@@ -4,6 +4,7 @@ Rerunning the same recipe into the same folder resumes after the last completed
 stage: completed stages are loaded, not recomputed.
 """
 
+import contextlib
 import copy
 import shutil
 import time
@@ -145,6 +146,8 @@ def run_pipeline(
         stages.append(stage)
         if ctx.scratch_dir is not None and is_main():
             shutil.rmtree(ctx.scratch_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # scratch/ holds in-progress state only; gone when empty
+                ctx.scratch_dir.parent.rmdir()
     return PipelineOutput(model, baseline, stages)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import torch
 
 from compress.data import TaskData, flatten_inputs, take_rows, training_inputs
 from compress.errors import InputError
@@ -34,6 +35,13 @@ def resolve_scheme(spec, model: onnx.ModelProto) -> str:
         return spec.scheme
     ops = {node.op_type for node in model.graph.node}
     return next((scheme for op, scheme in AUTO_SCHEME_BY_OP.items() if op in ops), AUTO_FALLBACK)
+
+
+def auto_scheme_of_module(model: torch.nn.Module) -> str:
+    """What ``resolve_scheme`` will pick for this torch model's graph: its convolutions export as Conv."""
+    convs = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    has_conv = any(isinstance(m, convs) for m in model.modules())
+    return AUTO_SCHEME_BY_OP["Conv"] if has_conv else AUTO_FALLBACK
 
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -27,6 +27,7 @@ from export.quantize import (
     PRECISION,
     SCHEMES,
     CalibrationReader,
+    auto_scheme_of_module,
     check_tables,
     name_nodes,
     resolve_scheme,
@@ -35,8 +36,6 @@ from export.quantize import (
 from export.runtime import make_session, ort_predictor
 from export.scratch import own_cwd
 from export.validate import compare_outputs
-
-AUTO_NAME = {"auto": "int8"}
 
 
 def _attention_dims(torch_model: torch.nn.Module) -> tuple[int, int]:
@@ -189,6 +188,19 @@ def build_variant(
     return record
 
 
+def variant_name(spec, torch_model: torch.nn.Module) -> str:
+    """The one naming rule of quantized artifacts: the recipe's ``name``, else ``compressed-<scheme>``.
+
+    ``auto`` is named by the scheme it picks (``compressed-int8_static`` for a CNN), and a torch-side
+    scheme's ONNX twin by its ONNX scheme (bitsandbytes int8 -> ``compressed-int8_dynamic``), so the
+    same quantization gets the same name whichever way the recipe asked for it.
+    """
+    if spec.name:
+        return spec.name
+    scheme = auto_scheme_of_module(torch_model) if spec.scheme == "auto" else spec.scheme
+    return f"compressed-{scheme}"
+
+
 def export_quantized(
     out_dir: Path,
     torch_model: torch.nn.Module,
@@ -202,7 +214,7 @@ def export_quantized(
     """Build every requested variant; a failure is recorded in its artifact, not raised."""
     records, taken = [], set()
     for spec in variants:
-        name = spec.name or f"compressed-{AUTO_NAME.get(spec.scheme, spec.scheme)}"
+        name = variant_name(spec, torch_model)
         name = name if name not in taken else f"{name}-{len(taken) + 1}"
         taken.add(name)
         log.info(f"quantize {name} ({spec.scheme})")

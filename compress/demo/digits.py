@@ -54,8 +54,14 @@ class DigitsResNet(nn.Module):
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
-def build_model(widths: tuple[int, ...] = (32, 64, 128)) -> DigitsResNet:
-    return DigitsResNet(tuple(widths))
+def build_model(widths: tuple[int, ...] = (32, 64, 128), seed: int = 0) -> DigitsResNet:
+    """The untrained model, its initial weights drawn from ``seed`` (the global RNG is left as it was).
+
+    Unseeded, every fresh demo started from other weights and reached another accuracy.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return DigitsResNet(tuple(widths))
 
 
 def digits_tensors(seed: int = 0):
@@ -72,9 +78,9 @@ def digits_tensors(seed: int = 0):
     return x_tr, y_tr, x_va, y_va, x_te, y_te
 
 
-def shifted(images: torch.Tensor) -> torch.Tensor:
+def shifted(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Augmentation: the batch moved by up to one pixel in each direction."""
-    return torch.roll(images, tuple(torch.randint(-1, 2, (2,)).tolist()), dims=(2, 3))
+    return torch.roll(images, tuple(torch.randint(-1, 2, (2,), generator=generator).tolist()), dims=(2, 3))
 
 
 def _batches(x, y, batch_size):
@@ -82,7 +88,11 @@ def _batches(x, y, batch_size):
 
 
 def load_data(batch_size: int = 64, calibration_samples: int = 256) -> TaskData:
-    """Test split as eval; shuffled, shifted train batches; validation for checkpoint selection."""
+    """Test split as eval; shuffled, shifted train batches; validation for checkpoint selection.
+
+    The train order and shifts come from the global RNG, which the pipeline seeds before every
+    pass (``recipe.seed + stage index``), so each stage sees the same batches in every run.
+    """
     x_tr, y_tr, x_va, y_va, x_te, y_te = digits_tensors()
 
     def train():
@@ -98,22 +108,33 @@ def load_data(batch_size: int = 64, calibration_samples: int = 256) -> TaskData:
 
 
 def train(model: nn.Module, epochs: int = 10, lr: float = 3e-3, seed: int = 0) -> nn.Module:
-    """Train with AdamW and a one-cycle schedule; small random shifts as augmentation."""
-    torch.manual_seed(seed)
+    """Train with AdamW and a one-cycle schedule; small random shifts as augmentation.
+
+    Deterministic on CPU for a given thread count: data order and shifts come from a generator
+    seeded with ``seed`` (not the global RNG, which other code may have advanced), and torch is
+    asked for deterministic algorithms. Intra-op threads can change the order of float sums,
+    so another core count may give other last bits.
+    """
+    generator = torch.Generator().manual_seed(seed)
     x_tr, y_tr = digits_tensors()[:2]
     steps_per_epoch = (len(x_tr) + 63) // 64
     optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
     model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x_tr))
-        for start in range(0, len(x_tr), 64):
-            idx = order[start : start + 64]
-            loss = F.cross_entropy(model(shifted(x_tr[idx])), y_tr[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(len(x_tr), generator=generator)
+            for start in range(0, len(x_tr), 64):
+                idx = order[start : start + 64]
+                loss = F.cross_entropy(model(shifted(x_tr[idx], generator)), y_tr[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
     return model.eval()
 
 

@@ -63,7 +63,7 @@ class OnnxQuantSpec(StrictModel):
     scheme: ``int8_dynamic``, ``int8_static`` (QDQ), ``int4`` (MatMulNBits), or ``auto``
         (static for convolutional models, whose QDQ Conv ONNX Runtime fuses to QLinearConv;
         dynamic for the rest, where static QDQ MatMuls stay unfused and run slower than fp32).
-    name: artifact name (default ``compressed-<scheme>``).
+    name: artifact name (default ``compressed-<scheme>``; ``auto`` named by the scheme it picks).
     per_channel / reduce_range: int8 weight granularity and 7-bit range (for CPUs without VNNI).
     calibration: static int8 calibration.
     exclude_nodes / exclude_ops: ONNX node names / op types left in float.

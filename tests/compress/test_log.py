@@ -1,0 +1,62 @@
+"""run.log: third-party output (warnings, logging, stderr prints, C-level writes) goes to the log, not the
+terminal, unless verbose; modelpress's own messages go to both."""
+
+import logging
+import os
+import sys
+import warnings
+
+import pytest
+
+from compress import log
+
+
+def _third_party_noise():
+    warnings.warn("a library UserWarning", UserWarning, stacklevel=1)
+    logging.getLogger("some.library").warning("a library logging warning")
+    print("Warning! No positional inputs found for a module, assuming batch size is 1.", file=sys.stderr)
+    print("[torch.onnx] an exporter print on stdout")
+    os.write(2, b"a C++ runtime message on fd 2\n")
+
+
+NOISE = [
+    "a library UserWarning",
+    "a library logging warning",
+    "Warning! No positional inputs found",
+    "[torch.onnx] an exporter print",
+    "a C++ runtime message on fd 2",
+]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_third_party_output_goes_to_run_log_and_the_terminal_only_when_verbose(tmp_path, capfd, verbose):
+    (tmp_path / "run.log").write_text("an earlier line\n")
+    log.set_verbosity(verbose=verbose)
+    try:
+        with warnings.catch_warnings(), log.run_log(tmp_path):
+            warnings.simplefilter("always")
+            log.info("stage 1/1: magnitude_prune")
+            _third_party_noise()
+    finally:
+        log.set_verbosity()
+    terminal = capfd.readouterr()
+    text = (tmp_path / "run.log").read_text()
+    assert text.startswith("an earlier line\n")  # appended, not truncated
+    assert "stage 1/1: magnitude_prune" in text and "stage 1/1: magnitude_prune" in terminal.err
+    for line in NOISE:
+        assert line in text
+        assert (line in terminal.err) is verbose
+    assert terminal.out == ""  # stdout stays free for results
+
+
+def test_quiet_keeps_progress_off_the_terminal_but_in_the_log(tmp_path, capfd):
+    log.set_verbosity(quiet=True)
+    try:
+        with log.run_log(tmp_path):
+            log.info("stage 1/1: distill")
+            log.warn("calibration rows fewer than requested")
+    finally:
+        log.set_verbosity()
+    err = capfd.readouterr().err
+    assert "stage 1/1" not in err and "calibration rows fewer" in err
+    assert "stage 1/1: distill" in (tmp_path / "run.log").read_text()
