@@ -109,12 +109,23 @@ def stage_warnings(stages: list[StageResult]) -> list[str]:
     return warnings
 
 
+def timing_warnings(artifacts: list[dict]) -> list[str]:
+    """Latency entries whose spread or machine load makes them unreliable, named in the summary."""
+    return [
+        f"{a['name']}: latency at batch {e['batch_size']} on {e['provider']} is unreliable "
+        f"(cv {e.get('cv', 0):.2f}, load per core {e.get('load_before')} -> {e.get('load_after')}): re-measure idle"
+        for a in artifacts
+        for e in a.get("latency", [])
+        if e.get("unreliable")
+    ]
+
+
 def build_report(recipe: Recipe, stages: list[StageResult], artifacts: list[dict], environment: dict) -> dict:
     spec = recipe.report
     threads = spec.threads or environment["usable_cores"]
     warnings = [f"{a['name']}: {w}" for a in artifacts for w in a.get("warnings", [])]
     warnings += [f"{a['name']}: {a.get('error', 'failed')}" for a in artifacts if a.get("status") != "passed"]
-    warnings += stage_warnings(stages)
+    warnings += stage_warnings(stages) + timing_warnings(artifacts)
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
