@@ -244,6 +244,10 @@ def report_run(out_dir: str | Path) -> CompressionResult:
     recipe = load_recipe(out / "recipe.yaml")
     if not any((out / "artifacts").glob("*.json")):
         raise InputError(f"{out}: no exported artifacts; run 'modelpress export RECIPE --out {out}' first")
+    from export.integrity import verify_run_folder
+
+    # Before anything is imported or measured: names stay inside the folder, files match the manifest.
+    verify_run_folder(out)
     evaluator = resolve_evaluator(recipe.task.metric, search_dir)
     data = load_data(recipe.data, search_dir)
     folder.lock(out)  # a run still writing this folder is not re-measured under its feet

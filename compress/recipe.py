@@ -57,14 +57,18 @@ class TaskSpec(StrictModel):
 
 
 class ParitySpec(StrictModel):
-    """Tolerances of the ONNX Runtime vs torch comparison on held-out inputs."""
+    """Tolerances of the ONNX Runtime vs torch comparison on held-out inputs.
 
-    atol: float = Field(1e-4, gt=0, description="largest allowed absolute difference")
-    min_cosine: float = Field(0.9999, ge=-1, le=1, description="smallest allowed per-sample cosine similarity")
-    min_top1_agreement: float = Field(0.99, ge=0, le=1, description="classifiers: share of equal argmax")
+    A tolerance that would switch its check off (an infinite ``atol``, a cosine floor of -1, an
+    agreement floor of 0) is refused: a report must never say "passed" for a check that was not made.
+    """
+
+    atol: float = Field(1e-4, gt=0, allow_inf_nan=False, description="largest allowed absolute difference")
+    min_cosine: float = Field(0.9999, gt=-1, le=1, description="smallest allowed per-sample cosine similarity")
+    min_top1_agreement: float = Field(0.99, gt=0, le=1, description="classifiers: share of equal argmax")
     samples: PositiveInt = Field(256, le=100_000, description="held-out samples compared")
-    quantized_min_cosine: float = Field(0.9, ge=-1, le=1, description="quantized artifacts: smallest cosine")
-    quantized_min_top1_agreement: float = Field(0.9, ge=0, le=1, description="quantized classifiers: argmax agreement")
+    quantized_min_cosine: float = Field(0.9, gt=-1, le=1, description="quantized artifacts: smallest cosine")
+    quantized_min_top1_agreement: float = Field(0.9, gt=0, le=1, description="quantized classifiers: argmax agreement")
 
 
 class ExportSpec(StrictModel):

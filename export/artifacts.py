@@ -48,6 +48,39 @@ def file_facts(path: Path) -> dict[str, Any]:
     return {"size_bytes": len(raw), "size_gzip_bytes": gzip_bytes, **facts}
 
 
+def _dims(value_info) -> list:
+    """A tensor's shape as written: ints for fixed axes, names for dynamic ones."""
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+
+
+def graph_facts(path: Path) -> dict[str, Any]:
+    """What the written ONNX file says of itself, never what the recipe asked: opset, input and
+    output names and shapes, op counts (``domain::op`` for non-default domains) and weight dtypes."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    weights = {init.name for init in graph.initializer}
+    ops: dict[str, int] = {}
+    for node in graph.node:
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+        ops[key] = ops.get(key, 0) + 1
+    dtypes: dict[str, int] = {}
+    for init in graph.initializer:
+        name = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
+        dtypes[name] = dtypes.get(name, 0) + 1
+    return {
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "input_names": [i.name for i in graph.input if i.name not in weights],
+        "output_names": [o.name for o in graph.output],
+        "input_shapes": {i.name: _dims(i) for i in graph.input if i.name not in weights},
+        "output_shapes": {o.name: _dims(o) for o in graph.output},
+        "op_counts": dict(sorted(ops.items())),
+        "initializer_dtypes": dict(sorted(dtypes.items())),
+    }
+
+
 def artifacts_dir(out_dir: Path) -> Path:
     return out_dir / "artifacts"
 
@@ -70,12 +103,12 @@ def export_artifacts(
             "format": "onnx",
             "precision": "fp32",
             "source_stage": source_stage,
-            "opset": recipe.export.opset,
+            "requested_opset": recipe.export.opset,
         }
         log.info(f"export {name} -> {path}")
         try:
             spec = recipe.export
-            onnx_model = to_onnx(
+            to_onnx(
                 model,
                 example_inputs,
                 path,
@@ -84,10 +117,8 @@ def export_artifacts(
                 spec.output_name,
                 external_data=spec.external_data,
             )
-            record.update(input_names=onnx_model.input_names, output_names=onnx_model.output_names)
-            record.update(file_facts(path))
+            record.update(graph_facts(path), **file_facts(path))
             session = make_session(path)
-            record["input_shapes"] = {i.name: i.shape for i in session.get_inputs()}
             parity = compare_outputs(
                 model, session, heldout_inputs(evaluator, data), recipe.export.parity, evaluator.is_classifier
             )

@@ -8,6 +8,7 @@ On CUDA, ONNX Runtime runs through IO binding with inputs and outputs already on
 device, and torch calls end in ``torch.cuda.synchronize``, so a timing is the device's work.
 """
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -33,6 +34,11 @@ class Latency:
     p99_ms: float
     mean_ms: float
     throughput_per_s: float
+    p10_ms: float = 0.0
+    cv: float = 0.0  # coefficient of variation (std / mean) over the timed calls
+    load_before: float | None = None  # 1-minute load average per usable core, before and after
+    load_after: float | None = None
+    unreliable: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,10 +68,33 @@ def merge_latency(old: list[dict], new: list[dict]) -> list[dict]:
     return [e for e in old if "device_name" in e and latency_key(e) not in replaced] + new
 
 
-def summarize(times: list[float], **fields) -> Latency:
+# A figure is marked unreliable past these: its calls vary by more than a quarter of their mean,
+# or the machine had more runnable work than cores while it was measured.
+MAX_CV = 0.25
+MAX_LOAD_PER_CORE = 1.0
+
+
+def load_per_core() -> float | None:
+    """The 1-minute load average divided by the usable cores; None where the OS has none."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return round(os.getloadavg()[0] / cores, 3)
+
+
+def summarize(times: list[float], load_before: float | None = None, **fields) -> Latency:
     p50 = round(float(np.percentile(times, 50)), 4)
+    mean = float(np.mean(times))
+    cv = round(float(np.std(times)) / mean, 4) if mean > 0 else 0.0
+    load_after = load_per_core()
+    loaded = any(load is not None and load > MAX_LOAD_PER_CORE for load in (load_before, load_after))
     return Latency(
         **fields,
+        p10_ms=round(float(np.percentile(times, 10)), 4),
+        cv=cv,
+        load_before=load_before,
+        load_after=load_after,
+        unreliable=cv > MAX_CV or loaded,
         iterations=len(times),
         p50_ms=p50,
         p90_ms=round(float(np.percentile(times, 90)), 4),
@@ -121,6 +150,7 @@ def benchmark_sessions(
     results: dict[str, list[Latency]] = {name: [] for name in sessions}
     per_round = max(1, iterations // ROUNDS)
     for batch_size in batch_sizes:
+        load_before = load_per_core()
         inputs = feed(take_rows(sample_inputs, batch_size))
         times: dict[str, list[float]] = {name: [] for name in sessions}
         calls = {name: _runner(session, inputs) for name, session in sessions.items()}
@@ -136,6 +166,7 @@ def benchmark_sessions(
             results[name].append(
                 summarize(
                     times[name],
+                    load_before,
                     device=device,
                     device_name=device_name(device),
                     runtime="onnxruntime",
@@ -169,10 +200,11 @@ def benchmark_torch(
                     call_model(model, i)
                 sync()
 
+            load_before = load_per_core()
             times = time_calls(call, warmup, iterations, max_seconds)
             provider = f"torch-{device}"
             fields = dict(device=device, device_name=device_name(device), runtime="torch", provider=provider)
-            results.append(summarize(times, **fields, batch_size=batch_size, threads=threads))
+            results.append(summarize(times, load_before, **fields, batch_size=batch_size, threads=threads))
     finally:
         torch.set_num_threads(previous_threads)
     return results

@@ -57,6 +57,12 @@ def _parity_warnings(record: dict) -> list[str]:
     return [f"parity weak against its torch source ({', '.join(weak)}): check the metric on your own data"]
 
 
+def noise(*entries: dict) -> float:
+    """The measured noise of a comparison: half the widest p10..p90 spread of its entries. A "not
+    faster" needs a difference beyond it (0.011 vs 0.011 ms is no finding)."""
+    return max((e.get("p90_ms", 0.0) - e.get("p10_ms", e.get("p90_ms", 0.0))) / 2 for e in entries)
+
+
 def flag_artifacts(records: list[dict]) -> None:
     """Set ``warnings`` on every record: weak or failed parity; a quantized artifact not faster or not
     smaller than its source."""
@@ -67,11 +73,12 @@ def flag_artifacts(records: list[dict]) -> None:
         if source is None or record.get("status") != "passed":
             continue
         warnings = record["warnings"]
-        source_p50 = {latency_key(e): e["p50_ms"] for e in source.get("latency", [])}
+        source_entries = {latency_key(e): e for e in source.get("latency", [])}
         for entry in record.get("latency", []):
-            base = source_p50.get(latency_key(entry))
-            if base is None or entry["p50_ms"] < base:
+            reference = source_entries.get(latency_key(entry))
+            if reference is None or entry["p50_ms"] - reference["p50_ms"] < noise(entry, reference):
                 continue
+            base = reference["p50_ms"]
             provider = entry["provider"]
             cause = NO_INT8_KERNELS.get(provider) or CAUSES[record["scheme"]](record, provider)
             warnings.append(

@@ -6,6 +6,7 @@ maintains) and ``onnx.checker`` with ``full_check`` (which also runs shape infer
 
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,33 @@ class OnnxModel:
     opset: int
 
 
+def output_tensors(output: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor of a model output with a stable path: ``""`` for a lone tensor, else the tuple
+    index or dict key of each (nested paths joined by ``_``). None entries (HF outputs) are skipped."""
+    if isinstance(output, torch.Tensor):
+        return [(prefix, output)]
+    if isinstance(output, Mapping):
+        items = output.items()
+    elif isinstance(output, (tuple, list)):
+        items = enumerate(output)
+    else:
+        return first_tensor(output)  # raises the one-line InputError for unsupported types
+    return [pair for key, value in items if value is not None for pair in output_tensors(value, _join(prefix, key))]
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}_{key}" if prefix else str(key)
+
+
+def output_names_for(output: Any, base: str) -> list[str]:
+    """ONNX output names: ``base`` for a single tensor (so one-output files keep their name), else
+    ``base_<path>`` per tensor, stable across exports of the same model."""
+    paths = [path for path, _ in output_tensors(output)]
+    return [base] if len(paths) == 1 else [_join(base, path) for path in paths]
+
+
 class _FlatSignature(torch.nn.Module):
-    """Takes flat tensors, calls the model with the original input structure, returns one tensor."""
+    """Takes flat tensors, calls the model with the original input structure, returns its tensors."""
 
     def __init__(self, model: torch.nn.Module, template: Any):
         super().__init__()
@@ -48,7 +74,8 @@ class _FlatSignature(torch.nn.Module):
     def forward(self, *tensors):
         from compress.data import call_model
 
-        return first_tensor(call_model(self.model, rebuild_inputs(self.template, list(tensors))))
+        outputs = [t for _, t in output_tensors(call_model(self.model, rebuild_inputs(self.template, list(tensors))))]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 def _dynamic_shapes(tensors: list[torch.Tensor]) -> tuple:
@@ -87,7 +114,7 @@ def _strip_debug_info(path: Path, data_file: str | None) -> None:
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_file)
 
 
-def _dynamo_options(tensors, names, output_name, dynamic_batch: bool, external: bool) -> dict:
+def _dynamo_options(tensors, names, output_names, dynamic_batch: bool, external: bool) -> dict:
     return {
         "dynamic_shapes": _dynamic_shapes(tensors) if dynamic_batch else None,
         "external_data": external,
@@ -96,12 +123,12 @@ def _dynamo_options(tensors, names, output_name, dynamic_batch: bool, external: 
     }
 
 
-def _torchscript_options(tensors, names, output_name, dynamic_batch: bool, external: bool) -> dict:
+def _torchscript_options(tensors, names, output_names, dynamic_batch: bool, external: bool) -> dict:
     axes = {}
     if dynamic_batch:
         for name, spec in zip(names, _dynamic_shapes(tensors)[0]):
             axes[name] = {axis: ("batch" if axis == 0 else "sequence") for axis in spec}
-        axes[output_name] = {0: "batch"}
+        axes.update({name: {0: "batch"} for name in output_names})
     return {"dynamic_axes": axes or None, "dynamo": False}
 
 
@@ -127,8 +154,12 @@ def to_onnx(
     """
     import onnx
 
+    from compress.data import call_model
+
     names, tensors = flatten_inputs(example_inputs)
     wrapper = _FlatSignature(model.eval(), example_inputs).eval()
+    with torch.no_grad():
+        outputs = output_names_for(call_model(model, example_inputs), output_name)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = EXTERNAL_DATA[external_data](weight_bytes)
 
@@ -144,9 +175,9 @@ def to_onnx(
                     tuple(tensors),
                     str(tmp),
                     input_names=names,
-                    output_names=[output_name],
+                    output_names=outputs,
                     opset_version=opset,
-                    **EXPORTERS[exporter](tensors, names, output_name, dynamic_batch, external),
+                    **EXPORTERS[exporter](tensors, names, outputs, dynamic_batch, external),
                 )
         except Exception as exc:  # noqa: BLE001  (the exporter raises many types; all mean the same)
             raise ExportError(
@@ -158,5 +189,25 @@ def to_onnx(
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"the exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from None
 
+        _check_opset(tmp, opset)
+
     write_atomic(path, export)
-    return OnnxModel(path, names, [output_name], opset)
+    return OnnxModel(path, names, outputs, opset)
+
+
+def file_opset(path: Path) -> int:
+    """The default-domain opset the file imports (what a runtime sees, whatever was asked)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _check_opset(path: Path, opset: int) -> None:
+    """torch's dynamo exporter writes opset 18 when a lower one cannot be converted; refuse rather
+    than label the file with the recipe's number."""
+    written = file_opset(path)
+    if written != opset:
+        raise ExportError(
+            f"export.opset {opset} cannot be honoured: the exporter wrote opset {written}; set export.opset: {written}"
+        )

@@ -20,7 +20,7 @@ from compress.evaluate import Evaluator
 from compress.io import write_atomic, write_json_atomic
 from compress.quant.budget import fit_budget
 from compress.recipe import ParitySpec, Recipe
-from export.artifacts import artifacts_dir, file_facts, heldout_inputs
+from export.artifacts import artifacts_dir, file_facts, graph_facts, heldout_inputs
 from export.errors import ExportError
 from export.onnx_export import to_onnx
 from export.quantize import (
@@ -96,10 +96,12 @@ def _prepare(spec, torch_model, recipe: Recipe, example_inputs, work: Path) -> P
 
 
 def quantized_parity(recipe: Recipe) -> ParitySpec:
-    """Quantization is lossy by design: its parity bounds the damage instead of the difference."""
+    """Quantization is lossy by design: its parity bounds the damage instead of the difference. No
+    ``atol`` (recorded as null: not checked, by design); a recipe cannot ask for that, hence
+    ``model_construct``. NaN/Inf still fail."""
     parity = recipe.export.parity
-    return ParitySpec(
-        atol=float("inf"),
+    return ParitySpec.model_construct(
+        atol=None,
         min_cosine=parity.quantized_min_cosine,
         min_top1_agreement=parity.quantized_min_top1_agreement,
         samples=parity.samples,
@@ -167,11 +169,7 @@ def build_variant(
         "calibration_samples": (
             CalibrationReader(data, spec.calibration.samples).provenance() if scheme == "int8_static" else None
         ),
-        "opset": max(
-            o.version
-            for o in onnx.load(str(path), load_external_data=False).opset_import
-            if o.domain in ("", "ai.onnx")
-        ),
+        **graph_facts(path),
         **file_facts(path),
     }
     parity = compare_outputs(
@@ -227,7 +225,7 @@ def export_quantized(
                 "precision": spec.scheme,
                 "status": "failed",
                 "error": str(exc),
-                "opset": spec.opset or recipe.export.opset,
+                "requested_opset": spec.opset or recipe.export.opset,
             }
         record["source_stage"] = source_stage
         level = log.info if record["status"] == "passed" else log.warn

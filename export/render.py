@@ -84,7 +84,7 @@ def _artifacts(report: dict) -> list:
                 parity_text,
                 f"{_mb(a.get('size_bytes'))} ({_ratio(a.get('size_bytes'), base.get('size_bytes'))})",
                 f"{_mb(a.get('size_gzip_bytes'))} ({_ratio(a.get('size_gzip_bytes'), base.get('size_gzip_bytes'))})",
-                str(a["opset"]),
+                str(a.get("opset", "–")),
                 "yes" if a["name"] in front else "",
             ]
         )

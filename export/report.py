@@ -92,11 +92,40 @@ def _input_shapes(artifacts: list[dict]) -> str:
     return ", ".join(f"{name} {shape}" for name, shape in shapes.items()) if shapes else "see artifacts"
 
 
+STOP_WARNINGS = {
+    "max_seconds": "stopped by time after {steps} of {planned} steps: this result depends on machine load",
+    "early_stopping": "stopped early (no better validation metric) after {steps} of {planned} steps",
+}
+
+
+def stage_warnings(stages: list[StageResult]) -> list[str]:
+    """A pass that ran fewer steps than planned says so, and why."""
+    warnings = []
+    for stage in stages:
+        record = stage.record or {}
+        text = STOP_WARNINGS.get(record.get("stopped_by"))
+        if text:
+            warnings.append(f"{stage.name}: " + text.format(steps=record["steps"], planned=record["planned_steps"]))
+    return warnings
+
+
+def timing_warnings(artifacts: list[dict]) -> list[str]:
+    """Latency entries whose spread or machine load makes them unreliable, named in the summary."""
+    return [
+        f"{a['name']}: latency at batch {e['batch_size']} on {e['provider']} is unreliable "
+        f"(cv {e.get('cv', 0):.2f}, load per core {e.get('load_before')} -> {e.get('load_after')}): re-measure idle"
+        for a in artifacts
+        for e in a.get("latency", [])
+        if e.get("unreliable")
+    ]
+
+
 def build_report(recipe: Recipe, stages: list[StageResult], artifacts: list[dict], environment: dict) -> dict:
     spec = recipe.report
     threads = spec.threads or environment["usable_cores"]
     warnings = [f"{a['name']}: {w}" for a in artifacts for w in a.get("warnings", [])]
     warnings += [f"{a['name']}: {a.get('error', 'failed')}" for a in artifacts if a.get("status") != "passed"]
+    warnings += stage_warnings(stages) + timing_warnings(artifacts)
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

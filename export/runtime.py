@@ -37,26 +37,31 @@ def fixed_batch_size(session) -> int | None:
     return first if isinstance(first, int) else None
 
 
-def _run_in_chunks(session, inputs: Any, size: int) -> np.ndarray:
-    """Rows in chunks of the fixed batch ``size``, the last one padded by repeating its rows."""
+def _run_in_chunks(session, inputs: Any, size: int) -> list[np.ndarray]:
+    """All outputs, run in chunks of the fixed batch ``size``, the last one padded by repeating its rows."""
     names, tensors = flatten_inputs(inputs)
     rows = int(tensors[0].shape[0])
     outputs = []
     for start in range(0, rows, size):
         index = torch.arange(start, start + size).clamp(max=rows - 1)
         chunk = {name: t[index].detach().cpu().numpy() for name, t in zip(names, tensors)}
-        outputs.append(session.run(None, chunk)[0][: rows - start])
-    return np.concatenate(outputs)
+        outputs.append([out[: rows - start] for out in session.run(None, chunk)])
+    return [np.concatenate(parts) for parts in zip(*outputs)]
 
 
-def ort_predictor(session):
-    """``predict(inputs) -> Tensor`` running the session, for evaluators and parity. An artifact with
-    fixed input shapes gets its inputs in chunks of its batch size."""
+def ort_outputs_predictor(session):
+    """``predict(inputs) -> list[Tensor]``, every output of the session in file order. An artifact
+    with fixed input shapes gets its inputs in chunks of its batch size."""
     size = fixed_batch_size(session)
 
     def predict(inputs):
-        if size is None:
-            return torch.from_numpy(session.run(None, feed(inputs))[0])
-        return torch.from_numpy(_run_in_chunks(session, inputs, size))
+        outputs = session.run(None, feed(inputs)) if size is None else _run_in_chunks(session, inputs, size)
+        return [torch.from_numpy(np.asarray(out)) for out in outputs]
 
     return predict
+
+
+def ort_predictor(session):
+    """``predict(inputs) -> Tensor``: the first output (the one evaluators score)."""
+    predict_all = ort_outputs_predictor(session)
+    return lambda inputs: predict_all(inputs)[0]

@@ -1,8 +1,10 @@
 """Parity of an ONNX artifact against its torch source on held-out inputs.
 
-Reports the largest absolute difference, the smallest per-sample cosine similarity
-and, for classifiers, the share of samples with the same top-1 class. Any figure
-beyond the recipe's tolerance fails the check, with the figure in the message.
+Every output of the model is compared (by position, named after the file's outputs). Reports the
+largest absolute difference, the smallest per-sample cosine similarity and, for classifiers, the
+share of samples with the same top-1 class (on the first output). NaN or Inf on either side fails
+with that cause named: NaN compares false with everything, so it would otherwise slip through.
+Any figure beyond the recipe's tolerance fails the check, with the figure in the message.
 """
 
 from collections.abc import Iterable
@@ -11,11 +13,11 @@ from typing import Any
 
 import torch
 
-from compress.data import batch_size_of
-from compress.evaluate import torch_predictor
+from compress.data import batch_size_of, call_model, model_device, to_device
 from compress.recipe import ParitySpec
 from export.errors import ShapeMismatch, ToleranceExceeded
-from export.runtime import ort_predictor
+from export.onnx_export import output_tensors
+from export.runtime import ort_outputs_predictor
 
 
 @dataclass
@@ -27,34 +29,89 @@ class ParityResult:
     samples: int
     tolerances: dict
     failures: list[str] = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def torch_outputs_predictor(model: torch.nn.Module):
+    """``predict(inputs) -> list[Tensor]``: every tensor output, in the order the exporter writes them."""
+
+    @torch.no_grad()
+    def predict(inputs):
+        output = call_model(model, to_device(inputs, model_device(model)))
+        return [t.cpu() for _, t in output_tensors(output)]
+
+    model.eval()
+    return predict
+
+
+def cosine(expected: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
+    """Per-sample cosine, scale-free: each pair of rows is divided by its largest magnitude first, so
+    that agreeing outputs of 1e-25 agree. Two all-zero rows count as equal (cosine 1)."""
+    a, b = expected.double().flatten(1), actual.double().flatten(1)
+    scale = torch.maximum(a.abs().amax(1, keepdim=True), b.abs().amax(1, keepdim=True))
+    zero = scale.squeeze(1) == 0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    cos = torch.nn.functional.cosine_similarity(a / scale, b / scale, dim=1, eps=1e-30)
+    return torch.where(zero, torch.ones_like(cos), cos)
+
+
+def _nonfinite(tensor: torch.Tensor) -> str | None:
+    if torch.isnan(tensor).any():
+        return "NaN"
+    return "Inf" if torch.isinf(tensor).any() else None
+
+
+class _Tally:
+    """Running figures of one output over the batches."""
+
+    def __init__(self):
+        self.max_diff, self.min_cos, self.nonfinite = 0.0, 1.0, set()
+
+    def add(self, name: str, expected: torch.Tensor, actual: torch.Tensor) -> None:
+        if expected.shape != actual.shape:
+            raise ShapeMismatch(
+                f"output {name} shape differs: torch {tuple(expected.shape)} vs ONNX Runtime {tuple(actual.shape)}"
+            )
+        rows = expected.shape[0] if expected.dim() else 1
+        expected, actual = expected.reshape(rows, -1), actual.reshape(rows, -1)
+        for side, tensor in (("torch", expected), ("ONNX Runtime", actual)):
+            if kind := _nonfinite(tensor):
+                self.nonfinite.add(f"{side} output {name} holds {kind}")
+        finite = torch.isfinite(expected) & torch.isfinite(actual)
+        if finite.any():
+            self.max_diff = max(self.max_diff, float((expected - actual).abs()[finite].max()))
+        clean = finite.all(1)
+        if clean.any():
+            self.min_cos = min(self.min_cos, float(cosine(expected[clean], actual[clean]).min()))
+
+
 def compare_outputs(
     model: torch.nn.Module, session, input_batches: Iterable, tolerance: ParitySpec, classifier: bool
 ) -> ParityResult:
-    """Run torch and ORT on the same inputs (up to ``tolerance.samples``) and compare."""
-    torch_predict, ort_predict = torch_predictor(model), ort_predictor(session)
-    max_diff, min_cos, agree, samples = 0.0, 1.0, 0, 0
+    """Run torch and ORT on the same inputs (up to ``tolerance.samples``) and compare every output."""
+    torch_predict, ort_predict = torch_outputs_predictor(model), ort_outputs_predictor(session)
+    names = [o.name for o in session.get_outputs()]
+    tallies = {name: _Tally() for name in names}
+    agree, samples = 0, 0
     for inputs in input_batches:
-        expected, actual = torch_predict(inputs).float(), ort_predict(inputs).float()
-        if expected.shape != actual.shape:
-            raise ShapeMismatch(
-                f"output shape differs: torch {tuple(expected.shape)} vs ONNX Runtime {tuple(actual.shape)}"
-            )
-        max_diff = max(max_diff, float((expected - actual).abs().max()))
-        cos = torch.nn.functional.cosine_similarity(expected.flatten(1), actual.flatten(1), dim=1, eps=1e-12)
-        min_cos = min(min_cos, float(cos.min()))
-        same = expected.argmax(-1) == actual.argmax(-1)
+        expected_all, actual_all = torch_predict(inputs), ort_predict(inputs)
+        if len(expected_all) != len(actual_all):
+            raise ShapeMismatch(f"torch gives {len(expected_all)} outputs, the ONNX file {len(actual_all)}")
+        for name, expected, actual in zip(names, expected_all, actual_all):
+            tallies[name].add(name, expected.float(), actual.float())
+        same = expected_all[0].argmax(-1) == actual_all[0].argmax(-1)
         agree += int(same.reshape(same.shape[0], -1).all(1).sum())
         samples += batch_size_of(inputs)
         if samples >= tolerance.samples:
             break
     top1 = agree / samples if classifier and samples else None
-    failures = []
-    if max_diff > tolerance.atol:
+    max_diff = max((t.max_diff for t in tallies.values()), default=0.0)
+    min_cos = min((t.min_cos for t in tallies.values()), default=1.0)
+    failures = sorted({cause for t in tallies.values() for cause in t.nonfinite})
+    if tolerance.atol is not None and max_diff > tolerance.atol:
         failures.append(f"max abs diff {max_diff:.3g} > atol {tolerance.atol:g}")
     if min_cos < tolerance.min_cosine:
         failures.append(f"min cosine {min_cos:.6f} < {tolerance.min_cosine}")
@@ -68,6 +125,7 @@ def compare_outputs(
         samples=samples,
         tolerances=tolerance.model_dump(),
         failures=failures,
+        outputs={n: {"max_abs_diff": t.max_diff, "min_cosine": t.min_cos} for n, t in tallies.items()},
     )
 
 

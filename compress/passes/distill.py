@@ -211,9 +211,17 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
     best_metric, best_state, best_epoch = state["best_metric"], state["best_state"], state["best_epoch"]
     history, step, stale, start = state["history"], state["step"], state["stale"], time.perf_counter()
 
+    stopped_by = "completed"
+
     def out_of_budget() -> bool:
+        nonlocal stopped_by
         over = config.max_seconds is not None and time.perf_counter() - start > config.max_seconds
-        return step >= total or mean_across_ranks(float(over)) > 0  # any rank over: all stop together
+        if step >= total:
+            return True
+        if mean_across_ranks(float(over)) > 0:  # any rank over: all stop together
+            stopped_by = "max_seconds"
+            return True
+        return False
 
     with training_progress(total) as progress:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
@@ -252,7 +260,10 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
                 stale += 1
             counters = {"epoch": epoch, "step": step, "stale": stale, "history": history, "best_epoch": best_epoch}
             _save_checkpoint(checkpoint, model, feature_loss, optimizer, schedule, best_metric, best_state, counters)
-            if out_of_budget() or (config.patience and stale >= config.patience):
+            if out_of_budget():
+                break
+            if config.patience and stale >= config.patience:
+                stopped_by = "early_stopping"
                 break
     restore_trainable_state(model, best_state)
     ctx.record(
@@ -260,6 +271,9 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
         best_metric=best_metric,
         selected_on=split,
         steps=step,
+        planned_steps=total,
+        # why training ended before its planned steps: a time budget makes the result machine-dependent
+        stopped_by=stopped_by if step < total else "completed",
         epochs=history,
         processes=world_size(),
         feature_projections={

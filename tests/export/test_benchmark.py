@@ -9,6 +9,8 @@ from export.onnx_export import to_onnx
 from export.runtime import make_session
 from tests.tiny_models import mlp
 
+FIELDS = dict(device="cpu", device_name="x", runtime="torch", provider="torch-cpu", batch_size=1, threads=1)
+
 
 def test_time_calls_counts_warmup_and_iterations():
     calls = []
@@ -61,3 +63,50 @@ def test_merge_replaces_what_this_machine_measured_again_and_keeps_the_rest():
     assert merge_latency(old, new) == [entry("gpu B", 1, 0.1), entry("cpu A", 1, 5.0, runtime="torch"), new[0]]
     legacy = {"runtime": "onnxruntime", "provider": "P", "batch_size": 1, "p50_ms": 3.0}  # schema 1: no machine
     assert merge_latency([legacy], new) == new
+
+
+def test_noisy_or_loaded_timings_are_marked_unreliable(monkeypatch):
+    import export.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "load_per_core", lambda: 0.2)
+    steady = benchmark.summarize([1.0, 1.0, 1.1, 0.9, 1.0], 0.2, **FIELDS)
+    assert (steady.p10_ms, steady.p90_ms, steady.unreliable) == (0.94, 1.06, False)
+    assert steady.cv == 0.0632 and steady.load_before == steady.load_after == 0.2
+    noisy = benchmark.summarize([1.0, 1.0, 3.0, 0.9, 1.0], 0.2, **FIELDS)
+    assert noisy.cv > benchmark.MAX_CV and noisy.unreliable
+    loaded = benchmark.summarize([1.0, 1.0, 1.1, 0.9, 1.0], 3.5, **FIELDS)
+    assert loaded.unreliable and loaded.load_before == 3.5
+
+
+def test_a_measurement_beside_a_busy_thread_records_spread_and_load():
+    import threading
+
+    stop = threading.Event()
+
+    def burn():
+        while not stop.is_set():
+            sum(range(1000))
+
+    thread = threading.Thread(target=burn)
+    thread.start()
+    try:
+        from export.benchmark import load_per_core
+
+        result = summarize(time_calls(lambda: sum(range(2000)), 2, 20, 5.0), load_per_core(), **FIELDS)
+    finally:
+        stop.set()
+        thread.join()
+    # Only what is recorded is checked: the figures themselves depend on the machine.
+    assert result.iterations == 20 and result.p10_ms <= result.p50_ms <= result.p90_ms
+    assert result.cv >= 0 and result.load_before is not None and result.load_after is not None
+
+
+def test_unreliable_entries_are_named_in_the_report_summary():
+    from export.report import timing_warnings
+
+    entry = {"batch_size": 1, "provider": "CPUExecutionProvider", "cv": 0.4, "load_before": 1.5, "load_after": 2.0}
+    artifacts = [{"name": "q", "latency": [{**entry, "unreliable": True}, {**entry, "unreliable": False}]}]
+    assert timing_warnings(artifacts) == [
+        "q: latency at batch 1 on CPUExecutionProvider is unreliable "
+        "(cv 0.40, load per core 1.5 -> 2.0): re-measure idle"
+    ]

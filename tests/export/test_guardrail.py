@@ -98,3 +98,16 @@ def test_not_smaller_is_flagged():
         "not smaller than compressed (100 vs 100 bytes): no weight matched the scheme's ops "
         "(int4 quantizes MatMul/Gather, not Gemm or Conv)"
     ]
+
+
+def test_a_difference_within_the_measured_noise_is_no_warning():
+    batch = records("int8_dynamic", {1: 2.01, 32: 20.0})
+    for entry in batch[0]["latency"] + batch[1]["latency"]:
+        entry.update(p10_ms=entry["p50_ms"] * 0.9, p90_ms=entry["p50_ms"] * 1.1)
+    flag_artifacts(batch)
+    assert batch[1]["warnings"] == []  # 2.01 vs 2.0 ms with a 0.2 ms spread
+    batch = records("int8_dynamic", {1: 3.0, 32: 20.0})
+    for entry in batch[0]["latency"] + batch[1]["latency"]:
+        entry.update(p10_ms=entry["p50_ms"] * 0.9, p90_ms=entry["p50_ms"] * 1.1)
+    flag_artifacts(batch)
+    assert len(batch[1]["warnings"]) == 1 and "(3.000 vs 2.000 ms p50)" in batch[1]["warnings"][0]

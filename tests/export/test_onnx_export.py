@@ -103,3 +103,29 @@ def test_external_data_keeps_the_weights_beside_the_graph(tmp_path):
     torch.testing.assert_close(
         ort_predictor(make_session(path))(inputs), expected, atol=FP32_EXPORT_ATOL["mlp"], rtol=0
     )
+
+
+def test_opset_14_is_written_and_recorded_as_14(tmp_path):
+    from export.artifacts import graph_facts
+    from tests.tiny_models import mlp
+
+    exported = to_onnx(mlp(), torch.randn(2, 12), tmp_path / "m.onnx", opset=14)
+    facts = graph_facts(exported.path)
+    assert exported.opset == facts["opset"] == 14
+    assert {(o.domain, o.version) for o in onnx.load(str(exported.path)).opset_import} == {("", 14)}
+    assert facts["input_names"] == ["input"] and facts["output_names"] == ["output"]
+    assert facts["input_shapes"] == {"input": ["batch", 12]} and facts["output_shapes"] == {"output": ["batch", 4]}
+    assert facts["op_counts"] == dict(sorted(op_counts(exported.path).items()))
+    assert facts["initializer_dtypes"] == {"float32": 4}
+
+
+def test_an_opset_the_exporter_cannot_honour_is_refused(tmp_path, monkeypatch):
+    import export.onnx_export as onnx_export
+
+    # The dynamo exporter keeps opset 18 where it cannot convert down; stand in for that case.
+    monkeypatch.setattr(onnx_export, "file_opset", lambda path: 18)
+    from tests.tiny_models import mlp
+
+    with pytest.raises(ExportError, match=r"export.opset 14 cannot be honoured: the exporter wrote opset 18"):
+        to_onnx(mlp(), torch.randn(2, 12), tmp_path / "m.onnx", opset=14)
+    assert not (tmp_path / "m.onnx").exists()

@@ -98,6 +98,7 @@ def test_best_epoch_is_kept_and_patience_stops_training():
     student, record = run_distill(damaged(mlp()), teacher, data, evaluate, epochs=10, patience=2, lr=1e-2)
     assert record["best_epoch"] == 1 and record["best_metric"] == 0.9
     assert len(record["epochs"]) == 3  # epochs 2 and 3 did not improve: stopped
+    assert record["stopped_by"] == "early_stopping" and (record["steps"], record["planned_steps"]) == (18, 60)
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in snapshots[1].items())
 
 
@@ -112,7 +113,22 @@ def test_step_budget_and_validation_split_are_used():
 
     _, record = run_distill(damaged(mlp()), teacher, data, evaluate, epochs=10, max_steps=4)
     assert record["steps"] == 4 and len(record["epochs"]) == 1
+    assert record["planned_steps"] == 4 and record["stopped_by"] == "completed"
     assert set(splits) == {"validation"} and record["selected_on"] == "validation"
+
+
+def test_a_pass_stopped_by_time_records_planned_and_run_steps_and_the_report_warns():
+    from compress.stages import StageResult
+    from export.report import stage_warnings
+
+    teacher, data = teacher_labelled_data()
+    # Any step takes longer than a nanosecond: the time budget ends training after its first step.
+    _, record = run_distill(damaged(mlp()), teacher, data, lambda m, split="eval": 0.0, epochs=10, max_seconds=1e-9)
+    assert (record["steps"], record["planned_steps"], record["stopped_by"]) == (1, 60, "max_seconds")
+    stage = StageResult(2, "distill", "distill", {}, "accuracy", 0.5, 10, 10, 1.0, "f", record=record)
+    assert stage_warnings([stage]) == [
+        "distill: stopped by time after 1 of 60 steps: this result depends on machine load"
+    ]
 
 
 def test_teacher_from_a_checkpoint(tmp_path):
