@@ -113,7 +113,12 @@ def run_pipeline(
     fingerprints = [chain_fingerprint(weights_fingerprint(model), {"seed": recipe.seed, "metric": evaluator.name})]
     for config in recipe.passes:
         fingerprints.append(chain_fingerprint(fingerprints[-1], config.to_dict()))
+    # Every rank must pick the same stages to resume: rank 0 has claimed (maybe cleared) the folder
+    # before the first barrier, and writes no stage before the second. A rank that read a stage rank 0
+    # had just written would skip that stage's collective calls and hang the others.
+    barrier()
     model, stages = _resume(model, fingerprints, example_inputs, out_dir)
+    barrier()
     for stage in stages:
         log.info(f"[dim]resumed[/dim] {stage.name}: {stage.metric_name} {stage.metric:.4f}")
     ctx = Context(
