@@ -9,6 +9,7 @@ holds Torch-Pruning's pruning history, which ``restore`` replays on resume.
 """
 
 import copy
+import math
 from enum import Enum
 from typing import Annotated, Any
 
@@ -192,6 +193,37 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
         ) from None
 
 
+def _check_no_group_empties(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> None:
+    """Refuse a ratio that would cut every channel of a group.
+
+    Torch-Pruning skips such a group silently instead of cutting it, so the share removed
+    fell as the ratio rose (0.99 removed less than 0.9). Head groups are cut by heads, not here;
+    global allocation ranks across groups and is left to the library.
+    """
+    if pruner.global_pruning:
+        return
+    names = {module: name for name, module in model.named_modules()}
+    empty = {}
+    for group in pruner.DG.get_all_groups(
+        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+    ):
+        module = group[0].dep.target.module
+        width = pruner.DG.get_out_channels(module)
+        if module in pruner.num_heads or not width:
+            continue
+        ratio = pruner.pruning_ratio_dict.get(module, pruner.per_step_pruning_ratio)[-1]
+        if ratio > 0 and int(width * (1 - ratio)) < 1:
+            empty[names.get(module, "?")] = (width, ratio)
+    if empty:
+        name, (width, ratio) = min(empty.items(), key=lambda item: item[1][0])
+        largest = math.floor((1 - 1 / width) * 1e4) / 1e4
+        raise PruneError(
+            f"structured_prune: ratio {ratio} would remove every channel of {len(empty)} group(s) "
+            f"({', '.join(repr(n) for n in list(empty)[:5])}); the narrowest, {name!r}, has {width} channels, "
+            f"so the largest ratio that keeps one is {largest}; lower the ratio or exclude them"
+        )
+
+
 def _failing_layer(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> str:
     """The root layer of the first group whose importance cannot be computed (diagnosis only)."""
     names = {module: name for name, module in model.named_modules()}
@@ -274,6 +306,7 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     if config.macs_reduction is not None:
         ratio = _ratio_forcount_macs(model, config, inputs, config.macs_reduction)
     pruner = _build_pruner(model, config, inputs, ratio)
+    _check_no_group_empties(pruner, model)
     custom_widths: dict = {}  # widths of custom-type layers before the first step
     for step in range(config.steps):
         if config.importance in NEEDS_GRADIENTS:
