@@ -17,6 +17,7 @@ import torch
 import torch_pruning as tp
 from pydantic import Field
 
+from compress import log
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor
 from compress.errors import ModelpressError
@@ -170,7 +171,7 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
     ignored = {**ignored, order[-1]: model.get_submodule(order[-1])} if order else ignored
     layer_ratios = {m: r for m, r in _layer_ratios(model, config).items() if not is_conv1d(m)}
     try:
-        return tp.pruner.BasePruner(
+        pruner = tp.pruner.BasePruner(
             model,
             example_inputs,
             importance=IMPORTANCE[config.importance](),
@@ -191,6 +192,22 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "exclude the layer it names, or use magnitude_prune"
         ) from None
+    _keep_output_widths(pruner)
+    return pruner
+
+
+def _keep_output_widths(pruner: tp.pruner.BasePruner) -> None:
+    """Leave whole every group that reaches a model output.
+
+    Excluding the last layer keeps a classifier's width, but a backbone returns its residual
+    stream (a transformer's hidden size, a CNN's last stage) directly; cutting that group would
+    change the output and crash Torch-Pruning's output node. Ignoring one root skips the group.
+    """
+    for group in pruner.DG.get_all_groups(
+        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+    ):
+        if any(dep.target.type == tp.ops.OPTYPE.OUTPUT for dep, _ in group):
+            pruner.ignored_layers.append(group[0].dep.target.module)
 
 
 def _check_no_group_empties(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> None:
@@ -301,6 +318,8 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     if config.head_ratio > 0:
         p = 1 if config.importance == Criterion.l1.value else 2
         removed_heads = prune_heads(model, config.head_ratio, p, random=config.importance == Criterion.random.value)
+        if not removed_heads:  # said, not silent: the model has no attention (unmapped attention raised above)
+            log.warn(f"structured_prune: head_ratio {config.head_ratio}: {type(model).__name__} has no attention heads")
         _check_forward(model, inputs, output_shape)
     ratio = config.ratio
     if config.macs_reduction is not None:
