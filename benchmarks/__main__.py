@@ -7,7 +7,11 @@ import tempfile
 from pathlib import Path
 
 # Suite name -> module with ``run(out_dir, work, quick) -> Path``.
-SUITES = {"digits-cnn": "benchmarks.digits_cnn", "minilm-sts": "benchmarks.minilm_sts"}
+SUITES = {
+    "digits-cnn": "benchmarks.digits_cnn",
+    "minilm-sts": "benchmarks.minilm_sts",
+    "pruned-cnns": "benchmarks.pruned_cnns",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

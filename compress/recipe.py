@@ -91,6 +91,9 @@ class ExportSpec(StrictModel):
         description="execution providers every artifact's nodes are checked against (where installed)",
     )
     baseline: bool = Field(True, description="also export the uncompressed model, for comparison")
+    exporter: Literal["auto", "dynamo", "torchscript"] = Field(
+        "auto", description="torch exporter of fp32 artifacts; auto: dynamo, falling back to TorchScript on failure"
+    )
     output_name: str = Field("output", max_length=200)
     parity: ParitySpec = Field(default_factory=ParitySpec)
 

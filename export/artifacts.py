@@ -24,7 +24,7 @@ from compress.recipe import Recipe
 from export.benchmark import benchmark_sessions, merge_latency
 from export.edge import merge_support, provider_support, to_ort_format
 from export.guardrail import flag_artifacts
-from export.onnx_export import to_onnx
+from export.onnx_export import export_onnx
 from export.runtime import default_threads, feed, make_session, ort_predictor
 from export.validate import compare_outputs
 
@@ -108,15 +108,19 @@ def export_artifacts(
         log.info(f"export {name} -> {path}")
         try:
             spec = recipe.export
-            to_onnx(
+            _, made_by = export_onnx(
                 model,
                 example_inputs,
                 path,
                 spec.opset,
                 spec.dynamic_batch,
                 spec.output_name,
+                exporter=spec.exporter,
                 external_data=spec.external_data,
             )
+            record.update(made_by)
+            if "exporter_fallback" in made_by:
+                log.warn(f"  {name}: exported with TorchScript ({made_by['exporter_fallback']})")
             record.update(graph_facts(path), **file_facts(path))
             session = make_session(path)
             parity = compare_outputs(

@@ -211,3 +211,25 @@ def _check_opset(path: Path, opset: int) -> None:
         raise ExportError(
             f"export.opset {opset} cannot be honoured: the exporter wrote opset {written}; set export.opset: {written}"
         )
+
+
+def export_onnx(
+    model: torch.nn.Module, example_inputs: Any, path: Path, *args: Any, exporter: str = "auto", **kwargs: Any
+) -> tuple[OnnxModel, dict]:
+    """``to_onnx`` with the exporter choice; returns the file and the facts of which exporter made it.
+
+    ``auto`` tries dynamo first (the maintained exporter) and falls back to TorchScript, which
+    traces one concrete run and so survives what torch.export refuses (data-dependent branches,
+    views over non-contiguous strides in windowed attention). Both failing raises both causes.
+    """
+    if exporter != "auto":
+        return to_onnx(model, example_inputs, path, *args, exporter=exporter, **kwargs), {"exporter": exporter}
+    try:
+        return to_onnx(model, example_inputs, path, *args, exporter="dynamo", **kwargs), {"exporter": "dynamo"}
+    except ExportError as exc:
+        reason = str(exc).splitlines()[0]
+    try:
+        made = to_onnx(model, example_inputs, path, *args, exporter="torchscript", **kwargs)
+    except ExportError as exc:
+        raise ExportError(f"{reason}; the TorchScript fallback failed too: {str(exc).splitlines()[0]}") from None
+    return made, {"exporter": "torchscript", "exporter_fallback": f"dynamo failed: {reason}"}

@@ -7,6 +7,7 @@ modelpress adds what users otherwise get wrong: a fp32 source graph ONNX Runtime
 data, and the accuracy budget, which keeps the most sensitive weight nodes in float.
 """
 
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,49 @@ WEIGHT_INPUTS = {
     "int8_static": {"Conv": 1, "MatMul": 1, "Gemm": 1},
     "int4": {"MatMul": 1, "Gather": 0},
 }
-# ``scheme: auto``: static where ONNX Runtime CPU fuses QDQ (QLinearConv), dynamic elsewhere.
+# ``scheme: auto``: static where most of the weights sit in ops ONNX Runtime CPU fuses from QDQ
+# (Conv -> QLinearConv); dynamic elsewhere. By weight mass, not presence: a ViT's one patch
+# Conv must not send its MatMuls to static QDQ, which runs unfused and slower than fp32 on CPU.
 AUTO_SCHEME_BY_OP = {"Conv": "int8_static"}
 AUTO_FALLBACK = "int8_dynamic"
 PRECISION = {"int8_dynamic": "int8", "int8_static": "int8", "int4": "int4"}
+# Weight input of every weight-bearing op, for weight-mass shares.
+ALL_WEIGHT_INPUTS = {op: index for inputs in WEIGHT_INPUTS.values() for op, index in inputs.items()}
+
+
+def weight_share(model: onnx.ModelProto, op_type: str) -> float:
+    """Share of the graph's weight elements read by ``op_type`` nodes.
+
+    A graph whose weights are not initializers (only ops) counts by presence: 1 if the op occurs.
+    """
+    sizes = {init.name: math.prod(init.dims) for init in model.graph.initializer}
+    total = mine = 0
+    for node in model.graph.node:
+        index = ALL_WEIGHT_INPUTS.get(node.op_type)
+        if index is not None and len(node.input) > index:
+            size = sizes.get(node.input[index], 0)
+            total += size
+            mine += size if node.op_type == op_type else 0
+    if total == 0:
+        return float(any(node.op_type == op_type for node in model.graph.node))
+    return mine / total
 
 
 def resolve_scheme(spec, model: onnx.ModelProto) -> str:
     if spec.scheme != "auto":
         return spec.scheme
-    ops = {node.op_type for node in model.graph.node}
-    return next((scheme for op, scheme in AUTO_SCHEME_BY_OP.items() if op in ops), AUTO_FALLBACK)
+    return next((scheme for op, scheme in AUTO_SCHEME_BY_OP.items() if weight_share(model, op) >= 0.5), AUTO_FALLBACK)
+
+
+def scheme_advice(spec, model: onnx.ModelProto) -> str | None:
+    """Why an explicitly chosen scheme will not pay off here, or None."""
+    share = weight_share(model, "Conv")
+    if spec.scheme == "int8_dynamic" and share >= 0.5:
+        return (
+            f"int8_dynamic leaves convolutions in float ({share:.0%} of this model's weights are Conv): "
+            "the file stays about as large and no faster; use scheme: int8_static (or auto)"
+        )
+    return None
 
 
 def auto_scheme_of_module(model: torch.nn.Module) -> str:

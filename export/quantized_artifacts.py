@@ -22,7 +22,7 @@ from compress.quant.budget import fit_budget
 from compress.recipe import ParitySpec, Recipe
 from export.artifacts import artifacts_dir, file_facts, graph_facts, heldout_inputs
 from export.errors import ExportError
-from export.onnx_export import to_onnx
+from export.onnx_export import export_onnx
 from export.quantize import (
     PRECISION,
     SCHEMES,
@@ -31,6 +31,7 @@ from export.quantize import (
     check_tables,
     name_nodes,
     resolve_scheme,
+    scheme_advice,
     weight_nodes,
 )
 from export.runtime import make_session, ort_predictor
@@ -75,15 +76,17 @@ def _prepare(spec, torch_model, recipe: Recipe, example_inputs, work: Path) -> P
 
     source = work / "source.onnx"
     export = recipe.export
-    to_onnx(
+    _, made_by = export_onnx(
         torch_model,
         example_inputs,
         source,
         spec.opset or export.opset,
         export.dynamic_batch,
         export.output_name,
-        spec.exporter,
+        exporter=spec.exporter,
     )
+    if "exporter_fallback" in made_by:
+        log.warn(f"  fp32 source exported with TorchScript ({made_by['exporter_fallback']})")
     if spec.optimize != "none":
         onnx.save(_optimized(source, spec.optimize, torch_model, spec.int4_embeddings), str(source))
     prepared = work / "prepared.onnx"
@@ -125,6 +128,9 @@ def build_variant(
         prepared = _prepare(spec, torch_model, recipe, example_inputs, work)
         graph = onnx.load(str(prepared))
         scheme = resolve_scheme(spec, graph)
+        advice = scheme_advice(spec, graph)
+        if advice:
+            log.warn(f"  {name}: {advice}")
         check_tables(graph, spec)  # once, on the prepared graph, not in every budget trial
         nodes = [n for n in weight_nodes(graph, scheme, spec.exclude_ops) if n not in spec.exclude_nodes]
         split = data.resolve(spec.budget_split)
@@ -163,6 +169,7 @@ def build_variant(
         "scheme": scheme,
         "quantization": spec.model_dump(mode="json"),
         "quantized_nodes": len(nodes) - len(float_nodes),
+        **({"scheme_advice": advice} if advice else {}),
         "float_nodes": float_nodes,
         "budget": {**budget.to_dict(), "split": split} if budget else None,
         "source_artifact": "compressed",

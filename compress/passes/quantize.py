@@ -74,7 +74,8 @@ class OnnxQuantSpec(StrictModel):
         opset becomes 21, as int4 tensors require.
     optimize: ONNX Runtime transformer fusions to apply before quantizing (``bert``, ``vit``, ``gpt2``).
     exporter: torch exporter of this artifact's fp32 source graph. ``torchscript`` gives graphs
-        whose attention ONNX Runtime can fuse (and then quantize as QAttention).
+        whose attention ONNX Runtime can fuse (and then quantize as QAttention); ``auto`` tries
+        dynamo and falls back to TorchScript.
     opset: opset of that graph (default: export.opset).
     """
 
@@ -91,7 +92,7 @@ class OnnxQuantSpec(StrictModel):
     quantize_embeddings: bool = True
     int4_embeddings: bool = False
     optimize: Literal["none", "bert", "vit", "gpt2"] = "none"
-    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
     opset: int | None = Field(None, ge=14, le=23)
     max_metric_drop: float | None = Field(None, ge=0.0, description="this variant's budget (default: the pass's)")
     budget_split: Literal["validation", "eval"] = "validation"

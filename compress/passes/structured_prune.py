@@ -9,6 +9,7 @@ holds Torch-Pruning's pruning history, which ``restore`` replays on resume.
 """
 
 import copy
+import math
 from enum import Enum
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ import torch
 import torch_pruning as tp
 from pydantic import Field
 
+from compress import log
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor
 from compress.errors import ModelpressError
@@ -169,7 +171,7 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
     ignored = {**ignored, order[-1]: model.get_submodule(order[-1])} if order else ignored
     layer_ratios = {m: r for m, r in _layer_ratios(model, config).items() if not is_conv1d(m)}
     try:
-        return tp.pruner.BasePruner(
+        pruner = tp.pruner.BasePruner(
             model,
             example_inputs,
             importance=IMPORTANCE[config.importance](),
@@ -190,6 +192,53 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "exclude the layer it names, or use magnitude_prune"
         ) from None
+    _keep_output_widths(pruner)
+    return pruner
+
+
+def _keep_output_widths(pruner: tp.pruner.BasePruner) -> None:
+    """Leave whole every group that reaches a model output.
+
+    Excluding the last layer keeps a classifier's width, but a backbone returns its residual
+    stream (a transformer's hidden size, a CNN's last stage) directly; cutting that group would
+    change the output and crash Torch-Pruning's output node. Ignoring one root skips the group.
+    """
+    for group in pruner.DG.get_all_groups(
+        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+    ):
+        if any(dep.target.type == tp.ops.OPTYPE.OUTPUT for dep, _ in group):
+            pruner.ignored_layers.append(group[0].dep.target.module)
+
+
+def _check_no_group_empties(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> None:
+    """Refuse a ratio that would cut every channel of a group.
+
+    Torch-Pruning skips such a group silently instead of cutting it, so the share removed
+    fell as the ratio rose (0.99 removed less than 0.9). Head groups are cut by heads, not here;
+    global allocation ranks across groups and is left to the library.
+    """
+    if pruner.global_pruning:
+        return
+    names = {module: name for name, module in model.named_modules()}
+    empty = {}
+    for group in pruner.DG.get_all_groups(
+        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+    ):
+        module = group[0].dep.target.module
+        width = pruner.DG.get_out_channels(module)
+        if module in pruner.num_heads or not width:
+            continue
+        ratio = pruner.pruning_ratio_dict.get(module, pruner.per_step_pruning_ratio)[-1]
+        if ratio > 0 and int(width * (1 - ratio)) < 1:
+            empty[names.get(module, "?")] = (width, ratio)
+    if empty:
+        name, (width, ratio) = min(empty.items(), key=lambda item: item[1][0])
+        largest = math.floor((1 - 1 / width) * 1e4) / 1e4
+        raise PruneError(
+            f"structured_prune: ratio {ratio} would remove every channel of {len(empty)} group(s) "
+            f"({', '.join(repr(n) for n in list(empty)[:5])}); the narrowest, {name!r}, has {width} channels, "
+            f"so the largest ratio that keeps one is {largest}; lower the ratio or exclude them"
+        )
 
 
 def _failing_layer(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> str:
@@ -269,11 +318,14 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     if config.head_ratio > 0:
         p = 1 if config.importance == Criterion.l1.value else 2
         removed_heads = prune_heads(model, config.head_ratio, p, random=config.importance == Criterion.random.value)
+        if not removed_heads:  # said, not silent: the model has no attention (unmapped attention raised above)
+            log.warn(f"structured_prune: head_ratio {config.head_ratio}: {type(model).__name__} has no attention heads")
         _check_forward(model, inputs, output_shape)
     ratio = config.ratio
     if config.macs_reduction is not None:
         ratio = _ratio_forcount_macs(model, config, inputs, config.macs_reduction)
     pruner = _build_pruner(model, config, inputs, ratio)
+    _check_no_group_empties(pruner, model)
     custom_widths: dict = {}  # widths of custom-type layers before the first step
     for step in range(config.steps):
         if config.importance in NEEDS_GRADIENTS:

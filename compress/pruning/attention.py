@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from compress.errors import ModelpressError
 from compress.pruning.conv1d import cut_in, cut_out, in_rows, is_conv1d, out_rows, out_width
 
 
@@ -48,8 +49,11 @@ class AttentionLayout:
 
 LAYOUTS = (
     AttentionLayout("bert", ("query", "key", "value"), "../output.dense", "num_attention_heads", ("all_head_size",)),
+    AttentionLayout("albert", ("query", "key", "value"), "dense", "num_attention_heads", ("all_head_size",)),
     AttentionLayout("vit", ("q_proj", "k_proj", "v_proj"), "o_proj", "num_attention_heads"),
     AttentionLayout("gpt2", ("c_attn",), "c_proj", "num_heads", ("split_size",)),
+    AttentionLayout("mpnet", ("q", "k", "v"), "o", "num_attention_heads", ("all_head_size",)),
+    AttentionLayout("distilbert", ("q_lin", "k_lin", "v_lin"), "out_lin", "n_heads"),
 )
 
 # FFN up-projections and the config field that holds their common width.
@@ -59,12 +63,50 @@ FFN_FIELDS = (
 )
 
 
-def attention_modules(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, AttentionLayout]]:
+def _has_output(layout: AttentionLayout, model: torch.nn.Module, name: str) -> bool:
+    try:
+        return isinstance(layout.output_layer(model, name), torch.nn.Module)
+    except AttributeError:
+        return False
+
+
+def _declares_heads(module: torch.nn.Module) -> bool:
+    """A module holding a head count and q/k/v Linear layers: attention, whether or not a layout maps it.
+
+    Two Linear children at least: torch's MultiheadAttention keeps q/k/v in one parameter (only
+    its output projection is a Linear) and its heads are not cut; it is warned about instead.
+    """
+    counts = [v for k, v in vars(module).items() if "head" in k and isinstance(v, int) and not isinstance(v, bool)]
+    return bool(counts) and sum(isinstance(child, torch.nn.Linear) for child in module.children()) >= 2
+
+
+class AttentionMapError(ModelpressError):
+    """Attention heads were asked for, but the model's attention cannot be mapped."""
+
+
+Found = dict[str, tuple[torch.nn.Module, AttentionLayout]]
+
+
+def attention_modules(model: torch.nn.Module, strict: bool = False) -> Found:
+    """Attention modules whose q/k/v and output projection are all found.
+
+    Layouts sharing projection names differ by where the output projection sits (BERT: the
+    parent's ``output.dense``; ALBERT: the module's own ``dense``); the first that resolves wins.
+    A module matching none is skipped, or with ``strict`` reported in one line.
+    """
     found = {}
     for name, module in model.named_modules():
-        layout = next((lay for lay in LAYOUTS if lay.matches(module)), None)
-        if layout is not None:
-            found[name] = (module, layout)
+        candidates = [lay for lay in LAYOUTS if lay.matches(module)]
+        layout = next((lay for lay in candidates if _has_output(lay, model, name)), None)
+        if layout is None:
+            if strict and candidates:
+                raise AttentionMapError(
+                    f"structured_prune: attention module {name!r} ({type(module).__name__}) has q/k/v projections "
+                    f"but no output projection at {' or '.join(repr(lay.output) for lay in candidates)}, "
+                    "so its heads cannot be removed; set head_ratio: 0"
+                )
+            continue
+        found[name] = (module, layout)
     return found
 
 
@@ -106,7 +148,15 @@ def remove_heads(model: torch.nn.Module, name: str, heads: list[int]) -> None:
 def prune_heads(model: torch.nn.Module, ratio: float, p: int = 2, random: bool = False) -> dict[str, list[int]]:
     """Remove ``round(ratio * heads)`` lowest-scoring heads from every attention module."""
     removed = {}
-    for name, (module, layout) in attention_modules(model).items():
+    found = attention_modules(model, strict=True)
+    unmapped = [name for name, m in model.named_modules() if _declares_heads(m)]
+    if not found and unmapped:
+        raise AttentionMapError(
+            f"structured_prune: head_ratio {ratio} asks for attention heads, but the attention of "
+            f"{type(model).__name__} (e.g. module {unmapped[0]!r}) could not be mapped "
+            f"(known layouts: {', '.join(lay.family for lay in LAYOUTS)}); set head_ratio: 0"
+        )
+    for name, (module, layout) in found.items():
         count = getattr(module, layout.heads_attr)
         drop = min(round(ratio * count), count - 1)
         if drop == 0:

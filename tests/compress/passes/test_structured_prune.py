@@ -133,3 +133,21 @@ def test_resume_replays_the_pruning(tmp_path):
     assert second.stages[-1].resumed
     assert second.model.fc1.out_features == 16
     assert all(torch.equal(v, second.model.state_dict()[k]) for k, v in first.model.state_dict().items())
+
+
+def test_removed_share_grows_with_ratio_and_an_empty_group_is_refused():
+    """Torch-Pruning skips a group it would empty, so 0.99 used to remove less than 0.9."""
+    from compress.demo.digits import DigitsResNet
+
+    x = torch.randn(2, 1, 8, 8)
+
+    def params_after(ratio):
+        model = DigitsResNet()
+        structured_prune(model, StructuredPruneConfig(ratio=ratio), Context(None, x, copy.deepcopy(model), None))
+        return count_params(model)
+
+    assert params_after(0.5) == 121274
+    assert params_after(0.9) == 4495
+    assert params_after(0.9687) < 4495
+    with pytest.raises(PruneError, match=r"ratio 0.97 would remove every channel of 2 group.*keeps one is 0.9687"):
+        params_after(0.97)

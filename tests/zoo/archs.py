@@ -1,0 +1,81 @@
+"""The zoo: tiny architectures built from ``transformers`` configs with random weights.
+
+One row per architecture: family, config class and the fields that make it tiny. Families
+say which inputs to feed; nothing here is a per-model option of the pass. Sizes are the
+smallest that keep each architecture's structure (2 layers, 2-4 heads, 32x32 images, 8 tokens).
+"""
+
+TEXT = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+TEXT_POS = dict(TEXT, max_position_embeddings=32)
+VISION = dict(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2)
+VISION = dict(VISION, num_attention_heads=4, intermediate_size=64)
+DECODER = dict(TEXT_POS, use_cache=False, pad_token_id=0)
+
+# name: (family, config class, config fields)
+ZOO = {
+    "bert": ("encoder", "BertConfig", TEXT_POS),
+    "distilbert": ("encoder", "DistilBertConfig", dict(vocab_size=64, dim=32, n_layers=2, n_heads=4, hidden_dim=64)),
+    "roberta": ("encoder", "RobertaConfig", dict(TEXT_POS, pad_token_id=1)),
+    "albert": ("encoder", "AlbertConfig", dict(TEXT_POS, embedding_size=16)),
+    "electra": ("encoder", "ElectraConfig", dict(TEXT_POS, embedding_size=16)),
+    "deberta-v2": ("encoder", "DebertaV2Config", dict(TEXT_POS, relative_attention=True, position_buckets=8)),
+    "mpnet": ("encoder", "MPNetConfig", TEXT_POS),
+    "xlm-roberta": ("encoder", "XLMRobertaConfig", dict(TEXT_POS, pad_token_id=1)),
+    "vit": ("vision", "ViTConfig", VISION),
+    "deit": ("vision", "DeiTConfig", VISION),
+    "beit": ("vision", "BeitConfig", dict(VISION, use_relative_position_bias=True)),
+    "swin": (
+        "vision",
+        "SwinConfig",
+        dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4),
+    ),
+    "resnet": ("cnn", "ResNetConfig", dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])),
+    "mobilenet-v2": ("cnn", "MobileNetV2Config", dict(image_size=32, depth_multiplier=0.35)),
+    "convnext": ("cnn", "ConvNextConfig", dict(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2)),
+    "regnet": ("cnn", "RegNetConfig", dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8)),
+    "efficientnet": (
+        "cnn",
+        "EfficientNetConfig",
+        dict(image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320),
+    ),
+    "gpt2": (
+        "decoder",
+        "GPT2Config",
+        dict(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4, n_inner=64, use_cache=False),
+    ),
+    "llama": ("decoder", "LlamaConfig", dict(DECODER, num_key_value_heads=2)),
+    "qwen2": ("decoder", "Qwen2Config", dict(DECODER, num_key_value_heads=2)),
+    "gpt-neox": ("decoder", "GPTNeoXConfig", dict(DECODER)),
+    "t5": (
+        "seq2seq",
+        "T5Config",
+        dict(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0),
+    ),
+}
+
+# Families whose models have attention: the generic run also removes a quarter of their heads.
+ATTENTION_FAMILIES = {"encoder", "vision", "decoder", "seq2seq"}
+
+
+def build(name: str):
+    """The architecture ``name`` with seeded random weights, in eval mode."""
+    import torch
+    import transformers
+
+    family, config_class, fields = ZOO[name]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(**fields)
+    return transformers.AutoModel.from_config(config).eval()
+
+
+def example_inputs(name: str):
+    import torch
+
+    family = ZOO[name][0]
+    g = torch.Generator().manual_seed(1)
+    if family in ("vision", "cnn"):
+        return torch.randn(2, 3, 32, 32, generator=g)
+    ids = torch.randint(2, 64, (2, 8), generator=g)
+    if family == "seq2seq":
+        return {"input_ids": ids, "decoder_input_ids": ids[:, :4]}
+    return {"input_ids": ids}

@@ -1,0 +1,29 @@
+"""The zoo: one generic run per architecture, no per-model options (see tests/zoo/run.py).
+
+Every row must end in a result, never a traceback: passed, or the stage that failed with
+one line saying why. Rows verified to pass are held to it, with parity and real cuts.
+"""
+
+import pytest
+
+from tests.zoo.archs import ATTENTION_FAMILIES, ZOO
+from tests.zoo.run import FP32_ATOL, INT8_MIN_COSINE, run
+
+# Rows seen to pass end to end; a regression in any of them fails the test.
+PASSING = {
+    "bert", "distilbert", "roberta", "albert", "electra", "xlm-roberta", "vit", "deit",
+    "resnet", "convnext", "regnet", "gpt2",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_architecture(name):
+    result = run(name)  # raises only on a traceback, which is itself the failure
+    if result["status"] == "failed":
+        assert name not in PASSING, f"{name} regressed: {result['stage']}: {result['reason']}"
+        assert "\n" not in result["reason"] and result["reason"]
+        return
+    assert result["max_abs_diff"] <= FP32_ATOL and result["int8_cosine"] >= INT8_MIN_COSINE
+    assert result["params_after"] < result["params_before"]
+    if ZOO[name][0] in ATTENTION_FAMILIES:
+        assert result["heads_removed"] > 0  # head_ratio never silently does nothing
