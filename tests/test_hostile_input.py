@@ -121,7 +121,8 @@ def run_cli(tmp_path, text, *extra, capsys=None):
 
 
 @pytest.mark.parametrize(("row", "make", "status", "fragments"), RECIPES, ids=[r[0] for r in RECIPES])
-def test_hostile_recipe(row, make, status, fragments, tmp_path, capsys, monkeypatch):
+def test_hostile_recipe(row, make, status, fragments, tmp_path, capfd, monkeypatch):
+    # capfd: warnings are printed on the terminal's own file descriptor (the console tee keeps fd 2 for them)
     monkeypatch.chdir(tmp_path)
     tracemalloc.start()
     try:
@@ -129,7 +130,7 @@ def test_hostile_recipe(row, make, status, fragments, tmp_path, capsys, monkeypa
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert code == status, err
     assert "Traceback" not in err
     for fragment in fragments:
