@@ -61,7 +61,13 @@ def grown_ops(times: dict[str, float], reference: dict[str, float], top: int = 3
 
 
 def _weights(model) -> dict[str, list[int]]:
-    return {init.name: list(init.dims) for init in model.graph.initializer}
+    """Weight shapes by the name a node reads them under: an initializer's own name, or the output of
+    the DequantizeLinear that a QDQ file puts between an int8 initializer and its Conv."""
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in shapes:
+            shapes[node.output[0]] = shapes[node.input[0]]
+    return shapes
 
 
 def odd_conv_widths(model) -> list[int]:
@@ -91,9 +97,10 @@ def _ops(model) -> set[str]:
 
 
 def _float_conv_hint(model, reference, record: dict) -> str | None:
+    # By weight mass, as scheme: auto decides: a ViT's one float patch Conv is not what keeps it large.
     ops = _ops(model)
     dynamic = "DynamicQuantizeLinear" in ops or record.get("scheme") == "int8_dynamic"
-    if not dynamic or "Conv" not in ops or ops & {"ConvInteger", "QLinearConv"}:
+    if not dynamic or ops & {"ConvInteger", "QLinearConv"} or _float_shares(model).get("Conv", 0.0) < 0.5:
         return None
     return "int8_dynamic left the convolutions in float (Conv nodes, no ConvInteger/QLinearConv); use int8_static"
 
@@ -145,17 +152,24 @@ def file_hints(path: Path, reference_path: Path, record: dict) -> dict[str, str]
     return {name: text for name, text in hints.items() if text}
 
 
-def float_weight_shares(path: Path, top: int = 2) -> str:
-    """Which op types hold the file's float weights, by share of all weight elements: what kept it large."""
-    import onnx
+FLOAT_TYPES = (1, 10, 11, 16)  # float, float16, double, bfloat16
 
-    model = onnx.load(str(path), load_external_data=False)
-    float_types = (1, 10, 11, 16)  # float, float16, double, bfloat16
-    floats = {i.name: math.prod(i.dims) for i in model.graph.initializer if i.data_type in float_types}
+
+def _float_shares(model) -> dict[str, float]:
+    """Share of all weight elements held in float by each op type that reads them."""
+    floats = {i.name: math.prod(i.dims) for i in model.graph.initializer if i.data_type in FLOAT_TYPES}
     total = sum(math.prod(i.dims) for i in model.graph.initializer) or 1
-    by_op: dict[str, int] = {}
+    by_op: dict[str, float] = {}
     for node in model.graph.node:
         for name in node.input:
-            by_op[node.op_type] = by_op.get(node.op_type, 0) + floats.pop(name, 0)
-    shares = sorted(((n / total, op) for op, n in by_op.items() if n / total >= 0.01), reverse=True)[:top]
-    return "float weights: " + ", ".join(f"{op} {share:.0%}" for share, op in shares) if shares else ""
+            by_op[node.op_type] = by_op.get(node.op_type, 0.0) + floats.pop(name, 0) / total
+    return by_op
+
+
+def float_weight_shares(path: Path, top: int = 2) -> str:
+    """Which op types hold the file's float weights: what kept it large."""
+    import onnx
+
+    shares = _float_shares(onnx.load(str(path), load_external_data=False))
+    shown = sorted((op for op, share in shares.items() if share >= 0.01), key=shares.get, reverse=True)[:top]
+    return "float weights: " + ", ".join(f"{op} {shares[op]:.0%}" for op in shown) if shown else ""

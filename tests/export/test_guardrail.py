@@ -5,14 +5,19 @@ Latency entries are given (so slowness never depends on this machine's speed); t
 ONNX Runtime's profiler run on ONNX files exported here.
 """
 
+import math
+from pathlib import Path
+
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
 from torch import nn
 
 from compress.passes.quantize import OnnxQuantSpec
 from export.guardrail import flag_artifacts
 from export.onnx_export import to_onnx
-from export.profile import grown_ops
+from export.profile import FILE_HINTS, grown_ops
 from export.quantize import _int8_dynamic
 from export.report import recommend
 from export.scratch import own_cwd
@@ -188,7 +193,7 @@ def test_a_pruned_cnn_slower_than_its_baseline_gets_the_profiled_cause(run_folde
     assert "Conv" in cause.split("; hint:")[0] and " ms" in cause  # op types from the profile, with figures
     assert "9 Conv widths are not multiples of 8 (13)" in cause and "round_to: 8 in structured_prune" in cause
     assert "accuracy_level" not in cause and "QAttention" not in cause  # no templated causes
-    assert not list(run_folder.glob("*.json")) and not list(run_folder.parent.glob("profile*"))
+    assert not list(run_folder.glob("*.json")) and not list(Path.cwd().glob("*profile*.json"))  # temp dir only
 
 
 def test_int8_dynamic_on_a_cnn_is_not_smaller_with_the_int8_static_hint(run_folder):
@@ -235,3 +240,28 @@ def test_the_profile_names_grown_op_types_then_the_largest():
     )
     assert cause == "op time grew (profiled, per run): ReorderOutput 0.100 -> 0.500 ms; largest: Conv 3.200 -> 3.000 ms"
     assert grown_ops({"Conv": 1.0}, {"Conv": 2.0}).startswith("no op type's time grew in the profile; largest: Conv")
+
+
+def graph(nodes, weights=()) -> onnx.ModelProto:
+    inits = [helper.make_tensor(name, TensorProto.INT8, dims, [0] * math.prod(dims)) for name, dims in weights]
+    return helper.make_model(helper.make_graph(nodes, "g", [], [], initializer=inits))
+
+
+def hints_of(model) -> dict[str, str]:
+    empty = graph([])
+    return {name: text for name, check in FILE_HINTS.items() if (text := check(model, empty, {}))}
+
+
+def test_file_hints_are_read_from_the_graph():
+    nbits = helper.make_node("MatMulNBits", ["x", "w"], ["y"], domain="com.microsoft", accuracy_level=0)
+    assert set(hints_of(graph([nbits]))) == {"nbits_accuracy_level"}
+    nbits4 = helper.make_node("MatMulNBits", ["x", "w"], ["y"], domain="com.microsoft", accuracy_level=4)
+    assert hints_of(graph([nbits4])) == {}
+    dq = helper.make_node("DequantizeLinear", ["q", "s"], ["x"])
+    unfused = hints_of(graph([dq, helper.make_node("LayerNormalization", ["x", "g"], ["y"])]))
+    assert "LayerNormalization" in unfused["unfused_qdq"] and "exclude_ops" in unfused["unfused_qdq"]
+    assert hints_of(graph([dq, helper.make_node("MatMul", ["x", "w"], ["y"])])) == {}
+    # QDQ convolutions: the width is read through the DequantizeLinear in front of the weight
+    conv = [helper.make_node("DequantizeLinear", ["wq", "s"], ["w"]), helper.make_node("Conv", ["x", "w"], ["y"])]
+    assert "round_to: 8" in hints_of(graph(conv, [("wq", [13, 3, 3, 3])]))["odd_conv_widths"]
+    assert "odd_conv_widths" not in hints_of(graph(conv, [("wq", [16, 3, 3, 3])]))
