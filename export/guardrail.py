@@ -60,6 +60,7 @@ class Causes:
     def __init__(self, root: Path | None, sample: Any):
         self.root, self.sample = root, sample
         self._times: dict[tuple, dict[str, float]] = {}
+        self._hints: dict[tuple, dict[str, str]] = {}
         self.fired: dict[str, set[str]] = {}  # artifact -> names of the file hints given to it
 
     def _op_times(self, record: dict, batch_size: int, threads: int) -> dict[str, float]:
@@ -76,9 +77,11 @@ class Causes:
 
         if self.root is None:
             return ""
-        hints = file_hints(self.root / record["path"], self.root / reference["path"], record)
-        self.fired.setdefault(record["name"], set()).update(hints)
-        return "".join(f"; hint: {text}" for text in hints.values())
+        key = record["name"], reference["name"]
+        if key not in self._hints:  # read each pair of files once, however many warnings it has
+            self._hints[key] = file_hints(self.root / record["path"], self.root / reference["path"], record)
+        self.fired.setdefault(record["name"], set()).update(self._hints[key])
+        return "".join(f"; hint: {text}" for text in self._hints[key].values())
 
     def slower(self, record: dict, reference: dict, entry: dict) -> str:
         from export.profile import grown_ops
@@ -105,9 +108,11 @@ class Causes:
 
 
 def references(record: dict, by_name: dict[str, dict]) -> list[dict]:
-    """What an artifact must beat: the baseline and the artifact it was built from (each once)."""
+    """What an artifact must beat: the baseline and the artifact it was built from (each once). A
+    byte-identical file is no compression step (a quantize-only recipe's ``compressed``): not compared."""
     names = dict.fromkeys(n for n in ("baseline", record.get("source_artifact")) if n and n != record["name"])
-    return [by_name[n] for n in names if n in by_name and "path" in by_name[n]]
+    found = [by_name[n] for n in names if n in by_name and "path" in by_name[n]]
+    return [r for r in found if not record.get("sha256") or r.get("sha256") != record["sha256"]]
 
 
 def _compare(record: dict, reference: dict, causes: Causes) -> list[str]:

@@ -229,6 +229,11 @@ def test_the_recommendation_skips_a_warned_artifact_when_a_clean_one_qualifies(r
     flag_artifacts(batch, run_folder, SAMPLE)
     assert batch[1]["warnings"] and batch[1]["warnings"][0].startswith("not faster than baseline at batch 1")
     assert recommend(batch, 0.01, CPU)["name"] == "baseline"
+    for record in batch:
+        record["sha256"] = "same"  # a byte-identical file (nothing compressed) is not compared
+    flag_artifacts(batch, run_folder, SAMPLE)
+    assert batch[1]["warnings"] == []
+    batch[1]["warnings"] = ["not faster than baseline (...)"]
     batch[0]["warnings"] = ["parity weak against its torch source (...)"]  # no clean artifact left
     best = recommend(batch, 0.01, CPU)
     assert best["name"] == "compressed" and "every artifact within the budget has warnings" in best["reason"]
