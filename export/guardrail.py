@@ -53,6 +53,10 @@ def noise(*entries: dict) -> float:
     return max((e.get("p90_ms", 0.0) - e.get("p10_ms", e.get("p90_ms", 0.0))) / 2 for e in entries)
 
 
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
 class Causes:
     """Measured causes, each artifact profiled once per batch size and thread count. Without the run
     folder or an input sample the causes say they were not measured."""
@@ -79,7 +83,10 @@ class Causes:
             return ""
         key = record["name"], reference["name"]
         if key not in self._hints:  # read each pair of files once, however many warnings it has
-            self._hints[key] = file_hints(self.root / record["path"], self.root / reference["path"], record)
+            try:
+                self._hints[key] = file_hints(self.root / record["path"], self.root / reference["path"], record)
+            except Exception as exc:  # noqa: BLE001  (a missing or unreadable file: the finding stands)
+                self._hints[key] = {"unread": f"files not read ({_first_line(exc)})"}
         self.fired.setdefault(record["name"], set()).update(self._hints[key])
         return "".join(f"; hint: {text}" for text in self._hints[key].values())
 
@@ -97,13 +104,16 @@ class Causes:
                 if entry["provider"] != PROFILED_PROVIDER:
                     cause += f" (profiled on {PROFILED_PROVIDER})"
             except Exception as exc:  # noqa: BLE001  (a cause that cannot be measured must not fail the run)
-                cause = f"not profiled ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                cause = f"not profiled ({_first_line(exc)})"
         return (f"{note}; " if note else "") + cause + self.hints(record, reference)
 
     def larger(self, record: dict, reference: dict) -> str:
         from export.profile import float_weight_shares
 
-        shares = float_weight_shares(self.root / record["path"]) if self.root else ""
+        try:
+            shares = float_weight_shares(self.root / record["path"]) if self.root else ""
+        except Exception as exc:  # noqa: BLE001  (as in hints)
+            shares = f"file not read ({_first_line(exc)})"
         return (shares or "file not read") + self.hints(record, reference)
 
 

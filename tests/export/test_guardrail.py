@@ -270,3 +270,10 @@ def test_file_hints_are_read_from_the_graph():
     conv = [helper.make_node("DequantizeLinear", ["wq", "s"], ["w"]), helper.make_node("Conv", ["x", "w"], ["y"])]
     assert "round_to: 8" in hints_of(graph(conv, [("wq", [13, 3, 3, 3])]))["odd_conv_widths"]
     assert "odd_conv_widths" not in hints_of(graph(conv, [("wq", [16, 3, 3, 3])]))
+
+
+def test_a_missing_reference_file_leaves_the_finding_without_a_cause(tmp_path, run_folder):
+    batch = [artifact(run_folder, "baseline", {4: 3.0}), artifact(run_folder, "compressed", {4: 4.0})]
+    flag_artifacts(batch, tmp_path, SAMPLE)  # a folder without the files
+    (warning,) = batch[1]["warnings"]
+    assert "not profiled (" in warning and "hint: files not read (" in warning
