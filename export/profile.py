@@ -54,7 +54,9 @@ def grown_ops(times: dict[str, float], reference: dict[str, float], top: int = 3
         return ", ".join(f"{op} {reference.get(op, 0.0):.3f} -> {times.get(op, 0.0):.3f} ms" for op in ops)
 
     deltas = {op: times.get(op, 0.0) - reference.get(op, 0.0) for op in {*times, *reference}}
-    grown = [op for op in sorted(deltas, key=deltas.get, reverse=True) if deltas[op] > 0][:top]
+    # A growth below 1% of the reference's kernel time is profiler jitter (it counts whole microseconds).
+    floor = max(0.001, 0.01 * sum(reference.values()))
+    grown = [op for op in sorted(deltas, key=deltas.get, reverse=True) if deltas[op] >= floor][:top]
     largest = [op for op in sorted(times, key=times.get, reverse=True)[:2] if op not in grown]
     text = f"op time grew (profiled, per run): {figures(grown)}" if grown else "no op type's time grew in the profile"
     return text + (f"; largest: {figures(largest)}" if largest else "")
