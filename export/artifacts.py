@@ -186,7 +186,7 @@ def measure_artifacts(out_dir: Path, recipe: Recipe, evaluator: Evaluator, data:
     for record in measured:
         check = provider_support(out_dir / record["path"], recipe.export.check_providers, feed(sample))
         record["provider_support"] = merge_support(record.get("provider_support", []), check)
-    flag_artifacts(records)
+    flag_artifacts(records, out_dir, sample)
     for record in records:
         for warning in record.get("warnings", []):
             log.warn(f"{record['name']}: {warning}")

@@ -51,7 +51,9 @@ def headline_latency(artifact: dict, device_name: str | None) -> dict | None:
 
 def recommend(artifacts: list[dict], budget: float, device_name: str | None) -> dict | None:
     """The fastest passed artifact whose metric is within ``budget`` of the baseline's (ties: better
-    metric, then smaller); None without a measured baseline."""
+    metric, then smaller), among those without warnings when any of them qualifies: a warned
+    artifact (slower somewhere, not smaller, weak parity) is never picked over a clean one. None
+    without a measured baseline."""
     base = next((a for a in artifacts if a["name"] == "baseline" and "metric" in a), None)
     if base is None:
         return None
@@ -62,10 +64,13 @@ def recommend(artifacts: list[dict], budget: float, device_name: str | None) -> 
             continue
         drop = base["metric"]["value"] - artifact["metric"]["value"]
         if drop <= budget:
-            candidates.append((latency["p50_ms"], -artifact["metric"]["value"], artifact["size_bytes"], artifact))
+            warned = bool(artifact.get("warnings"))
+            candidates.append(
+                (warned, latency["p50_ms"], -artifact["metric"]["value"], artifact["size_bytes"], artifact)
+            )
     if not candidates:
         return None
-    p50, _, _, best = min(candidates, key=lambda c: c[:3])
+    warned, p50, _, _, best = min(candidates, key=lambda c: c[:4])
     drop = base["metric"]["value"] - best["metric"]["value"]
     base_p50 = headline_latency(base, device_name)["p50_ms"]
     return {
@@ -75,6 +80,7 @@ def recommend(artifacts: list[dict], budget: float, device_name: str | None) -> 
             f"fastest artifact within the metric budget ({drop:+.4f} drop ≤ {budget}): "
             f"{p50:.3f} ms p50 ({p50 / base_p50:.2f}× baseline), {best['size_bytes'] / 1e6:.3f} MB "
             f"({best['size_bytes'] / base['size_bytes']:.2f}× baseline)"
+            + ("; every artifact within the budget has warnings (see them)" if warned else "")
         ),
     }
 
