@@ -265,7 +265,7 @@ def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResul
         set_active_folder(out)
         with log.run_log(out):
             records = read_artifacts(out)
-            reverify(out, records, stored, recipe.export.parity)
+            reverify(out, records, stored, recipe)
             for record in records:
                 write_json_atomic(artifacts_dir(out) / f"{record['name']}.json", record)
             evaluator, data, unscored = _remeasure_inputs(out, recipe, run_info, stored, trust_run)

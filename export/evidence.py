@@ -199,9 +199,11 @@ def store_evidence(out_dir: Path, models: dict[str, torch.nn.Module], evaluator,
         store_reference(out_dir, source, model, stored)
 
 
-def reverify(out_dir: Path, records: list[dict], stored: StoredData, tolerance) -> None:
-    """Parity of every artifact file against the stored torch outputs of its source; a changed file
-    stays marked changed, with parity computed on the file that is there now."""
+def reverify(out_dir: Path, records: list[dict], stored: StoredData, recipe) -> None:
+    """Parity of every artifact file against the stored torch outputs of its source, under the
+    tolerances it was exported with (quantized ones bound the damage); a changed file stays marked
+    changed, with parity computed on the file that is there now."""
+    from export.quantized_artifacts import quantized_parity
     from export.runtime import make_session
     from export.validate import compare_predictions
 
@@ -211,6 +213,7 @@ def reverify(out_dir: Path, records: list[dict], stored: StoredData, tolerance) 
             continue
         source = record.get("source_artifact") or record["name"]
         expected = reference_predictor(out_dir, source, stored)
+        tolerance = quantized_parity(recipe) if "scheme" in record else recipe.export.parity
         parity = compare_predictions(
             expected, make_session(path), inputs_in_order(stored), tolerance, stored.meta["is_classifier"]
         )

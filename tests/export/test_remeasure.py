@@ -16,6 +16,8 @@ from export.evidence import StoredData, store_heldout
 from tests.tiny_models import mlp, token_data, vector_data
 
 QUICK_REPORT = {"batch_sizes": [1], "warmup": 1, "iterations": 3, "max_seconds": 1.0}
+# TorchScript exports a tiny MLP in a fraction of dynamo's time; the exporter is not under test here.
+EXPORT = {"baseline": True, "exporter": "torchscript"}
 
 # Factories that leave a marker file behind whenever they run: the proof that code ran.
 FACTORIES = """
@@ -46,8 +48,11 @@ def made_run(tmp_path_factory):
         "name": "marked",
         "model": {"factory": "remeasure_marker_factories:model"},
         "data": {"factory": "remeasure_marker_factories:data"},
-        "passes": [{"pass": "magnitude_prune", "sparsity": 0.5}],
-        "export": {"baseline": True},
+        "passes": [
+            {"pass": "magnitude_prune", "sparsity": 0.5},
+            {"pass": "quantize", "onnx": [{"scheme": "int8_dynamic"}]},  # checked against its fp32 source's outputs
+        ],
+        "export": EXPORT,
         "report": QUICK_REPORT,
     }
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
@@ -70,6 +75,7 @@ def test_report_runs_no_code_from_the_folder_and_re_measures_from_stored_inputs(
     out, marker = copied
     assert main(["report", str(out)]) == 0
     assert not marker.exists()
+    assert set(artifacts(out)) == {"baseline", "compressed", "compressed-int8_dynamic"}
     for record in artifacts(out).values():
         assert record["status"] == "passed" and record["metric"]["runtime"] == "onnxruntime"
         assert record["parity"]["reference"].endswith(".reference.npz") and record["parity"]["passed"]
@@ -106,7 +112,7 @@ def test_a_corrupt_or_missing_npz_is_one_line_exit_2(copied, capsys, damage, exp
 
 
 def test_an_in_memory_api_run_is_re_measured_by_modelpress_report(tmp_path):
-    recipe = {"passes": [{"pass": "magnitude_prune", "sparsity": 0.5}], "report": QUICK_REPORT}
+    recipe = {"passes": [{"pass": "magnitude_prune", "sparsity": 0.5}], "export": EXPORT, "report": QUICK_REPORT}
     compress.run(mlp(), recipe, vector_data(), out_dir=tmp_path / "api")
     assert main(["report", str(tmp_path / "api")]) == 0
     for record in artifacts(tmp_path / "api").values():
@@ -117,7 +123,7 @@ def test_a_custom_metric_is_reported_as_not_re_measured_without_trust(tmp_path):
     def share_of_positive(predict, batches):
         return float(sum((predict(x)[:, 0] > 0).float().mean() for x, _ in batches))
 
-    recipe = {"passes": [{"pass": "magnitude_prune", "sparsity": 0.5}], "report": QUICK_REPORT}
+    recipe = {"passes": [{"pass": "magnitude_prune", "sparsity": 0.5}], "export": EXPORT, "report": QUICK_REPORT}
     compress.run(mlp(), recipe, vector_data(), out_dir=tmp_path, evaluator=share_of_positive)
     assert main(["report", str(tmp_path)]) == 0
     for record in artifacts(tmp_path).values():
