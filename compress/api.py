@@ -277,17 +277,18 @@ def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResul
 
 def _remeasure_inputs(out, recipe, run_info, stored, trust_run):
     """The evaluator and eval batches to re-measure with, and why the metric is not scored (or None)."""
-    meta = stored.meta
-    if trust_run:
+    from compress.evaluate import EVALUATORS
+
+    metric = str(stored.meta["metric"])
+    if trust_run and recipe.data is not None:
         search_dir = Path(run_info["search_dir"]) if run_info.get("search_dir") else None
-        evaluator = resolve_evaluator(recipe.task.metric, search_dir)
-        if recipe.data is not None:
-            return evaluator, load_data(recipe.data, search_dir), None
-        if meta["builtin_metric"]:
-            return stored.evaluator(evaluator), stored, None
-        return stored.evaluator(None), stored, "the metric's labels were not stored (custom metric); rerun the recipe"
-    if meta["builtin_metric"]:
-        return stored.evaluator(resolve_evaluator(meta["metric"])), stored, None
-    reason = f"task.metric {meta['metric']} is code named by the run folder; pass --trust-run to import it"
+        return resolve_evaluator(recipe.task.metric, search_dir), load_data(recipe.data, search_dir), None
+    # The .npz is data, never trusted to name code: only a built-in name is looked up.
+    if stored.meta["builtin_metric"] and metric in EVALUATORS:
+        return stored.evaluator(resolve_evaluator(metric)), stored, None
+    if not trust_run and ":" in metric:
+        reason = f"task.metric {metric} is code named by the run folder; pass --trust-run to import it"
+    else:
+        reason = f"metric {metric} is custom code and the recipe has no data section to score it on"
     log.warn(f"{out}: metric not re-measured: {reason}")
     return stored.evaluator(None), stored, reason

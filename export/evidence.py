@@ -57,7 +57,8 @@ def store_heldout(out_dir: Path, evaluator: Evaluator, data: TaskData, metric: A
             batch_arrays.update({f"b{index}{SEP}g{g}{SEP}{n}": a for n, a in named.items()})
         if builtin:
             batch_arrays[f"b{index}{SEP}labels"] = torch.as_tensor(batch[-1]).cpu().numpy()
-        batch_rows = len(next(iter(batch_arrays.values())))
+        first = next(iter(batch_arrays.values()))
+        batch_rows = first.shape[0] if first.ndim else 1  # a 0-d input is one row
         batch_size = sum(a.nbytes for a in batch_arrays.values())
         if count and (rows + batch_rows > MAX_ROWS or size + batch_size > MAX_BYTES):
             break

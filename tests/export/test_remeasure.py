@@ -39,6 +39,12 @@ def data():
 """
 
 
+CUSTOM_METRIC = """
+def share_of_positive(predict, batches):
+    return float(sum((predict(x)[:, 0] > 0).float().mean() for x, _ in batches))
+"""
+
+
 @pytest.fixture(scope="module")
 def made_run(tmp_path_factory):
     """A run made through recipe factories that write a marker; the marker removed afterwards."""
@@ -120,13 +126,16 @@ def test_an_in_memory_api_run_is_re_measured_by_modelpress_report(tmp_path):
 
 
 def test_a_custom_metric_is_reported_as_not_re_measured_without_trust(tmp_path):
-    def share_of_positive(predict, batches):
-        return float(sum((predict(x)[:, 0] > 0).float().mean() for x, _ in batches))
-
-    recipe = {"passes": [{"pass": "magnitude_prune", "sparsity": 0.5}], "export": EXPORT, "report": QUICK_REPORT}
-    compress.run(mlp(), recipe, vector_data(), out_dir=tmp_path, evaluator=share_of_positive)
-    assert main(["report", str(tmp_path)]) == 0
-    for record in artifacts(tmp_path).values():
+    (tmp_path / "remeasure_custom_metric.py").write_text(CUSTOM_METRIC)
+    recipe = {
+        "passes": [{"pass": "magnitude_prune", "sparsity": 0.5}],
+        "task": {"metric": "remeasure_custom_metric:share_of_positive"},
+        "export": EXPORT,
+        "report": QUICK_REPORT,
+    }
+    compress.run(mlp(), recipe, vector_data(), out_dir=tmp_path / "run", search_dir=tmp_path)
+    assert main(["report", str(tmp_path / "run")]) == 0
+    for record in artifacts(tmp_path / "run").values():
         assert "metric" not in record and record["parity"]["passed"] and record["latency"]
         assert any("metric not re-measured" in w and "--trust-run" in w for w in record["warnings"])
 
