@@ -118,9 +118,10 @@ class StoredData:
         arrays = load_npz(self.path, out_dir)
         try:
             self.meta = json.loads(str(arrays.pop("__meta__")))
-            assert self.meta["format"] == FORMAT
+            if self.meta["format"] != FORMAT:
+                raise ValueError(f"format {self.meta['format']!r}, expected {FORMAT}")
             self._batches = self._parse(arrays)
-        except (KeyError, ValueError, AssertionError, IndexError, TypeError) as exc:
+        except (KeyError, ValueError, IndexError, TypeError) as exc:
             raise InputError(
                 f"{self.path}: not a modelpress held-out sample ({type(exc).__name__}: {exc}); "
                 "re-run 'modelpress run' to write it again"
@@ -193,11 +194,18 @@ def _outputs(arrays: dict, index: int) -> int:
 
 
 def store_evidence(out_dir: Path, models: dict[str, torch.nn.Module], evaluator, data, metric) -> None:
-    """The held-out sample and each torch source's reference outputs, written at export time."""
-    store_heldout(out_dir, evaluator, data, metric)
-    stored = StoredData(out_dir)
-    for source, model in models.items():
-        store_reference(out_dir, source, model, stored)
+    """The held-out sample and each torch source's reference outputs, written at export time. Inputs
+    numpy cannot hold (non-tensor values) cost the run only its re-measurement, never its results."""
+    from compress import log
+
+    try:
+        store_heldout(out_dir, evaluator, data, metric)
+        stored = StoredData(out_dir)
+        for source, model in models.items():
+            store_reference(out_dir, source, model, stored)
+    except (TypeError, ValueError, RuntimeError, InputError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warn(f"re-measurement data not stored ({reason}); 'modelpress report' will refuse this folder")
 
 
 def reverify(out_dir: Path, records: list[dict], stored: StoredData, recipe) -> None:
