@@ -36,10 +36,13 @@ def reference_path(out_dir: Path, source: str) -> Path:
     return out_dir / "artifacts" / f"{source}.reference.npz"
 
 
-def _arrays(inputs: Any) -> tuple[str, dict[str, np.ndarray]]:
+def _kind(inputs: Any) -> str:
+    return "dict" if isinstance(inputs, dict) else "tuple" if isinstance(inputs, (tuple, list)) else "tensor"
+
+
+def _arrays(inputs: Any) -> dict[str, np.ndarray]:
     names, tensors = flatten_inputs(inputs)
-    kind = "dict" if isinstance(inputs, dict) else "tuple" if isinstance(inputs, (tuple, list)) else "tensor"
-    return kind, {n: torch.as_tensor(t).detach().cpu().numpy() for n, t in zip(names, tensors)}
+    return {n: torch.as_tensor(t).detach().cpu().numpy() for n, t in zip(names, tensors)}
 
 
 def store_heldout(out_dir: Path, evaluator: Evaluator, data: TaskData, metric: Any) -> Path:
@@ -51,10 +54,9 @@ def store_heldout(out_dir: Path, evaluator: Evaluator, data: TaskData, metric: A
     for index, batch in enumerate(data.batches("eval")):
         groups = evaluator.inputs_of(batch)
         batch_arrays = {}
+        kinds = kinds or [_kind(inputs) for inputs in groups]
         for g, inputs in enumerate(groups):
-            kind, named = _arrays(inputs)
-            kinds = kinds or [kind] * len(groups)
-            batch_arrays.update({f"b{index}{SEP}g{g}{SEP}{n}": a for n, a in named.items()})
+            batch_arrays.update({f"b{index}{SEP}g{g}{SEP}{n}": a for n, a in _arrays(inputs).items()})
         if builtin:
             batch_arrays[f"b{index}{SEP}labels"] = torch.as_tensor(batch[-1]).cpu().numpy()
         first = next(iter(batch_arrays.values()))
