@@ -128,7 +128,8 @@ def run(
     init_from_environment()
     recipe = load_recipe(recipe)
     data = as_task_data(data)
-    evaluator = resolve_evaluator(evaluator or recipe.task.metric, search_dir)
+    metric = evaluator or recipe.task.metric  # what scored the run: a built-in name can be re-scored from arrays
+    evaluator = resolve_evaluator(metric, search_dir)
     if example_inputs is None:
         example_inputs = _example_inputs(evaluator, data, recipe)
     out = Path(out_dir or Path("runs") / recipe.name)
@@ -148,20 +149,21 @@ def run(
             _save_recipe(out, recipe, identity, search_dir)
         with log.run_log(out):  # everything printed, third-party output included, kept in run.log
             return _run_locked(
-                model, recipe, data, evaluator, example_inputs, out, identity, search_dir, export, report
+                model, recipe, data, evaluator, example_inputs, out, identity, search_dir, export, report, metric
             )
     finally:
         if is_main():
             folder.unlock(out)
 
 
-def _run_locked(model, recipe, data, evaluator, example_inputs, out, identity, search_dir, export, report):
+def _run_locked(model, recipe, data, evaluator, example_inputs, out, identity, search_dir, export, report, metric):
     result = run_pipeline(model, recipe, data, evaluator, example_inputs, out)
     if is_main():
         _drop_stale_outputs(out, len(recipe.passes))
     outcome = CompressionResult(result.model, result.stages, out_dir=out)
     if export and recipe.export.enabled and is_main():  # rank 0 alone exports and reports
         from export.artifacts import convert_to_ort, export_artifacts, measure_torch_sources
+        from export.evidence import store_evidence
         from export.quantized_artifacts import export_quantized
 
         compressed = float_copy(result.model)  # bitsandbytes layers export as the float weights they hold
@@ -169,6 +171,8 @@ def _run_locked(model, recipe, data, evaluator, example_inputs, out, identity, s
         if recipe.export.baseline:
             models = {"baseline": (result.baseline, "baseline"), **models}
         outcome.artifacts = export_artifacts(out, models, recipe, evaluator, data, example_inputs)
+        # What `modelpress report` re-measures from, without the data factory or any other code of the run.
+        store_evidence(out, {name: module for name, (module, _) in models.items()}, evaluator, data, metric)
         variants = [spec for config in recipe.passes for spec in config.onnx_variants()]
         outcome.artifacts += export_quantized(
             out, compressed, result.stages[-1].name, variants, recipe, evaluator, data, example_inputs
@@ -204,13 +208,14 @@ def _write_manifest(out: Path, recipe: Recipe, baseline: torch.nn.Module) -> Non
     log.info(f"manifest: {write_manifest(out, manifest)}")
 
 
-def measure_and_report(out: Path, recipe: Recipe, evaluator: Evaluator, data: TaskData):
-    """Measure the run's artifacts in ONNX Runtime and write report.json / .md / .html."""
+def measure_and_report(out: Path, recipe: Recipe, evaluator: Evaluator, data: Any, unscored: str | None = None):
+    """Measure the run's artifacts in ONNX Runtime and write report.json / .md / .html (``unscored``:
+    why the metric is not scored, e.g. custom metric code not trusted)."""
     from export.artifacts import measure_artifacts
     from export.environment import collect_environment
     from export.report import build_report, write_report
 
-    artifacts = measure_artifacts(out, recipe, evaluator, data)
+    artifacts = measure_artifacts(out, recipe, evaluator, data, unscored)
     path = write_report(out, build_report(recipe, read_stages(out), artifacts, collect_environment()))
     log.info(f"report: {path}, {path.with_suffix('.md')} and {path.with_suffix('.html')}")
     return path, artifacts
@@ -234,27 +239,56 @@ def run_recipe(
     return run(model, recipe, data, out_dir=out_dir, export=export, report=report, search_dir=search_dir, force=force)
 
 
-def report_run(out_dir: str | Path) -> CompressionResult:
-    """Re-measure the artifacts of an earlier run folder on this machine and rewrite its report."""
+def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResult:
+    """Re-measure the artifacts of an earlier run folder on this machine and rewrite its report.
+
+    From the folder alone by default: the stored held-out sample scores a built-in metric, the stored
+    torch outputs check parity, and no code named by the folder is imported. ``trust_run`` lets the
+    recipe's data factory and custom metric be imported (only for folders you trust).
+    """
     out = Path(out_dir)
     run_info = read_json(out / "run.json")
     if not isinstance(run_info, dict) or not (out / "recipe.yaml").is_file():
         raise InputError(f"{out}: not a modelpress run folder (no run.json/recipe.yaml); run 'modelpress run' first")
-    search_dir = Path(run_info["search_dir"]) if run_info.get("search_dir") else None
     recipe = load_recipe(out / "recipe.yaml")
     if not any((out / "artifacts").glob("*.json")):
         raise InputError(f"{out}: no exported artifacts; run 'modelpress export RECIPE --out {out}' first")
+    from export.artifacts import artifacts_dir, read_artifacts
+    from export.evidence import StoredData, reverify
     from export.integrity import verify_run_folder
 
     # Before anything is imported or measured: names stay inside the folder, files match the manifest.
     verify_run_folder(out)
-    evaluator = resolve_evaluator(recipe.task.metric, search_dir)
-    data = load_data(recipe.data, search_dir)
+    stored = StoredData(out)
     folder.lock(out)  # a run still writing this folder is not re-measured under its feet
     try:
         set_active_folder(out)
         with log.run_log(out):
-            path, artifacts = measure_and_report(out, recipe, evaluator, data)
+            records = read_artifacts(out)
+            reverify(out, records, stored, recipe)
+            for record in records:
+                write_json_atomic(artifacts_dir(out) / f"{record['name']}.json", record)
+            evaluator, data, unscored = _remeasure_inputs(out, recipe, run_info, stored, trust_run)
+            path, artifacts = measure_and_report(out, recipe, evaluator, data, unscored)
     finally:
         folder.unlock(out)
     return CompressionResult(None, read_stages(out), artifacts, out, path)
+
+
+def _remeasure_inputs(out, recipe, run_info, stored, trust_run):
+    """The evaluator and eval batches to re-measure with, and why the metric is not scored (or None)."""
+    from compress.evaluate import EVALUATORS
+
+    metric = str(stored.meta["metric"])
+    if trust_run and recipe.data is not None:
+        search_dir = Path(run_info["search_dir"]) if run_info.get("search_dir") else None
+        return resolve_evaluator(recipe.task.metric, search_dir), load_data(recipe.data, search_dir), None
+    # The .npz is data, never trusted to name code: only a built-in name is looked up.
+    if stored.meta["builtin_metric"] and metric in EVALUATORS:
+        return stored.evaluator(resolve_evaluator(metric)), stored, None
+    if not trust_run and ":" in metric:
+        reason = f"task.metric {metric} is code named by the run folder; pass --trust-run to import it"
+    else:
+        reason = f"metric {metric} is custom code and the recipe has no data section to score it on"
+    log.warn(f"{out}: metric not re-measured: {reason}")
+    return stored.evaluator(None), stored, reason

@@ -63,7 +63,7 @@ def _cmd_export(args) -> int:
 def _cmd_report(args) -> int:
     from compress.api import report_run
 
-    return _finish(report_run(args.run_dir))
+    return _finish(report_run(args.run_dir, trust_run=args.trust_run))
 
 
 def _cmd_passes(args) -> int:
@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("recipe", help="recipe YAML file")
         if name == "report":
             cmd.add_argument("run_dir", help="folder of an earlier run or export")
+            cmd.add_argument(
+                "--trust-run",
+                action="store_true",
+                help="import the data factory and custom metric named by the folder's recipe (they run code): "
+                "only for folders you trust; without it the report is re-measured from the stored .npz files",
+            )
         if name in ("run", "demo", "export"):
             cmd.add_argument("--out", help="run folder (default: runs/<recipe name>); rerunning into it resumes")
         if name in ("run", "export"):

@@ -157,11 +157,14 @@ def _batch_sizes(recipe: Recipe) -> list[int]:
     return recipe.report.batch_sizes if recipe.export.dynamic_batch else [recipe.export.fixed_batch_size]
 
 
-def measure_artifacts(out_dir: Path, recipe: Recipe, evaluator: Evaluator, data: TaskData) -> list[dict]:
+def measure_artifacts(
+    out_dir: Path, recipe: Recipe, evaluator: Evaluator, data: TaskData, unscored: str | None = None
+) -> list[dict]:
     """Add the metric (run in ONNX Runtime), latency per provider and provider support to every artifact.
 
     Latency entries of other machines (an earlier run on a GPU box, say) and of torch are kept;
-    those this machine measures again are replaced.
+    those this machine measures again are replaced. ``unscored`` (why the metric cannot be scored
+    here, e.g. custom code not trusted) drops the old metric and says so in every record's warnings.
     """
     records = read_artifacts(out_dir)
     threads = recipe.report.threads or default_threads()
@@ -171,6 +174,9 @@ def measure_artifacts(out_dir: Path, recipe: Recipe, evaluator: Evaluator, data:
     for provider in _providers_to_time():
         sessions = {r["name"]: make_session(out_dir / r["path"], threads, provider) for r in measured}
         for record in measured if provider == "CPUExecutionProvider" else []:
+            if unscored:
+                record.pop("metric", None)  # an old figure would pass for a measured one
+                continue
             value = evaluator.score(ort_predictor(sessions[record["name"]]), data.batches("eval"))
             record["metric"] = {"name": evaluator.name, "value": value, "runtime": "onnxruntime"}
         latency = benchmark_sessions(
@@ -180,13 +186,14 @@ def measure_artifacts(out_dir: Path, recipe: Recipe, evaluator: Evaluator, data:
             new = [entry.to_dict() for entry in latency[record["name"]]]
             record["latency"] = merge_latency(record.get("latency", []), new)
             summary = ", ".join(f"bs{e['batch_size']} p50 {e['p50_ms']:.2f} ms" for e in new)
-            log.info(
-                f"measure {record['name']} ({provider}): {evaluator.name} {record['metric']['value']:.4f}; {summary}"
-            )
+            value = f"{record['metric']['value']:.4f}" if "metric" in record else "not scored"
+            log.info(f"measure {record['name']} ({provider}): {evaluator.name} {value}; {summary}")
     for record in measured:
         check = provider_support(out_dir / record["path"], recipe.export.check_providers, feed(sample))
         record["provider_support"] = merge_support(record.get("provider_support", []), check)
     flag_artifacts(records, out_dir, sample)
+    for record in measured if unscored else []:
+        record["warnings"].append(f"metric not re-measured: {unscored}")
     for record in records:
         for warning in record.get("warnings", []):
             log.warn(f"{record['name']}: {warning}")

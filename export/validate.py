@@ -92,7 +92,15 @@ def compare_outputs(
     model: torch.nn.Module, session, input_batches: Iterable, tolerance: ParitySpec, classifier: bool
 ) -> ParityResult:
     """Run torch and ORT on the same inputs (up to ``tolerance.samples``) and compare every output."""
-    torch_predict, ort_predict = torch_outputs_predictor(model), ort_outputs_predictor(session)
+    return compare_predictions(torch_outputs_predictor(model), session, input_batches, tolerance, classifier)
+
+
+def compare_predictions(
+    torch_predict, session, input_batches: Iterable, tolerance: ParitySpec, classifier: bool
+) -> ParityResult:
+    """``compare_outputs`` with the expected outputs from ``torch_predict(inputs) -> list[Tensor]``
+    (a live module, or torch outputs stored in the run folder)."""
+    ort_predict = ort_outputs_predictor(session)
     names = [o.name for o in session.get_outputs()]
     tallies = {name: _Tally() for name in names}
     agree, samples = 0, 0

@@ -1,0 +1,155 @@
+"""``modelpress report DIR`` re-measures from the run folder alone (issue 14, item 3): the stored
+held-out sample scores the metric, the stored torch outputs check parity, and no code named by the
+folder runs without ``--trust-run``."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+import compress
+from compress.cli import main
+from compress.evaluate import Evaluator
+from export.evidence import StoredData, store_heldout
+from tests.tiny_models import mlp, token_data, vector_data
+
+QUICK_REPORT = {"batch_sizes": [1], "warmup": 1, "iterations": 3, "max_seconds": 1.0}
+# TorchScript exports a tiny MLP in a fraction of dynamo's time; the exporter is not under test here.
+EXPORT = {"baseline": True, "exporter": "torchscript"}
+
+# Factories that leave a marker file behind whenever they run: the proof that code ran.
+FACTORIES = """
+import pathlib
+
+from tests.tiny_models import mlp, vector_data
+
+MARKER = pathlib.Path(__file__).with_name("code-ran.marker")
+
+
+def model():
+    MARKER.write_text("model")
+    return mlp()
+
+
+def data():
+    MARKER.write_text("data")
+    return vector_data()
+"""
+
+
+CUSTOM_METRIC = """
+def share_of_positive(predict, batches):
+    return float(sum((predict(x)[:, 0] > 0).float().mean() for x, _ in batches))
+"""
+
+
+@pytest.fixture(scope="module")
+def made_run(tmp_path_factory):
+    """A run made through recipe factories that write a marker; the marker removed afterwards."""
+    root = tmp_path_factory.mktemp("made")
+    (root / "remeasure_marker_factories.py").write_text(FACTORIES)
+    recipe = {
+        "name": "marked",
+        "model": {"factory": "remeasure_marker_factories:model"},
+        "data": {"factory": "remeasure_marker_factories:data"},
+        "passes": [
+            {"pass": "magnitude_prune", "sparsity": 0.5},
+            {"pass": "quantize", "onnx": [{"scheme": "int8_dynamic"}]},  # checked against its fp32 source's outputs
+        ],
+        "export": EXPORT,
+        "report": QUICK_REPORT,
+    }
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    compress.run_recipe(root / "recipe.yaml", root / "run")
+    (root / "code-ran.marker").unlink()
+    return root
+
+
+@pytest.fixture
+def copied(made_run, tmp_path):
+    """A copy of the run folder, as carried to another machine."""
+    return shutil.copytree(made_run / "run", tmp_path / "copy"), made_run / "code-ran.marker"
+
+
+def artifacts(out) -> dict:
+    return {a["name"]: a for a in json.loads((out / "report.json").read_text())["artifacts"]}
+
+
+def test_report_runs_no_code_from_the_folder_and_re_measures_from_stored_inputs(copied):
+    out, marker = copied
+    assert main(["report", str(out)]) == 0
+    assert not marker.exists()
+    assert set(artifacts(out)) == {"baseline", "compressed", "compressed-int8_dynamic"}
+    for record in artifacts(out).values():
+        assert record["status"] == "passed" and record["metric"]["runtime"] == "onnxruntime"
+        assert record["parity"]["reference"].endswith(".reference.npz") and record["parity"]["passed"]
+    assert main(["report", str(out), "--trust-run"]) == 0  # the marker test can fail: trusted code does run
+    assert marker.exists()
+    marker.unlink()
+
+
+def test_a_replaced_artifact_is_re_verified_against_the_stored_reference(copied):
+    out, _ = copied
+    # The unpruned baseline in place of the pruned artifact: parity against the stored reference must catch it.
+    shutil.copy(out / "artifacts" / "baseline.onnx", out / "artifacts" / "compressed.onnx")
+    assert main(["report", str(out)]) == 1  # an artifact that fails parity: exit 1, as after a run
+    record = artifacts(out)["compressed"]
+    assert record["status"] == "changed" and "re-verified against the stored reference" in record["error"]
+    assert record["parity"]["passed"] is False and record["parity"]["max_abs_diff"] > 1e-3
+    assert record["parity"]["reference"] == "artifacts/compressed.reference.npz"
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [("corrupt", "heldout.npz"), ("missing", "compressed.reference.npz")],
+)
+def test_a_corrupt_or_missing_npz_is_one_line_exit_2(copied, capsys, damage, expected):
+    out, _ = copied
+    if damage == "corrupt":
+        (out / "artifacts" / "heldout.npz").write_bytes(b"not a zip file")
+    else:
+        (out / "artifacts" / "compressed.reference.npz").unlink()
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and "re-run 'modelpress run'" in err[0]
+    assert "Traceback" not in err[0]
+
+
+def test_an_in_memory_api_run_is_re_measured_by_modelpress_report(tmp_path):
+    recipe = {"passes": [{"pass": "magnitude_prune", "sparsity": 0.5}], "export": EXPORT, "report": QUICK_REPORT}
+    compress.run(mlp(), recipe, vector_data(), out_dir=tmp_path / "api")
+    assert main(["report", str(tmp_path / "api")]) == 0
+    for record in artifacts(tmp_path / "api").values():
+        assert "metric" in record and record["parity"]["passed"]
+
+
+def test_a_custom_metric_is_reported_as_not_re_measured_without_trust(tmp_path):
+    (tmp_path / "remeasure_custom_metric.py").write_text(CUSTOM_METRIC)
+    recipe = {
+        "passes": [{"pass": "magnitude_prune", "sparsity": 0.5}],
+        "task": {"metric": "remeasure_custom_metric:share_of_positive"},
+        "export": EXPORT,
+        "report": QUICK_REPORT,
+    }
+    compress.run(mlp(), recipe, vector_data(), out_dir=tmp_path / "run", search_dir=tmp_path)
+    assert main(["report", str(tmp_path / "run")]) == 0
+    for record in artifacts(tmp_path / "run").values():
+        assert "metric" not in record and record["parity"]["passed"] and record["latency"]
+        assert any("metric not re-measured" in w and "--trust-run" in w for w in record["warnings"])
+
+
+def test_dict_and_tuple_inputs_round_trip_with_their_names(tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    data = token_data()
+    store_heldout(tmp_path, Evaluator("accuracy", score=None), data, "accuracy")
+    stored = StoredData(tmp_path)
+    for (inputs, labels), (original, gold) in zip(stored.batches("eval"), data.batches("eval")):
+        assert list(inputs) == ["input_ids", "attention_mask"]
+        assert all(torch.equal(inputs[k], original[k]) for k in original) and torch.equal(labels, gold)
+    pairs = Evaluator("pairs", score=None, inputs_of=lambda b: [b[0]])
+    tuples = [((torch.ones(2, 3), torch.zeros(2, dtype=torch.long)), torch.tensor([1, 0]))]
+    store_heldout(tmp_path, pairs, compress.TaskData(eval=tuples), "accuracy")
+    ((inputs, labels),) = StoredData(tmp_path).batches("eval")
+    assert isinstance(inputs, tuple) and torch.equal(inputs[1], tuples[0][0][1]) and labels.tolist() == [1, 0]
