@@ -50,6 +50,19 @@ def _mark(record: dict, status: str, error: str) -> dict:
     return {**record, "status": status, "error": error}
 
 
+def _changed(record: dict, path: Path) -> dict:
+    """A replaced file: its facts read again, or, when it is no ONNX model at all, marked unreadable
+    without facts, so that nothing later tries to load or time it."""
+    try:
+        facts = graph_facts(path)
+    except Exception as exc:  # noqa: BLE001  (protobuf and onnx raise many types for a corrupt file)
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        note = f"file differs from manifest.json and is not a readable ONNX model ({reason}); restore it or rerun"
+        return _mark(record, "changed", note)
+    note = "file differs from manifest.json; parity not re-verified, old figures dropped"
+    return {**_mark(record, "changed", note), **facts, **file_facts(path)}
+
+
 def verify_run_folder(out_dir: Path) -> list[dict]:
     """Check every artifact against manifest.json; rewrite the records of missing or changed files."""
     manifest = read_json(out_dir / "manifest.json") or {}
@@ -66,8 +79,7 @@ def verify_run_folder(out_dir: Path) -> list[dict]:
         if not path.is_file():
             record = _mark(record, "missing", f"artifact file missing: {record['path']}")
         elif expected is not None and sha256_file(path) != expected:
-            note = "file differs from manifest.json; parity not re-verified, old figures dropped"
-            record = {**_mark(record, "changed", note), **graph_facts(path), **file_facts(path)}
+            record = _changed(record, path)
         else:
             verified.append(record)
             continue

@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 
+import compress
 from compress import cli
-from tests.tiny_models import mlp
+from tests.tiny_models import mlp, vector_data
 
 FACTORIES = """
 import torch
@@ -345,3 +346,18 @@ def test_a_later_batch_of_another_shape_is_one_line(tmp_path):
     labels = torch.zeros(4, dtype=torch.long)
     message = _api_error(tmp_path, [(torch.randn(4, 12), labels), (torch.randn(4, 7), labels)])
     assert "cannot run on an eval batch (input (4, 7) float32)" in message
+
+
+def test_a_float64_model_runs_exports_and_passes_parity(tmp_path):
+    """float64 weights and inputs through the API: every stage, the export and parity, no traceback."""
+    batches = [(x.double(), y) for x, y in vector_data().eval]
+    recipe = {
+        "name": "f64",
+        "passes": [{"pass": "magnitude_prune", "sparsity": 0.5}],
+        "export": {"exporter": "torchscript"},
+        "report": {"batch_sizes": [1], "warmup": 1, "iterations": 3},
+    }
+    result = compress.run(mlp().double(), recipe, {"eval": batches}, out_dir=tmp_path / "run")
+    assert result.failures == []
+    assert [a["status"] for a in result.artifacts] == ["passed", "passed"]
+    assert all(a["parity"]["max_abs_diff"] < 1e-6 for a in result.artifacts)

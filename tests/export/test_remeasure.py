@@ -101,6 +101,17 @@ def test_a_replaced_artifact_is_re_verified_against_the_stored_reference(copied)
     assert record["parity"]["reference"] == "artifacts/compressed.reference.npz"
 
 
+def test_a_corrupt_artifact_is_reported_changed_not_a_crash(copied, capsys):
+    out, _ = copied
+    (out / "artifacts" / "compressed.onnx").write_bytes(b"\x08\x07 not a protobuf model")
+    assert main(["report", str(out)]) == 1  # an artifact that fails its checks, not an internal error (3)
+    assert "Traceback" not in capsys.readouterr().err
+    record = artifacts(out)["compressed"]
+    assert record["status"] == "changed" and "not a readable ONNX model" in record["error"]
+    assert "parity" not in record and "latency" not in record and "size_bytes" not in record
+    assert artifacts(out)["baseline"]["status"] == "passed"
+
+
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [("corrupt", "heldout.npz"), ("missing", "compressed.reference.npz")],
