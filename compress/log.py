@@ -82,7 +82,9 @@ def run_log(out_dir: Path):
     pump = threading.Thread(target=_pump, args=(read_fd, log_file, saved[2], _state["verbose"]), daemon=True)
     pump.start()
     terminal = os.fdopen(os.dup(saved[2]), "w", buffering=1)
-    previous_file = console.file
+    # rich's ``file`` getter returns the sys.stderr of the moment when none was set; restoring that
+    # object would pin the console to a stream a host (pytest, a notebook) has since replaced.
+    previous_file = console._file
     console.file = terminal
     for fd in (1, 2):
         os.dup2(write_fd, fd)

@@ -18,7 +18,7 @@ import torch
 from compress.data import TaskData, flatten_inputs
 from compress.errors import InputError
 from compress.evaluate import EVALUATORS, Evaluator
-from compress.io import read_json
+from compress.io import read_json, write_atomic
 
 FORMAT = "modelpress.evidence/1"
 # The stored sample is bounded so that a run folder stays small enough to carry to another machine.
@@ -82,10 +82,11 @@ def store_heldout(out_dir: Path, evaluator: Evaluator, data: TaskData, metric: A
 
 
 def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    partial = path.with_name(f".{path.name}.partial")  # a crash never leaves half a file under the real name
-    with open(partial, "wb") as handle:
-        np.savez(handle, **arrays)
-    partial.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a handle: given a path, np.savez would append ".npz" to tmp's name
+            np.savez(handle, **arrays)
+
+    write_atomic(path, write)
 
 
 def load_npz(path: Path, out_dir: Path) -> dict[str, np.ndarray]:

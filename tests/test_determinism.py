@@ -38,7 +38,7 @@ def test_same_recipe_and_seed_give_byte_identical_artifacts(tmp_path):
         f"artifacts/{name}{suffix}"
         for name in ("baseline", "compressed", "int8")
         for suffix in (".onnx", ".ort", ".required_operators.config")
-    }
+    } | {"artifacts/heldout.npz", *(f"artifacts/{name}.reference.npz" for name in ("baseline", "compressed"))}
     assert set(first["artifacts"]) == expected
     for path, digest in first["artifacts"].items():
         assert hashlib.sha256((tmp_path / "a" / path).read_bytes()).hexdigest() == digest
