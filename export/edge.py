@@ -9,7 +9,6 @@ cannot take shows up as a fallback to the CPU provider instead of being guessed 
 
 import contextlib
 import io
-import json
 import logging
 import shutil
 import tempfile
@@ -60,17 +59,9 @@ def to_ort_format(path: Path, optimization: str = "fixed") -> dict:
 
 def _node_providers(path: Path, provider: str, inputs: dict) -> Counter:
     """(op type, provider) counts of the nodes ONNX Runtime ran, from a profiled run."""
-    import onnxruntime as ort
+    from export.profile import profiled_events
 
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.log_severity_level = 3
-    with tempfile.TemporaryDirectory() as folder:
-        options.profile_file_prefix = str(Path(folder) / "profile")
-        providers = [provider] if provider == CPU else [provider, CPU]
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        session.run(None, inputs)
-        events = json.loads(Path(session.end_profiling()).read_text())
+    events = profiled_events(path, inputs, [provider] if provider == CPU else [provider, CPU])
     counts: Counter = Counter()
     seen = set()
     for event in events:

@@ -17,22 +17,31 @@ import numpy as np
 PROFILED_RUNS = 5  # after one untimed run: allocations and the first-run kernel choice stay out
 
 
-def op_times(path: Path, inputs: dict[str, np.ndarray], threads: int, runs: int = PROFILED_RUNS) -> dict[str, float]:
-    """Milliseconds per run spent in each op type (as ONNX Runtime ran it: after fusion) on the CPU."""
+def profiled_events(
+    path: Path, inputs: dict[str, np.ndarray], providers: list[str], runs: int = 1, threads: int | None = None
+) -> list[dict]:
+    """The trace events of ``runs`` profiled runs of ``path`` (the profile file lives in a temporary
+    folder of modelpress's own, never the cwd)."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="modelpress-profile-") as folder:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         options.log_severity_level = 3
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "profile")
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        for _ in range(runs + 1):
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        for _ in range(runs):
             session.run(None, inputs)
-        events = json.loads(Path(session.end_profiling()).read_text())
+        return json.loads(Path(session.end_profiling()).read_text())
+
+
+def op_times(path: Path, inputs: dict[str, np.ndarray], threads: int, runs: int = PROFILED_RUNS) -> dict[str, float]:
+    """Milliseconds per run spent in each op type (as ONNX Runtime ran it: after fusion) on the CPU."""
+    events = profiled_events(path, inputs, ["CPUExecutionProvider"], runs + 1, threads)
     model_runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
     first_end = model_runs[0][1] if model_runs else -1
     totals: dict[str, float] = {}
