@@ -23,8 +23,8 @@ from compress.data import call_model, first_tensor
 from compress.errors import ModelpressError
 from compress.metrics import count_macs, count_params
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
-from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
+from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
 from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
 from compress.registry import register_pass
 from compress.select import WEIGHT_LAYERS, select_modules
