@@ -55,6 +55,13 @@ LAYOUTS = (
     AttentionLayout("mpnet", ("q", "k", "v"), "o", "num_attention_heads", ("all_head_size",)),
     AttentionLayout("distilbert", ("q_lin", "k_lin", "v_lin"), "out_lin", "n_heads"),
     AttentionLayout("t5", ("q", "k", "v"), "o", "n_heads", ("inner_dim",)),
+    AttentionLayout(
+        "deberta",
+        ("query_proj", "key_proj", "value_proj"),
+        "../output.dense",
+        "num_attention_heads",
+        ("all_head_size",),
+    ),
 )
 
 # FFN up-projections and the config field that holds their common width.
