@@ -54,6 +54,14 @@ LAYOUTS = (
     AttentionLayout("gpt2", ("c_attn",), "c_proj", "num_heads", ("split_size",)),
     AttentionLayout("mpnet", ("q", "k", "v"), "o", "num_attention_heads", ("all_head_size",)),
     AttentionLayout("distilbert", ("q_lin", "k_lin", "v_lin"), "out_lin", "n_heads"),
+    AttentionLayout("t5", ("q", "k", "v"), "o", "n_heads", ("inner_dim",)),
+    AttentionLayout(
+        "deberta",
+        ("query_proj", "key_proj", "value_proj"),
+        "../output.dense",
+        "num_attention_heads",
+        ("all_head_size",),
+    ),
 )
 
 # FFN up-projections and the config field that holds their common width.
@@ -145,8 +153,14 @@ def remove_heads(model: torch.nn.Module, name: str, heads: list[int]) -> None:
         setattr(module, attr, layout.width(module))
 
 
-def prune_heads(model: torch.nn.Module, ratio: float, p: int = 2, random: bool = False) -> dict[str, list[int]]:
-    """Remove ``round(ratio * heads)`` lowest-scoring heads from every attention module."""
+def prune_heads(
+    model: torch.nn.Module, ratio: float, p: int = 2, random: bool = False, tied: list[set[str]] = ()
+) -> dict[str, list[int]]:
+    """Remove ``round(ratio * heads)`` lowest-scoring heads from every attention module.
+
+    Modules in one ``tied`` group (sharing a per-head tensor, see ``head_tensors``) are ranked
+    by their summed scores, so they lose the same heads.
+    """
     removed = {}
     found = attention_modules(model, strict=True)
     unmapped = [name for name, m in model.named_modules() if _declares_heads(m)]
@@ -156,12 +170,18 @@ def prune_heads(model: torch.nn.Module, ratio: float, p: int = 2, random: bool =
             f"{type(model).__name__} (e.g. module {unmapped[0]!r}) could not be mapped "
             f"(known layouts: {', '.join(lay.family for lay in LAYOUTS)}); set head_ratio: 0"
         )
+    ranking = {
+        n: torch.rand(getattr(m, lay.heads_attr)) if random else head_scores(model, n, p)
+        for n, (m, lay) in found.items()
+    }
+    for group in tied:
+        ranking.update(dict.fromkeys(group, sum(ranking[n] for n in group)))
     for name, (module, layout) in found.items():
         count = getattr(module, layout.heads_attr)
         drop = min(round(ratio * count), count - 1)
         if drop == 0:
             continue
-        scores = torch.rand(count) if random else head_scores(model, name, p)
+        scores = ranking[name]
         removed[name] = sorted(torch.topk(scores, drop, largest=False).indices.tolist())
         remove_heads(model, name, removed[name])
     return removed
