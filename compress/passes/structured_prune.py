@@ -3,7 +3,9 @@
 Built on Torch-Pruning's dependency graph (Fang et al., CVPR 2023): layers coupled by
 residual additions, concatenations or normalization are pruned together, and the
 modules are rebuilt with fewer channels. The layer producing the model output is
-kept, so the output width never changes. Iterative pruning spreads the ratio over
+kept, so the output width never changes. Kept widths are rounded to multiples that keep
+ONNX Runtime's blocked kernels (``round_to``, see ``compress.pruning.widths``), so pruned
+means faster, not only smaller. Iterative pruning spreads the ratio over
 ``steps``, with optional fine-tuning towards the teacher between steps. The record
 holds Torch-Pruning's pruning history, which ``restore`` replays on resume.
 """
