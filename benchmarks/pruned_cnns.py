@@ -3,9 +3,9 @@
 ResNet-50, MobileNetV2 1.0 and ConvNeXt-tiny built from ``transformers`` configs (random
 weights: latency does not depend on them) at 224x224. Per model, two rows: the fp32 baseline
 and ``structured_prune`` ratio 0.3 with the pass's defaults, so the suite measures what users
-get: ``round_to: auto`` rounds kept widths to ONNX Runtime's CPU conv block (16 with AVX-512,
-else 8; widths like 11 or 45 fell off the blocked kernels and made pruned CNNs slower). The
-row's note names the value used. Timed at batch 32 with the rows taking turns; ratios are
+get: ``round_to: auto`` rounds kept widths to multiples of 8 (widths like 11 or 45 fell off
+ONNX Runtime's blocked conv kernels and made pruned CNNs slower). The row's note names the
+value used. Timed at batch 32 with the rows taking turns; ratios are
 against each model's baseline in the JSON.
 The metric column means nothing here (random weights, one set of labels for all rows);
 latency and size are the figures. ``--quick`` shrinks images to 64x64 and rounds to a smoke run.

@@ -55,7 +55,7 @@ class StructuredPruneConfig(PassConfig):
     importance: l1, l2, taylor (needs labelled batches), bn_scale or random (a baseline).
     allocation: ``uniform`` (same ratio per group) or ``global`` (one ranking across groups).
     layer_ratios: ratio per layer name or ``re:`` pattern, overriding ``ratio`` there.
-    round_to: every pruned width becomes a multiple of this (1: exact widths); auto: 16 on AVX-512 CPUs, else 8.
+    round_to: every pruned width becomes a multiple of this (1: exact widths); auto: 8.
     exclude: layers never pruned; the layer producing the output is always kept.
     head_ratio: share of attention heads removed whole from each attention layer (transformers).
     steps: prune in this many steps; ``finetune_steps`` optimizer steps towards the teacher between them.

@@ -1,4 +1,4 @@
-"""structured_prune's round_to: pruned widths are multiples of the CPU's block by default, exact with 1."""
+"""structured_prune's round_to: pruned widths are multiples of 8 by default, exact with 1."""
 
 import copy
 
@@ -7,7 +7,6 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-import compress.pruning.widths
 from compress.context import Context
 from compress.data import take_rows
 from compress.passes.structured_prune import PruneError, StructuredPruneConfig, structured_prune
@@ -50,17 +49,12 @@ def prune(model, data, **params):
     return structured_prune(model, StructuredPruneConfig(**params), ctx), ctx.facts
 
 
-@pytest.mark.parametrize(
-    ("capability", "multiple", "widths"),
-    [("AVX2", 8, [32, 16, 8, 6]), ("AVX512", 16, [32, 16, 11, 6]), ("DEFAULT", 8, [32, 16, 8, 6])],
-)
-def test_default_rounds_every_pruned_width_to_the_cpu_block(monkeypatch, tmp_path, capability, multiple, widths):
-    """31 -> 32, 18 -> 16, 7 -> 8 (at 8); a layer not wider than the multiple (6; 11 at 16) stays whole."""
-    monkeypatch.setattr(compress.pruning.widths, "cpu_capability", lambda: capability)
+def test_default_rounds_every_pruned_width_to_a_multiple_of_8(tmp_path):
+    """31 -> 32, 18 -> 16, 7 -> 8; the 6-wide layer, not wider than 8, stays whole. Parity holds."""
     data = image_data()
     model, record = prune(odd_width_cnn(), data, ratio=0.3)
-    assert record["round_to"] == multiple
-    assert conv_widths(model) == widths
+    assert record["round_to"] == 8
+    assert conv_widths(model) == [32, 16, 8, 6]
     assert record["widths"]["head"] == [4, 6]
     pruned = to_onnx(model, take_rows(data.eval[0][0], 2), tmp_path / "pruned.onnx")
     parity = ParitySpec(atol=FP32_EXPORT_ATOL["residual_cnn"], min_cosine=0.9999)
@@ -150,7 +144,9 @@ def test_round_to_is_validated():
     assert load_recipe({"passes": [{"pass": "structured_prune"}]}).passes[0].round_to == "auto"
 
 
-def test_tiny_bert_defaults_still_prune():
-    """The default (auto) on a BERT: FFN 64 at 0.5 keeps 32, a multiple of 8 and 16 alike."""
-    model, record = prune(tiny_bert(), token_data(), ratio=0.0, layer_ratios={FFN["tiny_bert"]: 0.5})
-    assert record["config_updates"]["intermediate_size"] == 32 and record["round_to"] in (8, 16)
+def test_ffn_widths_go_to_the_nearest_multiple():
+    """BERT FFN 64: 0.3 keeps 44 -> 48; 0.2 keeps 51 -> 48; 0.1 keeps 57 -> 64 at 16, so the layer stays whole."""
+    for ratio, multiple, expected in [(0.3, 16, 48), (0.3, "auto", 48), (0.2, 8, 48), (0.2, 16, 48), (0.1, 16, 64)]:
+        params = dict(ratio=0.0, layer_ratios={FFN["tiny_bert"]: ratio}, round_to=multiple)
+        _, record = prune(tiny_bert(), token_data(), **params)
+        assert record["config_updates"].get("intermediate_size", 64) == expected, (ratio, multiple)
