@@ -6,7 +6,7 @@ drift from the validator: both read the same ``Field`` metadata and ``Args:`` do
 
 import re
 from enum import Enum
-from typing import Any, get_args
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -25,7 +25,18 @@ def _docstring_args(cls: type) -> dict[str, str]:
     return docs
 
 
+def _constrained_members(annotation: Any) -> list:
+    """``Annotated`` members of a union (``Literal["auto"] | Annotated[int, Field(ge=1)]``)."""
+    if get_origin(annotation) is not Union:
+        return []
+    return [arg for arg in get_args(annotation) if get_origin(arg) is Annotated]
+
+
 def _type_name(annotation: Any) -> str:
+    if _constrained_members(annotation):  # each member by its type; the constraints go to the range
+        return " | ".join(
+            _type_name(get_args(arg)[0] if get_origin(arg) is Annotated else arg) for arg in get_args(annotation)
+        )
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return " | ".join(repr(member.value) for member in annotation)
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
@@ -36,7 +47,9 @@ def _type_name(annotation: Any) -> str:
 
 def _range(field) -> str:
     bounds = []
-    for item in field.metadata:
+    extras = [extra for arg in _constrained_members(field.annotation) for extra in get_args(arg)[1:]]
+    members = [item for extra in extras for item in getattr(extra, "metadata", [extra])]  # a Field() holds its own
+    for item in [*field.metadata, *members]:
         for attr, symbol in _BOUNDS.items():
             value = getattr(item, attr, None)
             if value is not None:

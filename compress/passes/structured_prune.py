@@ -3,7 +3,9 @@
 Built on Torch-Pruning's dependency graph (Fang et al., CVPR 2023): layers coupled by
 residual additions, concatenations or normalization are pruned together, and the
 modules are rebuilt with fewer channels. The layer producing the model output is
-kept, so the output width never changes. Iterative pruning spreads the ratio over
+kept, so the output width never changes. Kept widths are rounded to multiples that keep
+ONNX Runtime's blocked kernels (``round_to``, see ``compress.pruning.widths``), so pruned
+means faster, not only smaller. Iterative pruning spreads the ratio over
 ``steps``, with optional fine-tuning towards the teacher between steps. The record
 holds Torch-Pruning's pruning history, which ``restore`` replays on resume.
 """
@@ -11,7 +13,7 @@ holds Torch-Pruning's pruning history, which ``restore`` replays on resume.
 import copy
 import math
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch_pruning as tp
@@ -26,6 +28,7 @@ from compress.pruning.attention import head_counts, head_groups, prune_heads, re
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
 from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
 from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
+from compress.pruning.widths import AUTO, resolve_round_to, round_group, rounded_width
 from compress.registry import register_pass
 from compress.select import WEIGHT_LAYERS, select_modules
 from compress.training import fit_to_teacher
@@ -53,7 +56,7 @@ class StructuredPruneConfig(PassConfig):
     importance: l1, l2, taylor (needs labelled batches), bn_scale or random (a baseline).
     allocation: ``uniform`` (same ratio per group) or ``global`` (one ranking across groups).
     layer_ratios: ratio per layer name or ``re:`` pattern, overriding ``ratio`` there.
-    round_to: keep widths a multiple of this (e.g. 8) for hardware-friendly kernels.
+    round_to: every pruned width becomes a multiple of this (1: exact widths); auto: 8.
     exclude: layers never pruned; the layer producing the output is always kept.
     head_ratio: share of attention heads removed whole from each attention layer (transformers).
     steps: prune in this many steps; ``finetune_steps`` optimizer steps towards the teacher between them.
@@ -61,6 +64,11 @@ class StructuredPruneConfig(PassConfig):
     For a BERT-style encoder, ``ratio: 0``, ``head_ratio: 0.33`` and
     ``layer_ratios: {"re:.*intermediate\\.dense": 0.5}`` remove a third of the heads and half
     of the FFN neurons while the hidden size stays.
+
+    ``round_to`` (1 to 1024, or ``auto``) keeps ONNX Runtime's blocked CPU kernels: a kept width
+    goes to the nearest multiple, at least one multiple and never above the layer's width; a layer
+    not wider than the multiple stays whole; attention projections are cut by whole heads instead.
+    The record's ``round_to`` is the value used (see ``compress.pruning.widths``).
     """
 
     ratio: Ratio = 0.5
@@ -69,7 +77,7 @@ class StructuredPruneConfig(PassConfig):
     allocation: Allocation = Allocation.uniform
     layer_ratios: dict[str, Ratio] = Field(default_factory=dict)
     head_ratio: Ratio = 0.0
-    round_to: int | None = Field(None, ge=1, le=1024)
+    round_to: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = AUTO
     exclude: list[str] = Field(default_factory=list)
     steps: int = Field(1, ge=1, le=100)
     finetune_steps: int = Field(0, ge=0, le=1_000_000)
@@ -145,20 +153,20 @@ def _layer_ratios(model, config: StructuredPruneConfig) -> dict[torch.nn.Module,
     return ratios
 
 
-def _prune_custom_layers(pruner: tp.pruner.BasePruner, ratios: dict, initial: dict, step: int, steps: int, round_to):
+def _prune_custom_layers(
+    pruner: tp.pruner.BasePruner, ratios: dict, initial: dict, step: int, steps: int, round_to: int
+) -> None:
     """Out-channel pruning of layers Torch-Pruning's ratio table skips (custom types such as Conv1D).
 
     The groups still come from its dependency graph, so coupled layers are cut together and
     the cut lands in the same pruning history; channels are ranked by the L2 norm of the
-    weights the group cuts.
+    weights the group cuts. Widths are rounded by the same rule as every other group.
     """
     for module, ratio in ratios.items():
         prune_out = pruner.DG.get_pruner_of_module(module).prune_out_channels
         current = pruner.DG.get_out_channels(module)
         width = initial.setdefault(module, current)
-        target = round(width * (1 - ratio * (step + 1) / steps))
-        if round_to:
-            target = max(round_to, round(target / round_to) * round_to)
+        target = rounded_width(round(width * (1 - ratio * (step + 1) / steps)), current, round_to)
         if current <= target:
             continue
         scores = group_scores(pruner.DG.get_pruning_group(module, prune_out, list(range(current))))
@@ -181,7 +189,7 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
             pruning_ratio_dict=layer_ratios or None,
             iterative_steps=config.steps,
             ignored_layers=list(ignored.values()),
-            round_to=config.round_to,
+            round_to=None,  # rounded by round_group, which never empties a narrow layer
             num_heads=head_groups(model),
             prune_head_dims=False,  # heads are removed whole by prune_heads; channels never split one
             output_transform=lambda output: first_tensor(output).sum(),
@@ -211,12 +219,14 @@ def _keep_output_widths(pruner: tp.pruner.BasePruner) -> None:
             pruner.ignored_layers.append(group[0].dep.target.module)
 
 
-def _check_no_group_empties(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> None:
+def _check_no_group_empties(pruner: tp.pruner.BasePruner, model: torch.nn.Module, round_to: int) -> None:
     """Refuse a ratio that would cut every channel of a group.
 
     Torch-Pruning skips such a group silently instead of cutting it, so the share removed
-    fell as the ratio rose (0.99 removed less than 0.9). Head groups are cut by heads, not here;
-    global allocation ranks across groups and is left to the library.
+    fell as the ratio rose (0.99 removed less than 0.9). Rounding comes after its choice, so it
+    cannot rescue such a group; a group not wider than ``round_to`` is never cut, so never
+    refused. Head groups are cut by heads, not here; global allocation ranks across groups and
+    is left to the library.
     """
     if pruner.global_pruning:
         return
@@ -227,7 +237,7 @@ def _check_no_group_empties(pruner: tp.pruner.BasePruner, model: torch.nn.Module
     ):
         module = group[0].dep.target.module
         width = pruner.DG.get_out_channels(module)
-        if module in pruner.num_heads or not width:
+        if module in pruner.num_heads or not width or (round_to > 1 and width <= round_to):
             continue
         ratio = pruner.pruning_ratio_dict.get(module, pruner.per_step_pruning_ratio)[-1]
         if ratio > 0 and int(width * (1 - ratio)) < 1:
@@ -255,9 +265,13 @@ def _failing_layer(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> str:
     return "?"
 
 
-def _step(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> None:
+def _step(pruner: tp.pruner.BasePruner, model: torch.nn.Module, round_to: int) -> None:
+    """One Torch-Pruning step, each group's cut rounded to ``round_to`` before it is made."""
     try:
-        pruner.step()
+        for group in pruner.step(interactive=True):
+            group = round_group(pruner, group, round_to)
+            if group is not None:
+                group.prune()
     except Exception as exc:  # noqa: BLE001  (failures surface deep inside Torch-Pruning)
         where = _failing_layer(pruner, model)
         raise PruneError(
@@ -278,7 +292,8 @@ def _ratio_forcount_macs(model, config: StructuredPruneConfig, example_inputs, t
     for _ in range(10):
         middle = (low + high) / 2
         trial = copy.deepcopy(model)
-        _step(_build_pruner(trial, config.model_copy(update={"steps": 1}), example_inputs, middle), trial)
+        trial_config = config.model_copy(update={"steps": 1})
+        _step(_build_pruner(trial, trial_config, example_inputs, middle), trial, resolve_round_to(config.round_to))
         if 1 - count_macs(trial, example_inputs) / base < target:
             low = middle
         else:
@@ -326,19 +341,20 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
         if not removed_heads:  # said, not silent: the model has no attention (unmapped attention raised above)
             log.warn(f"structured_prune: head_ratio {config.head_ratio}: {type(model).__name__} has no attention heads")
         _check_forward(model, inputs, output_shape)
+    round_to = resolve_round_to(config.round_to)
     ratio = config.ratio
     if config.macs_reduction is not None:
         ratio = _ratio_forcount_macs(model, config, inputs, config.macs_reduction)
     pruner = _build_pruner(model, config, inputs, ratio)
-    _check_no_group_empties(pruner, model)
+    _check_no_group_empties(pruner, model, round_to)
     custom_widths: dict = {}  # widths of custom-type layers before the first step
     for step in range(config.steps):
         if config.importance in NEEDS_GRADIENTS:
             batches = ctx.data.batches(ctx.data.resolve("calibration"))
             accumulate_task_gradients(model, batches, config.gradient_batches)
-        _step(pruner, model)
+        _step(pruner, model, round_to)
         custom = {m: r for m, r in _layer_ratios(model, config).items() if is_conv1d(m)}
-        _prune_custom_layers(pruner, custom, custom_widths, step, config.steps, config.round_to)
+        _prune_custom_layers(pruner, custom, custom_widths, step, config.steps, round_to)
         model.zero_grad(set_to_none=True)
         _check_forward(model, inputs, output_shape)
         if config.finetune_steps and step < config.steps - 1:
@@ -350,6 +366,7 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
         attention_heads=head_counts(model),
         config_updates=update_hf_config(model),
         ratio=ratio,
+        round_to=round_to,
         params_before=params_before,
         params_after=params_after,
         macs_before=macs_before,

@@ -18,7 +18,7 @@ from compress.recipe import ParitySpec, load_recipe
 from export.onnx_export import to_onnx
 from export.runtime import make_session
 from export.validate import validate
-from tests.tiny_models import TINY_ARCHS, mlp, vector_data
+from tests.tiny_models import TINY_ARCHS, image_data, mlp, residual_cnn, vector_data
 from tests.tolerances import FP32_EXPORT_ATOL
 
 
@@ -36,7 +36,8 @@ def prune(model, data, **params):
 def test_prunes_runs_exports_and_passes_parity(arch, tmp_path):
     factory, data_factory = TINY_ARCHS[arch]
     data = data_factory()
-    model, record = prune(factory(), data, ratio=0.5, head_ratio=0.5)  # head_ratio: where there are heads
+    # round_to 1: the tiny widths (8, 16) are not wider than a rounding multiple, so they would stay whole
+    model, record = prune(factory(), data, ratio=0.5, head_ratio=0.5, round_to=1)  # head_ratio: where there are heads
     assert count_params(model) == record["params_after"] < 0.6 * record["params_before"]
     if arch == "tiny_gpt2":  # Torch-Pruning's counter skips Conv1D: no figure rather than a wrong one
         assert record["macs_before"] is None and record["macs_after"] is None
@@ -66,26 +67,29 @@ def test_output_layer_is_kept():
     assert model.fc2.out_features == 4
 
 
-def test_round_to_and_layer_ratios():
-    model, _ = prune(mlp(), vector_data(), ratio=0.3, round_to=8)
-    assert model.fc1.out_features % 8 == 0
-    model, _ = prune(mlp(), vector_data(), ratio=0.0, layer_ratios={"fc1": 0.75})
+def test_layer_ratios():
+    model, _ = prune(mlp(), vector_data(), ratio=0.0, layer_ratios={"fc1": 0.75}, round_to=1)
     assert model.fc1.out_features == 8
+    model, _ = prune(mlp(), vector_data(), ratio=0.0, layer_ratios={"fc1": 0.6}, round_to=8)
+    assert model.fc1.out_features == 16  # int(32 * 0.4) = 12, rounded half up to 16
 
 
 def test_macs_target_is_met():
     factory, data_factory = TINY_ARCHS["residual_cnn"]
-    _, record = prune(factory(), data_factory(), macs_reduction=0.5)
+    _, record = prune(factory(), data_factory(), macs_reduction=0.5, round_to=1)  # 8 channels: too few to round
     achieved = 1 - record["macs_after"] / record["macs_before"]
     assert 0.5 <= achieved <= 0.6
 
 
 @pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "bn_scale", "random"])
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
-def test_every_criterion_and_allocation_prunes(importance, allocation):
-    factory, data_factory = TINY_ARCHS["residual_cnn"]
-    model, record = prune(factory(), data_factory(), ratio=0.5, importance=importance, allocation=allocation)
+def test_every_criterion_and_allocation_prunes_to_rounded_widths(importance, allocation):
+    """24 channels cut by half keep 12, rounded to 16 by the default (8 or 16 alike); the rounded
+    cut is re-ranked by each criterion."""
+    params = dict(ratio=0.5, importance=importance, allocation=allocation)
+    model, record = prune(residual_cnn(channels=24), image_data(), **params)
     assert record["params_after"] < record["params_before"]
+    assert model.conv.out_channels == model.stem[0].out_channels == 16
 
 
 def test_taylor_needs_labelled_batches():
@@ -141,9 +145,10 @@ def test_removed_share_grows_with_ratio_and_an_empty_group_is_refused():
 
     x = torch.randn(2, 1, 8, 8)
 
-    def params_after(ratio):
+    def params_after(ratio):  # round_to 1: exact widths, as Torch-Pruning alone would cut them
         model = DigitsResNet()
-        structured_prune(model, StructuredPruneConfig(ratio=ratio), Context(None, x, copy.deepcopy(model), None))
+        config = StructuredPruneConfig(ratio=ratio, round_to=1)
+        structured_prune(model, config, Context(None, x, copy.deepcopy(model), None))
         return count_params(model)
 
     assert params_after(0.5) == 121274
