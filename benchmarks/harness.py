@@ -100,7 +100,11 @@ def measure(
 
 
 def _notes(row: Row) -> list[str]:
-    return [text for text in (row.note, row.reference and f"ratios against `{row.reference}`") if text]
+    return [
+        text
+        for text in (row.note, row.reference not in (None, row.name) and f"ratios against `{row.reference}`")
+        if text
+    ]
 
 
 def write_results(suite: str, rows: list[Row], metric_name: str, out_dir: Path, context: dict) -> Path:
@@ -127,7 +131,7 @@ def write_results(suite: str, rows: list[Row], metric_name: str, out_dir: Path, 
         f"# Benchmark: {suite}",
         "",
         *(f"- {key}: {value}" for key, value in context.items()),
-        f"- ratios and Δ: against `{rows[0].name}` unless a row names its own reference in the notes",
+        f"- ratios and Δ: against `{rows[0].name}`, or the reference a row's note names",
         "",
         f"| row | tool | {metric_name} | Δ vs reference | size (MB) | size ratio | "
         + " | ".join(f"{k.removesuffix('_ms')} ms (ratio)" for k in batch_keys)
