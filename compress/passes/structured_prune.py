@@ -318,8 +318,9 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     if config.head_ratio > 0:
         p = 1 if config.importance == Criterion.l1.value else 2
         removed_heads = prune_heads(model, config.head_ratio, p, random=config.importance == Criterion.random.value)
-        if not removed_heads:  # said, not silent: the model has no attention (unmapped attention raised above)
-            log.warn(f"structured_prune: head_ratio {config.head_ratio}: {type(model).__name__} has no attention heads")
+        if not removed_heads:  # said, not silent (unmapped attention raised above)
+            why = "it is below one head per layer" if head_counts(model) else f"{type(model).__name__} has no attention"
+            log.warn(f"structured_prune: head_ratio {config.head_ratio} removes nothing: {why}")
         _check_forward(model, inputs, output_shape)
     ratio = config.ratio
     if config.macs_reduction is not None:
