@@ -169,6 +169,10 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
     order, _ = _execution_order(model, example_inputs)
     ignored = select_modules(model, config.exclude, types=_prunable(model), owner="structured_prune.exclude")
     ignored = {**ignored, order[-1]: model.get_submodule(order[-1])} if order else ignored
+    # Attention projections are never cut by width (heads go whole, in prune_heads): ignoring them
+    # also spares Torch-Pruning scoring their groups, which it maps out of range through
+    # GPT-NeoX's view + chunk of the fused, per-head interleaved q/k/v.
+    attention = head_groups(model)
     layer_ratios = {m: r for m, r in _layer_ratios(model, config).items() if not is_conv1d(m)}
     try:
         pruner = tp.pruner.BasePruner(
@@ -179,9 +183,9 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
             pruning_ratio=ratio,
             pruning_ratio_dict=layer_ratios or None,
             iterative_steps=config.steps,
-            ignored_layers=list(ignored.values()),
+            ignored_layers=[*ignored.values(), *attention],
             round_to=config.round_to,
-            num_heads=head_groups(model),
+            num_heads=attention,
             prune_head_dims=False,  # heads are removed whole by prune_heads; channels never split one
             output_transform=lambda output: first_tensor(output).sum(),
             **_conv1d_support(model),

@@ -71,13 +71,16 @@ def build(name: str):
 
 
 def _settle_batchnorm(model, inputs, passes: int = 4) -> None:
-    """Give every BatchNorm the running statistics of its own inputs, as a trained model has.
+    """Give every BatchNorm the scale and running statistics a trained model has.
 
-    Fresh BatchNorm layers hold mean 0 / variance 1 whatever their input is; through a deep
-    random CNN (MobileNetV2, EfficientNet) activations then shrink layer by layer to ~0, and
-    the int8 check compares noise. A few seeded forward passes in train mode (cumulative
-    averages, no gradients, no weight change) fix this for every model that has BatchNorm,
-    whatever its family, so it is a property of the zoo, not an option of any row.
+    Fresh BatchNorm layers hold mean 0 / variance 1 whatever their input is, and some Hugging
+    Face inits draw their scales from N(0, 0.02) like a Linear's (EfficientNet); through a deep
+    random CNN (MobileNetV2, EfficientNet) activations then shrink layer by layer to ~1e-35,
+    and the int8 check compares underflow. PyTorch's own BatchNorm init (scale 1, shift 0) and
+    a few seeded forward passes in train mode (cumulative averages, no gradients) give unit-scale
+    activations, as in a trained network. Done for every model that has BatchNorm, whatever its
+    family: a property of the zoo, not an option of any row (a scale-free criterion cannot help:
+    int8 cannot represent activations near 1e-35 at all).
     """
     import torch
 
@@ -88,7 +91,7 @@ def _settle_batchnorm(model, inputs, passes: int = 4) -> None:
     momenta = [norm.momentum for norm in norms]
     model.train()
     for norm in norms:
-        norm.reset_running_stats()
+        norm.reset_parameters()  # scale 1, shift 0, statistics reset
         norm.momentum = None  # cumulative average over the passes
     with torch.no_grad():
         for _ in range(passes):
