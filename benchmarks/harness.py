@@ -3,7 +3,8 @@
 A row is a compressed model (an ONNX file or a torch module) plus the time it took to
 make. Every row is scored on the same held-out data, and timed at the same batch sizes
 and thread count with the rows taking turns in rounds, so that load on a shared machine
-hits all of them alike. Results are reported as ratios against the suite's first row.
+hits all of them alike. Results are reported as ratios against a reference row: the suite's
+first row, or the row a row names as its ``reference`` (a pruned model against its own fp32).
 """
 
 import io
@@ -34,6 +35,7 @@ class Row:
     onnx: Path | None = None
     module: torch.nn.Module | None = None
     note: str = ""
+    reference: str | None = None  # the row its ratios are against; None: the suite's first row
     results: dict[str, Any] = field(default_factory=dict)
 
     def size_bytes(self) -> int:
@@ -97,10 +99,14 @@ def measure(
         row.results["threads"] = threads
 
 
+def _notes(row: Row) -> list[str]:
+    return [text for text in (row.note, row.reference and f"ratios against `{row.reference}`") if text]
+
+
 def write_results(suite: str, rows: list[Row], metric_name: str, out_dir: Path, context: dict) -> Path:
-    """reports/benchmarks/<suite>.json and .md, with ratios against the first row."""
-    base = rows[0].results
-    batch_keys = [k for k in base if k.startswith("bs")]
+    """reports/benchmarks/<suite>.json and .md, with ratios against each row's reference row."""
+    by_name = {r.name: r for r in rows}
+    batch_keys = [k for k in rows[0].results if k.startswith("bs")]
     body = {
         "suite": suite,
         "metric": metric_name,
@@ -111,6 +117,7 @@ def write_results(suite: str, rows: list[Row], metric_name: str, out_dir: Path, 
                 "tool": r.tool,
                 "compress_seconds": round(r.compress_seconds, 2),
                 "note": r.note,
+                "reference": r.reference or rows[0].name,
                 **r.results,
             }
             for r in rows
@@ -120,21 +127,22 @@ def write_results(suite: str, rows: list[Row], metric_name: str, out_dir: Path, 
         f"# Benchmark: {suite}",
         "",
         *(f"- {key}: {value}" for key, value in context.items()),
+        f"- ratios and Δ: against `{rows[0].name}` unless a row names its own reference in the notes",
         "",
-        f"| row | tool | {metric_name} | Δ vs {rows[0].name} | size (MB) | size ratio | "
+        f"| row | tool | {metric_name} | Δ vs reference | size (MB) | size ratio | "
         + " | ".join(f"{k.removesuffix('_ms')} ms (ratio)" for k in batch_keys)
         + " | compress (s) |",
         "|---|---|---|---|---|---|" + "---|" * len(batch_keys) + "---|",
     ]
     for r in rows:
-        res = r.results
+        res, base = r.results, by_name[r.reference or rows[0].name].results
         latencies = " | ".join(f"{res[k]:.2f} ({res[k] / base[k]:.2f}×)" for k in batch_keys)
         lines.append(
             f"| {r.name} | {r.tool} | {res['metric']:.3f} | {res['metric'] - base['metric']:+.3f} "
             f"| {res['size_bytes'] / 1e6:.2f} | {res['size_bytes'] / base['size_bytes']:.3f}× | {latencies} "
             f"| {r.compress_seconds:.1f} |"
         )
-    notes = [f"- **{r.name}**: {r.note}" for r in rows if r.note]
+    notes = [f"- **{r.name}**: " + "; ".join(_notes(r)) for r in rows if _notes(r)]
     lines += ["", *notes, ""] if notes else [""]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / f"{suite}.md", "\n".join(lines))

@@ -78,15 +78,30 @@ class _FlatSignature(torch.nn.Module):
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def _dynamic_shapes(tensors: list[torch.Tensor]) -> tuple:
-    """Batch axis dynamic everywhere; token ids and masks (integer, 2-D) also vary in length."""
-    batch, sequence = Dim("batch"), Dim("sequence")
-    specs = []
+def _axis_names(tensors: list[torch.Tensor]) -> list[dict[int, str]]:
+    """Batch axis dynamic everywhere; token ids and masks (integer, 2-D) also vary in length.
+
+    Token tensors of one example length share a length axis (ids and their mask); another length
+    is another axis (an encoder-decoder's source and target), so neither is bound to the other.
+    """
+    lengths: list[int] = []
+    names = []
     for tensor in tensors:
-        is_tokens = tensor.dim() == 2 and not tensor.is_floating_point()
-        specs.append({0: batch, 1: sequence} if is_tokens else {0: batch})
+        if tensor.dim() == 2 and not tensor.is_floating_point():
+            if tensor.shape[1] not in lengths:
+                lengths.append(tensor.shape[1])
+            index = lengths.index(tensor.shape[1])
+            names.append({0: "batch", 1: f"sequence_{index}" if index else "sequence"})
+        else:
+            names.append({0: "batch"})
+    return names
+
+
+def _dynamic_shapes(tensors: list[torch.Tensor]) -> tuple:
+    axes = _axis_names(tensors)
+    dims = {name: Dim(name) for spec in axes for name in spec.values()}
     # One entry for the wrapper's ``*tensors`` argument.
-    return (tuple(specs),)
+    return (tuple({axis: dims[name] for axis, name in spec.items()} for spec in axes),)
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -126,8 +141,7 @@ def _dynamo_options(tensors, names, output_names, dynamic_batch: bool, external:
 def _torchscript_options(tensors, names, output_names, dynamic_batch: bool, external: bool) -> dict:
     axes = {}
     if dynamic_batch:
-        for name, spec in zip(names, _dynamic_shapes(tensors)[0]):
-            axes[name] = {axis: ("batch" if axis == 0 else "sequence") for axis in spec}
+        axes.update(zip(names, _axis_names(tensors)))
         axes.update({name: {0: "batch"} for name in output_names})
     return {"dynamic_axes": axes or None, "dynamo": False}
 

@@ -24,6 +24,7 @@ from compress.errors import ModelpressError
 from compress.metrics import count_macs, count_params
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
+from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
 from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
 from compress.registry import register_pass
 from compress.select import WEIGHT_LAYERS, select_modules
@@ -301,6 +302,7 @@ def restore(model: torch.nn.Module, record: dict, example_inputs: Any) -> torch.
     """Replay the recorded pruning on a fresh model so saved weights fit it."""
     for name, heads in record.get("removed_heads", {}).items():
         remove_heads(model, name, heads)
+    replay(model, record.get("head_tensors", {}))
     support = _conv1d_support(model)
     graph = tp.DependencyGraph().build_dependency(
         model,
@@ -318,10 +320,13 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     inputs = ctx.example_inputs
     _, output_shape = _execution_order(model, inputs)
     macs_before, params_before = count_macs(model, inputs), count_params(model)
-    removed_heads = {}
+    removed_heads, head_tensors = {}, {}
     if config.head_ratio > 0:
         p = 1 if config.importance == Criterion.l1.value else 2
-        removed_heads = prune_heads(model, config.head_ratio, p, random=config.importance == Criterion.random.value)
+        per_head = find_head_tensors(model, inputs)  # bias tables etc.; one read by several blocks ties them
+        random = config.importance == Criterion.random.value
+        removed_heads = prune_heads(model, config.head_ratio, p, random=random, tied=tied_groups(per_head))
+        head_tensors = cut_head_tensors(model, per_head, removed_heads)
         if not removed_heads:  # said, not silent (unmapped attention raised above)
             why = "it is below one head per layer" if head_counts(model) else f"{type(model).__name__} has no attention"
             log.warn(f"structured_prune: head_ratio {config.head_ratio} removes nothing: {why}")
@@ -346,6 +351,7 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     macs_after, params_after = count_macs(model, inputs), count_params(model)
     ctx.record(
         removed_heads=removed_heads,
+        head_tensors=head_tensors,
         attention_heads=head_counts(model),
         config_updates=update_hf_config(model),
         ratio=ratio,

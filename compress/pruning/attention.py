@@ -139,13 +139,21 @@ def _heads_to_remove(scores: torch.Tensor, ratio: float, kv_heads: int) -> list[
     return sorted(drop)
 
 
-def prune_heads(model: torch.nn.Module, ratio: float, p: int = 2, random: bool = False) -> dict[str, list[int]]:
-    """Remove about ``ratio`` of the query heads, lowest-scoring first, from every attention module."""
+def prune_heads(
+    model: torch.nn.Module, ratio: float, p: int = 2, random: bool = False, tied: list[set[str]] = ()
+) -> dict[str, list[int]]:
+    """Remove about ``ratio`` of the query heads, lowest-scoring first, from every attention module.
+
+    Modules in one ``tied`` group (sharing a per-head tensor, see ``head_tensors``) are ranked
+    by their summed scores, so they lose the same heads.
+    """
     removed = {}
-    for name, (module, layout) in attention_modules(model, strict=True).items():
-        count = layout.heads(module)
-        scores = torch.rand(count) if random else head_scores(model, name, p)
-        drop = _heads_to_remove(scores, ratio, layout.kv_heads(module))
+    found = attention_modules(model, strict=True)
+    ranking = {n: torch.rand(lay.heads(m)) if random else head_scores(model, n, p) for n, (m, lay) in found.items()}
+    for group in tied:
+        ranking.update(dict.fromkeys(group, sum(ranking[n] for n in group)))
+    for name, (module, layout) in found.items():
+        drop = _heads_to_remove(ranking[name], ratio, layout.kv_heads(module))
         if drop:
             removed[name] = drop
             remove_heads(model, name, drop)

@@ -113,4 +113,12 @@ LAYOUTS = (
     AttentionLayout("gpt-neox", ("query_key_value",), "dense", head_size_attr="head_size", interleaved=True),
     AttentionLayout("mpnet", ("q", "k", "v"), "o", "num_attention_heads", ("all_head_size",)),
     AttentionLayout("distilbert", ("q_lin", "k_lin", "v_lin"), "out_lin", "n_heads"),
+    AttentionLayout("t5", ("q", "k", "v"), "o", "n_heads", ("inner_dim",)),
+    AttentionLayout(
+        "deberta",
+        ("query_proj", "key_proj", "value_proj"),
+        "../output.dense",
+        "num_attention_heads",
+        ("all_head_size",),
+    ),
 )

@@ -49,6 +49,31 @@ def test_sequence_axis_is_dynamic_for_token_inputs(tmp_path):
     torch.testing.assert_close(ort_predictor(make_session(exported.path))(longer), expected, atol=1e-4, rtol=0)
 
 
+class SourceTarget(torch.nn.Module):
+    """Two token inputs of different lengths, as an encoder-decoder takes: each keeps its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 4)
+
+    def forward(self, input_ids, decoder_input_ids):
+        return self.embed(decoder_input_ids) + self.embed(input_ids).mean(1, keepdim=True)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_token_inputs_of_different_lengths_get_their_own_axes(exporter, tmp_path):
+    model, ids = SourceTarget(), torch.randint(0, 50, (2, 8))
+    exported = to_onnx(
+        model, {"input_ids": ids, "decoder_input_ids": ids[:, :4]}, tmp_path / "m.onnx", exporter=exporter
+    )
+    session = make_session(exported.path)
+    assert [i.shape for i in session.get_inputs()] == [["batch", "sequence"], ["batch", "sequence_1"]]
+    other = {"input_ids": torch.randint(0, 50, (3, 5)), "decoder_input_ids": torch.randint(0, 50, (3, 7))}
+    with torch.no_grad():
+        expected = model(**other)
+    torch.testing.assert_close(ort_predictor(session)(other), expected, atol=1e-5, rtol=0)
+
+
 def test_graph_structure_op_counts(tmp_path):
     mlp = to_onnx(TINY_ARCHS["mlp"][0](), torch.randn(2, 12), tmp_path / "mlp.onnx")
     counts = op_counts(mlp.path)

@@ -49,7 +49,16 @@ ZOO = {
     "t5": (
         "seq2seq",
         "T5Config",
-        dict(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0),
+        dict(
+            vocab_size=64,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+            use_cache=False,
+        ),
     ),
 }
 
