@@ -178,6 +178,10 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
     order, _ = _execution_order(model, example_inputs)
     ignored = select_modules(model, config.exclude, types=_prunable(model), owner="structured_prune.exclude")
     ignored = {**ignored, order[-1]: model.get_submodule(order[-1])} if order else ignored
+    # Attention projections are never cut by width (heads go whole, in prune_heads): ignoring them
+    # also spares Torch-Pruning scoring their groups, which it maps out of range through
+    # GPT-NeoX's view + chunk of the fused, per-head interleaved q/k/v.
+    attention = head_groups(model)
     layer_ratios = {m: r for m, r in _layer_ratios(model, config).items() if not is_conv1d(m)}
     try:
         pruner = tp.pruner.BasePruner(
@@ -188,9 +192,9 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
             pruning_ratio=ratio,
             pruning_ratio_dict=layer_ratios or None,
             iterative_steps=config.steps,
-            ignored_layers=list(ignored.values()),
+            ignored_layers=[*ignored.values(), *attention],
             round_to=None,  # rounded by round_group, which never empties a narrow layer
-            num_heads=head_groups(model),
+            num_heads=attention,
             prune_head_dims=False,  # heads are removed whole by prune_heads; channels never split one
             output_transform=lambda output: first_tensor(output).sum(),
             **_conv1d_support(model),
@@ -338,8 +342,9 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
         random = config.importance == Criterion.random.value
         removed_heads = prune_heads(model, config.head_ratio, p, random=random, tied=tied_groups(per_head))
         head_tensors = cut_head_tensors(model, per_head, removed_heads)
-        if not removed_heads:  # said, not silent: the model has no attention (unmapped attention raised above)
-            log.warn(f"structured_prune: head_ratio {config.head_ratio}: {type(model).__name__} has no attention heads")
+        if not removed_heads:  # said, not silent (unmapped attention raised above)
+            why = "it is below one head per layer" if head_counts(model) else f"{type(model).__name__} has no attention"
+            log.warn(f"structured_prune: head_ratio {config.head_ratio} removes nothing: {why}")
         _check_forward(model, inputs, output_shape)
     round_to = resolve_round_to(config.round_to)
     ratio = config.ratio

@@ -1,72 +1,27 @@
-"""Attention heads: found by layout, ranked, removed whole, and kept consistent.
+"""Attention heads: found by layout or structure, ranked, removed whole, and kept consistent.
 
-Each layout names a family's query/key/value projections, its output projection and
-its head-count attribute. A head is removed from q/k/v (output rows) and from the
-output projection (input columns) with Torch-Pruning's per-layer cutters, so every
-shape stays consistent; the removed indices are recorded and replayed on resume.
-Families are matched by structure, not class, so relatives (RoBERTa, MiniLM, DeiT)
-need no entry. Tracing alone cannot do this under transformers 5, whose attention
-reshapes with ``-1`` heads and hides the q/k coupling from the dependency graph.
+A layout (``attention_layouts``) names a family's query/key/value projections, its output
+projection and where its head count lives; a module no row names but that looks like
+attention is mapped from its shapes (``attention_structure``), or reported by name. A head
+is removed from q/k/v (output rows) and from the output projection (input columns) with
+Torch-Pruning's per-layer cutters, so every shape stays consistent; the removed indices
+are recorded and replayed on resume. Tracing alone cannot do this under transformers 5,
+whose attention reshapes with ``-1`` heads and hides the q/k coupling from the dependency graph.
 """
 
+import math
 import re
-from dataclasses import dataclass
 
 import torch
 
 from compress.errors import ModelpressError
-from compress.pruning.conv1d import cut_in, cut_out, in_rows, is_conv1d, out_rows, out_width
-
-
-@dataclass(frozen=True)
-class AttentionLayout:
-    family: str
-    projections: tuple[str, ...]  # query, key, value layers; or one fused layer holding [q | k | v]
-    output: str  # output projection, relative to the module ("../" = its parent)
-    heads_attr: str
-    size_attrs: tuple[str, ...] = ()  # attributes holding heads * head size
-
-    def matches(self, module: torch.nn.Module) -> bool:
-        layers = [getattr(module, p, None) for p in self.projections]
-        linear = all(isinstance(layer, torch.nn.Linear) or (layer is not None and is_conv1d(layer)) for layer in layers)
-        return linear and isinstance(getattr(module, self.heads_attr, None), int)
-
-    @property
-    def sections(self) -> int:
-        """How many of q, k, v each projection layer holds."""
-        return 3 // len(self.projections)
-
-    def width(self, module: torch.nn.Module) -> int:
-        """heads * head size: the width of one of q, k, v."""
-        return out_width(getattr(module, self.projections[0])) // self.sections
-
-    def output_layer(self, model: torch.nn.Module, name: str) -> torch.nn.Module:
-        path = self.output
-        while path.startswith("../"):
-            name, path = name.rpartition(".")[0], path[3:]
-        return model.get_submodule(f"{name}.{path}" if name else path)
-
-
-LAYOUTS = (
-    AttentionLayout("bert", ("query", "key", "value"), "../output.dense", "num_attention_heads", ("all_head_size",)),
-    AttentionLayout("albert", ("query", "key", "value"), "dense", "num_attention_heads", ("all_head_size",)),
-    AttentionLayout("vit", ("q_proj", "k_proj", "v_proj"), "o_proj", "num_attention_heads"),
-    AttentionLayout("gpt2", ("c_attn",), "c_proj", "num_heads", ("split_size",)),
-    AttentionLayout("mpnet", ("q", "k", "v"), "o", "num_attention_heads", ("all_head_size",)),
-    AttentionLayout("distilbert", ("q_lin", "k_lin", "v_lin"), "out_lin", "n_heads"),
-    AttentionLayout("t5", ("q", "k", "v"), "o", "n_heads", ("inner_dim",)),
-    AttentionLayout(
-        "deberta",
-        ("query_proj", "key_proj", "value_proj"),
-        "../output.dense",
-        "num_attention_heads",
-        ("all_head_size",),
-    ),
-)
+from compress.pruning.attention_layouts import LAYOUTS, AttentionLayout
+from compress.pruning.attention_structure import layout_by_structure, looks_like_attention
+from compress.pruning.conv1d import cut_in, cut_out, in_rows, out_rows, out_width
 
 # FFN up-projections and the config field that holds their common width.
 FFN_FIELDS = (
-    (re.compile(r".*(intermediate\.dense|mlp\.fc1)$"), "intermediate_size"),
+    (re.compile(r".*(intermediate\.dense|mlp\.(fc1|gate_proj|up_proj|dense_h_to_4h))$"), "intermediate_size"),
     (re.compile(r".*mlp\.c_fc$"), "n_inner"),
 )
 
@@ -78,16 +33,6 @@ def _has_output(layout: AttentionLayout, model: torch.nn.Module, name: str) -> b
         return False
 
 
-def _declares_heads(module: torch.nn.Module) -> bool:
-    """A module holding a head count and q/k/v Linear layers: attention, whether or not a layout maps it.
-
-    Two Linear children at least: torch's MultiheadAttention keeps q/k/v in one parameter (only
-    its output projection is a Linear) and its heads are not cut; it is warned about instead.
-    """
-    counts = [v for k, v in vars(module).items() if "head" in k and isinstance(v, int) and not isinstance(v, bool)]
-    return bool(counts) and sum(isinstance(child, torch.nn.Linear) for child in module.children()) >= 2
-
-
 class AttentionMapError(ModelpressError):
     """Attention heads were asked for, but the model's attention cannot be mapped."""
 
@@ -95,26 +40,40 @@ class AttentionMapError(ModelpressError):
 Found = dict[str, tuple[torch.nn.Module, AttentionLayout]]
 
 
-def attention_modules(model: torch.nn.Module, strict: bool = False) -> Found:
-    """Attention modules whose q/k/v and output projection are all found.
+def _layout(model: torch.nn.Module, name: str, module: torch.nn.Module) -> AttentionLayout | None:
+    """The first layout row whose output projection resolves, else one read from structure.
 
-    Layouts sharing projection names differ by where the output projection sits (BERT: the
-    parent's ``output.dense``; ALBERT: the module's own ``dense``); the first that resolves wins.
-    A module matching none is skipped, or with ``strict`` reported in one line.
+    Rows sharing projection names differ by where the output projection sits (BERT: the
+    parent's ``output.dense``; ALBERT: the module's own ``dense``).
     """
-    found = {}
+    candidates = [lay for lay in LAYOUTS if lay.matches(module)]
+    layout = next((lay for lay in candidates if _has_output(lay, model, name)), None)
+    if layout is None and looks_like_attention(module):
+        layout = layout_by_structure(model, name, module)
+    return layout
+
+
+def attention_modules(model: torch.nn.Module, strict: bool = False) -> Found:
+    """Attention modules whose q/k/v and output projection are all found (by layout or structure).
+
+    With ``strict``, a module that looks like attention but cannot be mapped is reported, by
+    name, in one line, before anything is cut.
+    """
+    found, unmapped = {}, []
     for name, module in model.named_modules():
-        candidates = [lay for lay in LAYOUTS if lay.matches(module)]
-        layout = next((lay for lay in candidates if _has_output(lay, model, name)), None)
-        if layout is None:
-            if strict and candidates:
-                raise AttentionMapError(
-                    f"structured_prune: attention module {name!r} ({type(module).__name__}) has q/k/v projections "
-                    f"but no output projection at {' or '.join(repr(lay.output) for lay in candidates)}, "
-                    "so its heads cannot be removed; set head_ratio: 0"
-                )
-            continue
-        found[name] = (module, layout)
+        layout = _layout(model, name, module)
+        if layout is not None:
+            found[name] = (module, layout)
+        elif looks_like_attention(module):
+            unmapped.append(name)
+    if strict and unmapped:
+        module = model.get_submodule(unmapped[0])
+        raise AttentionMapError(
+            f"structured_prune: cannot map the attention heads of module {unmapped[0]!r} ({type(module).__name__}"
+            f"{f' and {len(unmapped) - 1} more' if len(unmapped) > 1 else ''}): no q/k/v projections fed by one "
+            "input with an output projection reading them were found (known layouts: "
+            f"{', '.join(lay.family for lay in LAYOUTS)}); set head_ratio: 0"
+        )
     return found
 
 
@@ -122,73 +81,87 @@ def head_groups(model: torch.nn.Module) -> dict[torch.nn.Module, int]:
     """Torch-Pruning's ``num_heads``, so channel pruning never splits a head."""
     groups = {}
     for module, layout in attention_modules(model).values():
-        for projection in layout.projections:
-            groups[getattr(module, projection)] = getattr(module, layout.heads_attr) * layout.sections
+        heads, kv_heads = layout.heads(module), layout.kv_heads(module)
+        for i, projection in enumerate(layout.projections):
+            groups[getattr(module, projection)] = heads * layout.sections if i == 0 else kv_heads
     return groups
 
 
 def head_scores(model: torch.nn.Module, name: str, p: int) -> torch.Tensor:
-    """Lp norm of each head's weights in q, k, v and the output projection."""
+    """Lp norm of each query head's weights in q (k, v when not shared) and the output projection."""
     module, layout = attention_modules(model)[name]
-    heads = getattr(module, layout.heads_attr)
-    parts = []
-    for projection in layout.projections:
-        rows = out_rows(getattr(module, projection))  # [sections * heads * size, in]
-        parts += [section.reshape(heads, -1) for section in rows.chunk(layout.sections)]
-    parts.append(in_rows(layout.output_layer(model, name)).reshape(heads, -1))
-    return torch.cat(parts, dim=1).norm(p=p, dim=1)
+    output = in_rows(layout.output_layer(model, name))
+    scores = []
+    for head in range(layout.heads(module)):
+        rows = layout.rows(module, [head])
+        parts = [out_rows(getattr(module, projection))[idx].flatten() for projection, idx in rows.items()]
+        parts.append(output[layout.columns(module, [head])].flatten())
+        scores.append(torch.cat(parts).norm(p=p))
+    return torch.stack(scores)
 
 
 def remove_heads(model: torch.nn.Module, name: str, heads: list[int]) -> None:
-    """Cut ``heads`` out of the attention module ``name`` and update its attributes."""
+    """Cut the query heads ``heads`` out of the attention module ``name`` and update its attributes."""
     module, layout = attention_modules(model)[name]
-    count, width = getattr(module, layout.heads_attr), layout.width(module)
-    size = width // count
-    channels = [h * size + i for h in sorted(heads) for i in range(size)]
-    for projection in layout.projections:
-        cut_out(getattr(module, projection), [s * width + c for s in range(layout.sections) for c in channels])
-    cut_in(layout.output_layer(model, name), channels)
-    setattr(module, layout.heads_attr, count - len(heads))
+    count, kv_heads = layout.heads(module), layout.kv_heads(module)
+    rows, columns = layout.rows(module, heads), layout.columns(module, heads)
+    for projection, idx in rows.items():
+        cut_out(getattr(module, projection), idx)
+    cut_in(layout.output_layer(model, name), columns)
+    if layout.heads_attr:
+        setattr(module, layout.heads_attr, count - len(heads))
+    if layout.groups_attr and kv_heads != count:
+        setattr(module, layout.groups_attr, (count - len(heads)) // kv_heads)
     for attr in layout.size_attrs:
         setattr(module, attr, layout.width(module))
+
+
+def _heads_to_remove(scores: torch.Tensor, ratio: float, kv_heads: int) -> list[int]:
+    """The lowest-scoring ``round(ratio * heads)`` query heads, the same number from each key/value group.
+
+    Under grouped-query attention (query head h reads key/value head h // group) every group
+    must keep the same size, since the module repeats each key/value head ``group`` times.
+    Query heads are removed within each group and key/value heads are kept: a key/value head
+    serves its whole group, and models with few of them (Qwen2-0.5B: 2) would lose half their
+    attention with one. The count is rounded up to a multiple of the groups, so a ratio never
+    rounds to nothing per group when it asks for a head; at least one query head per group stays.
+    """
+    heads = len(scores)
+    pools = kv_heads if kv_heads < heads else 1
+    size = heads // pools
+    per_pool = min(math.ceil(round(ratio * heads) / pools), size - 1)
+    if per_pool <= 0:
+        return []
+    drop = []
+    for pool in range(pools):
+        lowest = torch.topk(scores[pool * size : (pool + 1) * size], per_pool, largest=False).indices
+        drop += (lowest + pool * size).tolist()
+    return sorted(drop)
 
 
 def prune_heads(
     model: torch.nn.Module, ratio: float, p: int = 2, random: bool = False, tied: list[set[str]] = ()
 ) -> dict[str, list[int]]:
-    """Remove ``round(ratio * heads)`` lowest-scoring heads from every attention module.
+    """Remove about ``ratio`` of the query heads, lowest-scoring first, from every attention module.
 
     Modules in one ``tied`` group (sharing a per-head tensor, see ``head_tensors``) are ranked
     by their summed scores, so they lose the same heads.
     """
     removed = {}
     found = attention_modules(model, strict=True)
-    unmapped = [name for name, m in model.named_modules() if _declares_heads(m)]
-    if not found and unmapped:
-        raise AttentionMapError(
-            f"structured_prune: head_ratio {ratio} asks for attention heads, but the attention of "
-            f"{type(model).__name__} (e.g. module {unmapped[0]!r}) could not be mapped "
-            f"(known layouts: {', '.join(lay.family for lay in LAYOUTS)}); set head_ratio: 0"
-        )
-    ranking = {
-        n: torch.rand(getattr(m, lay.heads_attr)) if random else head_scores(model, n, p)
-        for n, (m, lay) in found.items()
-    }
+    ranking = {n: torch.rand(lay.heads(m)) if random else head_scores(model, n, p) for n, (m, lay) in found.items()}
     for group in tied:
         ranking.update(dict.fromkeys(group, sum(ranking[n] for n in group)))
     for name, (module, layout) in found.items():
-        count = getattr(module, layout.heads_attr)
-        drop = min(round(ratio * count), count - 1)
-        if drop == 0:
-            continue
-        scores = ranking[name]
-        removed[name] = sorted(torch.topk(scores, drop, largest=False).indices.tolist())
-        remove_heads(model, name, removed[name])
+        drop = _heads_to_remove(ranking[name], ratio, layout.kv_heads(module))
+        if drop:
+            removed[name] = drop
+            remove_heads(model, name, drop)
     return removed
 
 
 def head_counts(model: torch.nn.Module) -> dict[str, int]:
-    return {name: getattr(m, lay.heads_attr) for name, (m, lay) in attention_modules(model).items()}
+    return {name: lay.heads(m) for name, (m, lay) in attention_modules(model).items()}
 
 
 def update_hf_config(model: torch.nn.Module) -> dict[str, int]:
@@ -200,7 +173,8 @@ def update_hf_config(model: torch.nn.Module) -> dict[str, int]:
     Returns the fields it changed.
     """
     changed = {}
-    head_dims = {getattr(m, "head_dim", None) for m, lay in attention_modules(model).values() if lay.family == "vit"}
+    found = attention_modules(model).values()
+    head_dims = {getattr(m, "head_dim", None) for m, lay in found if lay.config_head_dim}
     counts = set(head_counts(model).values())
     for owner in {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}.values():
         for pattern, field in FFN_FIELDS:

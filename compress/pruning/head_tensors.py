@@ -38,7 +38,7 @@ def _layers_of(model: torch.nn.Module, found: Found) -> set[int]:
 
 def _candidates(model: torch.nn.Module, found: Found) -> dict[str, torch.Tensor]:
     """Floating tensors with a dimension as long as some block's head count, outside the projections."""
-    counts = {getattr(m, lay.heads_attr) for m, lay in found.values()}
+    counts = {lay.heads(m) for m, lay in found.values()}
     skip = _layers_of(model, found)
     tensors = dict(model.named_parameters())
     tensors.update((n, b) for n, b in model.named_buffers() if b.is_floating_point() and b.is_leaf)
@@ -69,7 +69,7 @@ def _signals(model: torch.nn.Module, found: Found, inputs) -> dict[str, list[tup
     signals: dict[str, list] = {name: [] for name in found}
     hooks = []
     for name, (module, layout) in found.items():
-        heads = getattr(module, layout.heads_attr)
+        heads = layout.heads(module)
 
         def take_inputs(_, args, kwargs, name=name, heads=heads):
             values = [*args, *kwargs.values()]
@@ -127,7 +127,7 @@ def _readers(found: Found, candidates: dict, signals: dict) -> list[HeadTensor]:
     owned = {name: {id(t) for t in [*m.parameters(), *m.buffers()]} for name, (m, _) in found.items()}
     for name, seen in signals.items():
         module, layout = found[name]
-        heads = getattr(module, layout.heads_attr)
+        heads = layout.heads(module)
         for signal, head_of, *own in seen:
             # The output projection's input also depends on earlier blocks' tensors through the
             # hidden states: it speaks for the block's own tensors only.

@@ -74,7 +74,39 @@ def build(name: str):
     family, config_class, fields = ZOO[name]
     torch.manual_seed(0)
     config = getattr(transformers, config_class)(**fields)
-    return transformers.AutoModel.from_config(config).eval()
+    model = transformers.AutoModel.from_config(config)
+    _settle_batchnorm(model, example_inputs(name))
+    return model.eval()
+
+
+def _settle_batchnorm(model, inputs, passes: int = 4) -> None:
+    """Give every BatchNorm the scale and running statistics a trained model has.
+
+    Fresh BatchNorm layers hold mean 0 / variance 1 whatever their input is, and some Hugging
+    Face inits draw their scales from N(0, 0.02) like a Linear's (EfficientNet); through a deep
+    random CNN (MobileNetV2, EfficientNet) activations then shrink layer by layer to ~1e-35,
+    and the int8 check compares underflow. PyTorch's own BatchNorm init (scale 1, shift 0) and
+    a few seeded forward passes in train mode (cumulative averages, no gradients) give unit-scale
+    activations, as in a trained network. Done for every model that has BatchNorm, whatever its
+    family: a property of the zoo, not an option of any row (a scale-free criterion cannot help:
+    int8 cannot represent activations near 1e-35 at all).
+    """
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or not isinstance(inputs, torch.Tensor):
+        return
+    g = torch.Generator().manual_seed(2)
+    momenta = [norm.momentum for norm in norms]
+    model.train()
+    for norm in norms:
+        norm.reset_parameters()  # scale 1, shift 0, statistics reset
+        norm.momentum = None  # cumulative average over the passes
+    with torch.no_grad():
+        for _ in range(passes):
+            model(torch.randn(inputs.shape, generator=g))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
 
 
 def example_inputs(name: str):

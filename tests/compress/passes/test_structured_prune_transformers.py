@@ -98,3 +98,23 @@ def test_macs_target_on_gpt2_is_refused_clearly():
     ctx = Context(data, data.eval[0][0], copy.deepcopy(model), lambda m, split="eval": 0.0)
     with pytest.raises(PruneError, match="macs_reduction needs MACs.*Conv1D"):
         structured_prune(model, StructuredPruneConfig(macs_reduction=0.3), ctx)
+
+
+def test_llama_gqa_heads_and_channels_config_describes_the_pruned_model(tmp_path):
+    """Grouped-query attention + rotary + RMSNorm: pruned, still consistent, and reloadable from its config."""
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=32, use_cache=False,
+    )  # fmt: skip
+    model, ids = LlamaModel(config).eval(), torch.randint(2, 64, (2, 8))
+    ctx = Context(None, {"input_ids": ids}, copy.deepcopy(model), None)
+    model = structured_prune(model, StructuredPruneConfig(ratio=0.3, head_ratio=0.25), ctx)
+    assert ctx.facts["config_updates"] == {"intermediate_size": 44, "head_dim": 8, "num_attention_heads": 2}
+    assert head_counts(model) == {"layers.0.self_attn": 2, "layers.1.self_attn": 2}
+    model.save_pretrained(tmp_path)
+    reloaded = LlamaModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).last_hidden_state, model(ids).last_hidden_state, atol=0, rtol=0)
