@@ -26,6 +26,7 @@ from compress.pruning.attention import head_counts, head_groups, prune_heads, re
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
 from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
 from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
+from compress.pruning.plan_check import CutFailed, simulate
 from compress.registry import register_pass
 from compress.select import WEIGHT_LAYERS, select_modules
 from compress.training import fit_to_teacher
@@ -55,6 +56,9 @@ class StructuredPruneConfig(PassConfig):
     layer_ratios: ratio per layer name or ``re:`` pattern, overriding ``ratio`` there.
     round_to: keep widths a multiple of this (e.g. 8) for hardware-friendly kernels.
     exclude: layers never pruned; the layer producing the output is always kept.
+    auto_exclude: the plan is first tried on a copy; layers whose cut breaks the model (e.g. the
+        stage feeding Swin's patch merging) are excluded, with a warning and the reason in the
+        record. Off, that is an error listing them all as one ``exclude`` that works.
     head_ratio: share of attention heads removed whole from each attention layer (transformers).
     steps: prune in this many steps; ``finetune_steps`` optimizer steps towards the teacher between them.
 
@@ -71,6 +75,7 @@ class StructuredPruneConfig(PassConfig):
     head_ratio: Ratio = 0.0
     round_to: int | None = Field(None, ge=1, le=1024)
     exclude: list[str] = Field(default_factory=list)
+    auto_exclude: bool = True
     steps: int = Field(1, ge=1, le=100)
     finetune_steps: int = Field(0, ge=0, le=1_000_000)
     finetune_lr: float = Field(1e-4, gt=0.0, le=1.0)
@@ -311,6 +316,39 @@ def restore(model: torch.nn.Module, record: dict, example_inputs: Any) -> torch.
     return model
 
 
+def _plan_exclusions(model, config: StructuredPruneConfig, inputs, ratio: float) -> dict[str, str]:
+    """Layers whose cut would break the model, with why: the plan is cut on copies first (plan_check)."""
+    if ratio == 0 and not config.layer_ratios:
+        return {}
+    # Whether a cut breaks the model does not depend on which channels go: gradients are not needed.
+    importance = Criterion.l2.value if config.importance in NEEDS_GRADIENTS else config.importance
+
+    def cut(trial: torch.nn.Module, extra: list[str]) -> tp.pruner.BasePruner:
+        update = {"exclude": [*config.exclude, *extra], "steps": 1, "importance": importance}
+        pruner = _build_pruner(trial, config.model_copy(update=update), inputs, ratio)
+        try:
+            _step(pruner, trial)
+        except PruneError as exc:
+            raise CutFailed(_failing_layer(pruner, trial).strip("?"), str(exc).removeprefix("structured_prune: ")) from None
+        return pruner
+
+    try:
+        breakages = simulate(model, cut, inputs, _prunable(model))
+    except CutFailed as exc:
+        raise PruneError(f"structured_prune: {exc}") from None
+    exclusions = {layer: b.reason() for b in breakages for layer in b.layers}
+    if not exclusions:
+        return {}
+    broken = "; ".join(f"{b.module!r} in {b.block} ({b.error})" for b in breakages)
+    if not config.auto_exclude:
+        raise PruneError(
+            f"structured_prune: the pruning plan breaks {len(breakages)} module(s): {broken}; "
+            f"add these in one step: exclude: {list(exclusions)} (or set auto_exclude: true)"
+        )
+    log.warn(f"structured_prune: not pruning {list(exclusions)}: cutting them breaks {broken}")
+    return exclusions
+
+
 @register_pass("structured_prune", StructuredPruneConfig, restore=restore)
 def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx) -> torch.nn.Module:
     inputs = ctx.example_inputs
@@ -327,6 +365,9 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
             log.warn(f"structured_prune: head_ratio {config.head_ratio}: {type(model).__name__} has no attention heads")
         _check_forward(model, inputs, output_shape)
     ratio = config.ratio
+    # Breakage does not depend on how much is cut, so a macs target is checked at a probe ratio.
+    auto_excluded = _plan_exclusions(model, config, inputs, 0.5 if config.macs_reduction else ratio)
+    config = config.model_copy(update={"exclude": [*config.exclude, *auto_excluded]})
     if config.macs_reduction is not None:
         ratio = _ratio_forcount_macs(model, config, inputs, config.macs_reduction)
     pruner = _build_pruner(model, config, inputs, ratio)
@@ -346,6 +387,7 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     macs_after, params_after = count_macs(model, inputs), count_params(model)
     ctx.record(
         removed_heads=removed_heads,
+        auto_excluded=auto_excluded,
         head_tensors=head_tensors,
         attention_heads=head_counts(model),
         config_updates=update_hf_config(model),
