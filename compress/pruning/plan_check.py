@@ -86,13 +86,18 @@ def _culprits(pruner: tp.pruner.BasePruner, trial: torch.nn.Module, where: str, 
     module = trial.get_submodule(where)
     # A container failing in its own code: its first traced submodule stands for it.
     traced = [m for m in module.modules() if m in pruner.DG.module2node]
-    suspects = set(traced[:1]) | (_producers(pruner.DG, traced[0], prunable) if traced else set())
+    producers = _producers(pruner.DG, traced[0], prunable) if traced else set()
+
+    def cuts(dep) -> bool:  # the module itself, or a producer's output width (not a consumer's input)
+        output = pruner.DG.is_out_channel_pruning_fn(dep.handler)
+        return dep.target.module in traced[:1] or (output and dep.target.module in producers)
+
     roots = []
     for group in pruner.DG.get_all_groups(
         ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
     ):
         root = group[0].dep.target.module
-        if isinstance(root, prunable) and any(dep.target.module in suspects for dep, _ in group):
+        if isinstance(root, prunable) and any(cuts(dep) for dep, _ in group):
             roots.append(root)
     return roots
 

@@ -12,7 +12,7 @@ from tests.zoo.run import FP32_ATOL, INT8_MIN_COSINE, run
 # Rows seen to pass end to end; a regression in any of them fails the test.
 PASSING = {
     "bert", "distilbert", "roberta", "albert", "electra", "deberta-v2", "mpnet", "xlm-roberta", "vit", "deit",
-    "beit", "resnet", "convnext", "regnet", "gpt2", "t5",
+    "beit", "swin", "resnet", "convnext", "regnet", "gpt2", "t5",
 }  # fmt: skip
 
 
