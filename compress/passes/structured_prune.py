@@ -327,9 +327,10 @@ def _plan_exclusions(model, config: StructuredPruneConfig, inputs, ratio: float)
         update = {"exclude": [*config.exclude, *extra], "steps": 1, "importance": importance}
         pruner = _build_pruner(trial, config.model_copy(update=update), inputs, ratio)
         try:
-            _step(pruner, trial)
-        except PruneError as exc:
-            raise CutFailed(_failing_layer(pruner, trial).strip("?"), str(exc).removeprefix("structured_prune: ")) from None
+            pruner.step()
+        except Exception as exc:  # noqa: BLE001  (failures surface deep inside Torch-Pruning)
+            cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            raise CutFailed(_failing_layer(pruner, trial).strip("?"), cause) from None
         return pruner
 
     try:

@@ -102,6 +102,11 @@ def _culprits(pruner: tp.pruner.BasePruner, trial: torch.nn.Module, where: str, 
     return roots
 
 
+def _block(model: torch.nn.Module, name: str) -> str:
+    """Type name of the block holding module ``name`` (the kind of block pruning breaks)."""
+    return type(model.get_submodule(name.rpartition(".")[0])).__name__
+
+
 def simulate(
     model: torch.nn.Module,
     cut: Callable[[torch.nn.Module, list[str]], tp.pruner.BasePruner],
@@ -121,8 +126,8 @@ def simulate(
             pruner = cut(trial, extra)
         except CutFailed as exc:
             if not exc.layer or exc.layer in extra:
-                raise
-            breakages.append(Breakage([exc.layer], exc.layer, type(trial.get_submodule(exc.layer)).__name__, str(exc)))
+                raise CutFailed("", f"Torch-Pruning cannot cut module {exc.layer or '?'!r} ({exc})") from None
+            breakages.append(Breakage([exc.layer], exc.layer, _block(trial, exc.layer), str(exc)))
             continue
         failure = forward_failure(trial, example_inputs)
         if failure is None:
@@ -132,6 +137,5 @@ def simulate(
         layers = [names[m] for m in _culprits(pruner, trial, where, prunable) if names[m] not in extra] if where else []
         if not layers:
             raise CutFailed("", f"the model fails in module {where!r} ({error}) and no exclude fixes it")
-        block = type(trial.get_submodule(where.rpartition(".")[0])).__name__ if "." in where else type(trial).__name__
-        breakages.append(Breakage(layers, where, block, error))
+        breakages.append(Breakage(layers, where, _block(trial, where), error))
     raise CutFailed("", f"the plan still breaks after excluding {MAX_ROUNDS} rounds of layers")
