@@ -20,13 +20,13 @@ from pydantic import Field
 from compress import log
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor
-from compress.errors import ModelpressError
+from compress.errors import ModelpressError, SelectionError
 from compress.metrics import count_macs, count_params
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
 from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
 from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
-from compress.pruning.plan_check import CutFailed, simulate
+from compress.pruning.plan_check import CutFailed, groups_cutting, simulate
 from compress.registry import register_pass
 from compress.select import WEIGHT_LAYERS, select_modules
 from compress.training import fit_to_teacher
@@ -55,7 +55,8 @@ class StructuredPruneConfig(PassConfig):
     allocation: ``uniform`` (same ratio per group) or ``global`` (one ranking across groups).
     layer_ratios: ratio per layer name or ``re:`` pattern, overriding ``ratio`` there.
     round_to: keep widths a multiple of this (e.g. 8) for hardware-friendly kernels.
-    exclude: layers never pruned; the layer producing the output is always kept.
+    exclude: layers never pruned; the layer producing the output is always kept. A norm or a
+        block (e.g. a patch merging) keeps the widths of the groups that cut it or its input.
     auto_exclude: the plan is first tried on a copy; layers whose cut breaks the model (e.g. the
         stage feeding Swin's patch merging) are excluded, with a warning and the reason in the
         record. Off, that is an error listing them all as one ``exclude`` that works.
@@ -173,7 +174,9 @@ def _prune_custom_layers(pruner: tp.pruner.BasePruner, ratios: dict, initial: di
 
 def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: float) -> tp.pruner.BasePruner:
     order, _ = _execution_order(model, example_inputs)
-    ignored = select_modules(model, config.exclude, types=_prunable(model), owner="structured_prune.exclude")
+    layers, others = _split_exclude(model, config.exclude)
+    ignored = select_modules(model, layers, types=_prunable(model), owner="structured_prune.exclude")
+    others = select_modules(model, others, owner="structured_prune.exclude")
     ignored = {**ignored, order[-1]: model.get_submodule(order[-1])} if order else ignored
     layer_ratios = {m: r for m, r in _layer_ratios(model, config).items() if not is_conv1d(m)}
     try:
@@ -198,8 +201,22 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "exclude the layer it names, or use magnitude_prune"
         ) from None
+    for name in others:  # a norm or block stands for the groups that cut it or its input
+        pruner.ignored_layers.extend(groups_cutting(pruner, model, name, _prunable(model)))
     _keep_output_widths(pruner)
     return pruner
+
+
+def _split_exclude(model: torch.nn.Module, patterns: list[str]) -> tuple[list[str], list[str]]:
+    """Exclude patterns naming Linear/Conv layers, and the rest (norms, blocks)."""
+    layers = []
+    for pattern in patterns:
+        try:
+            select_modules(model, [pattern], types=_prunable(model))
+            layers.append(pattern)
+        except SelectionError:
+            pass
+    return layers, [p for p in patterns if p not in layers]
 
 
 def _keep_output_widths(pruner: tp.pruner.BasePruner) -> None:

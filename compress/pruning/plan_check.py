@@ -7,7 +7,8 @@ such a failure names one module per run, often a norm that ``exclude`` cannot ta
 the plan is cut on a deep copy; each module that fails is traced back, through the same graph,
 to the prunable layers whose groups cut it or its input, those are excluded, and the copy is
 cut again, until it runs. What comes out is one ``exclude`` list of Linear/Conv layers that
-makes the plan work in one step.
+makes the plan work in one step. ``groups_cutting`` also lets ``exclude`` name a norm or a
+whole block: it stands for the groups that cut it or its input.
 """
 
 import copy
@@ -81,16 +82,14 @@ def _producers(graph: tp.DependencyGraph, module: torch.nn.Module, prunable: tup
     return found
 
 
-def _culprits(pruner: tp.pruner.BasePruner, trial: torch.nn.Module, where: str, prunable: tuple[type, ...]) -> list:
-    """Roots of the groups that cut ``where`` itself or the layers producing its input."""
-    module = trial.get_submodule(where)
-    # A container failing in its own code: its first traced submodule stands for it.
-    traced = [m for m in module.modules() if m in pruner.DG.module2node]
-    producers = _producers(pruner.DG, traced[0], prunable) if traced else set()
+def groups_cutting(pruner: tp.pruner.BasePruner, model: torch.nn.Module, name: str, prunable: tuple[type, ...]) -> list:
+    """Roots of the groups that cut module ``name`` (a layer, a norm, or every module of a block) or its input."""
+    traced = {m for m in model.get_submodule(name).modules() if m in pruner.DG.module2node}
+    producers = set().union(*(_producers(pruner.DG, m, prunable) for m in traced))
 
     def cuts(dep) -> bool:  # the module itself, or a producer's output width (not a consumer's input)
         output = pruner.DG.is_out_channel_pruning_fn(dep.handler)
-        return dep.target.module in traced[:1] or (output and dep.target.module in producers)
+        return dep.target.module in traced or (output and dep.target.module in producers)
 
     roots = []
     for group in pruner.DG.get_all_groups(
@@ -134,7 +133,9 @@ def simulate(
             return breakages
         where, error = failure
         names = {m: name for name, m in trial.named_modules()}
-        layers = [names[m] for m in _culprits(pruner, trial, where, prunable) if names[m] not in extra] if where else []
+        layers = (
+            [names[m] for m in groups_cutting(pruner, trial, where, prunable) if names[m] not in extra] if where else []
+        )
         if not layers:
             raise CutFailed("", f"the model fails in module {where!r} ({error}) and no exclude fixes it")
         breakages.append(Breakage(layers, where, _block(trial, where), error))

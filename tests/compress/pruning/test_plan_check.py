@@ -66,7 +66,9 @@ def exclude_from(error: PruneError) -> list[str]:
 
 
 def test_every_breaking_layer_is_listed_once_and_the_list_works():
-    with pytest.raises(PruneError, match=r"breaks 2 module\(s\): 'merge1.norm' in PatchMerging .*'merge2.norm'") as info:
+    with pytest.raises(
+        PruneError, match=r"breaks 2 module\(s\): 'merge1.norm' in PatchMerging .*'merge2.norm'"
+    ) as info:
         prune(hierarchical(), auto_exclude=False)
     exclude = exclude_from(info.value)
     assert exclude == ["embed", "merge1.reduction"]  # the two residual streams feeding the merges
@@ -98,3 +100,9 @@ def test_models_that_prune_cleanly_are_cut_as_before(arch):
     assert records[0]["auto_excluded"] == records[1]["auto_excluded"] == {}
     assert records[0]["widths"] == records[1]["widths"]
     assert records[0]["pruning_history"] == records[1]["pruning_history"]
+
+
+def test_exclude_takes_a_norm_or_a_whole_block():
+    for exclude in (["merge1.norm", "merge2.norm"], ["merge1", "merge2"]):
+        model, _ = prune(hierarchical(), auto_exclude=False, exclude=exclude)
+        assert model.merge1.norm.normalized_shape == (32,) and model.stage1.fc1.out_features == 8
