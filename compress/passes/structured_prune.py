@@ -22,12 +22,13 @@ from pydantic import Field
 from compress import log
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor
-from compress.errors import ModelpressError
+from compress.errors import ModelpressError, SelectionError
 from compress.metrics import count_macs, count_params
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
 from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
 from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
+from compress.pruning.plan_check import CutFailed, groups_cutting, simulate
 from compress.pruning.widths import AUTO, resolve_round_to, round_group, rounded_width
 from compress.registry import register_pass
 from compress.select import WEIGHT_LAYERS, select_modules
@@ -57,7 +58,11 @@ class StructuredPruneConfig(PassConfig):
     allocation: ``uniform`` (same ratio per group) or ``global`` (one ranking across groups).
     layer_ratios: ratio per layer name or ``re:`` pattern, overriding ``ratio`` there.
     round_to: every pruned width becomes a multiple of this (1: exact widths); auto: 8.
-    exclude: layers never pruned; the layer producing the output is always kept.
+    exclude: layers never pruned; the layer producing the output is always kept. A norm or a
+        block (e.g. a patch merging) keeps the widths of the groups that cut it or its input.
+    auto_exclude: the plan is first tried on a copy; layers whose cut breaks the model (e.g. the
+        stage feeding Swin's patch merging) are excluded, with a warning and the reason in the
+        record. Off, that is an error listing them all as one ``exclude`` that works.
     head_ratio: share of attention heads removed whole from each attention layer (transformers).
     steps: prune in this many steps; ``finetune_steps`` optimizer steps towards the teacher between them.
 
@@ -79,6 +84,7 @@ class StructuredPruneConfig(PassConfig):
     head_ratio: Ratio = 0.0
     round_to: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = AUTO
     exclude: list[str] = Field(default_factory=list)
+    auto_exclude: bool = True
     steps: int = Field(1, ge=1, le=100)
     finetune_steps: int = Field(0, ge=0, le=1_000_000)
     finetune_lr: float = Field(1e-4, gt=0.0, le=1.0)
@@ -176,7 +182,9 @@ def _prune_custom_layers(
 
 def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: float) -> tp.pruner.BasePruner:
     order, _ = _execution_order(model, example_inputs)
-    ignored = select_modules(model, config.exclude, types=_prunable(model), owner="structured_prune.exclude")
+    layers, others = _split_exclude(model, config.exclude)
+    ignored = select_modules(model, layers, types=_prunable(model), owner="structured_prune.exclude")
+    others = select_modules(model, others, owner="structured_prune.exclude")
     ignored = {**ignored, order[-1]: model.get_submodule(order[-1])} if order else ignored
     # Attention projections are never cut by width (heads go whole, in prune_heads): ignoring them
     # also spares Torch-Pruning scoring their groups, which it maps out of range through
@@ -205,8 +213,22 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "exclude the layer it names, or use magnitude_prune"
         ) from None
+    for name in others:  # a norm or block stands for the groups that cut it or its input
+        pruner.ignored_layers.extend(groups_cutting(pruner, model, name, _prunable(model)))
     _keep_output_widths(pruner)
     return pruner
+
+
+def _split_exclude(model: torch.nn.Module, patterns: list[str]) -> tuple[list[str], list[str]]:
+    """Exclude patterns naming Linear/Conv layers, and the rest (norms, blocks)."""
+    layers = []
+    for pattern in patterns:
+        try:
+            select_modules(model, [pattern], types=_prunable(model))
+            layers.append(pattern)
+        except SelectionError:
+            pass
+    return layers, [p for p in patterns if p not in layers]
 
 
 def _keep_output_widths(pruner: tp.pruner.BasePruner) -> None:
@@ -330,6 +352,40 @@ def restore(model: torch.nn.Module, record: dict, example_inputs: Any) -> torch.
     return model
 
 
+def _plan_exclusions(model, config: StructuredPruneConfig, inputs, ratio: float) -> dict[str, str]:
+    """Layers whose cut would break the model, with why: the plan is cut on copies first (plan_check)."""
+    if ratio == 0 and not config.layer_ratios:
+        return {}
+    # Whether a cut breaks the model does not depend on which channels go: gradients are not needed.
+    importance = Criterion.l2.value if config.importance in NEEDS_GRADIENTS else config.importance
+
+    def cut(trial: torch.nn.Module, extra: list[str]) -> tp.pruner.BasePruner:
+        update = {"exclude": [*config.exclude, *extra], "steps": 1, "importance": importance}
+        pruner = _build_pruner(trial, config.model_copy(update=update), inputs, ratio)
+        try:
+            pruner.step()
+        except Exception as exc:  # noqa: BLE001  (failures surface deep inside Torch-Pruning)
+            cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            raise CutFailed(_failing_layer(pruner, trial).strip("?"), cause) from None
+        return pruner
+
+    try:
+        breakages = simulate(model, cut, inputs, _prunable(model))
+    except CutFailed as exc:
+        raise PruneError(f"structured_prune: {exc}") from None
+    exclusions = {layer: b.reason() for b in breakages for layer in b.layers}
+    if not exclusions:
+        return {}
+    broken = "; ".join(f"{b.module!r} in {b.block} ({b.error})" for b in breakages)
+    if not config.auto_exclude:
+        raise PruneError(
+            f"structured_prune: the pruning plan breaks {len(breakages)} module(s): {broken}; "
+            f"add these in one step: exclude: {list(exclusions)} (or set auto_exclude: true)"
+        )
+    log.warn(f"structured_prune: not pruning {list(exclusions)}: cutting them breaks {broken}")
+    return exclusions
+
+
 @register_pass("structured_prune", StructuredPruneConfig, restore=restore)
 def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx) -> torch.nn.Module:
     inputs = ctx.example_inputs
@@ -348,6 +404,9 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
         _check_forward(model, inputs, output_shape)
     round_to = resolve_round_to(config.round_to)
     ratio = config.ratio
+    # Breakage does not depend on how much is cut, so a macs target is checked at a probe ratio.
+    auto_excluded = _plan_exclusions(model, config, inputs, 0.5 if config.macs_reduction else ratio)
+    config = config.model_copy(update={"exclude": [*config.exclude, *auto_excluded]})
     if config.macs_reduction is not None:
         ratio = _ratio_forcount_macs(model, config, inputs, config.macs_reduction)
     pruner = _build_pruner(model, config, inputs, ratio)
@@ -367,6 +426,7 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     macs_after, params_after = count_macs(model, inputs), count_params(model)
     ctx.record(
         removed_heads=removed_heads,
+        auto_excluded=auto_excluded,
         head_tensors=head_tensors,
         attention_heads=head_counts(model),
         config_updates=update_hf_config(model),

@@ -12,8 +12,8 @@ from tests.zoo.run import FP32_ATOL, INT8_MIN_COSINE, run
 # Rows seen to pass end to end; a regression in any of them fails the test.
 PASSING = {
     "bert", "distilbert", "roberta", "albert", "electra", "deberta-v2", "mpnet", "xlm-roberta", "vit", "deit",
-    "beit", "resnet", "mobilenet-v2", "convnext", "regnet", "efficientnet", "gpt2", "llama", "qwen2", "gpt-neox",
-    "t5",
+    "beit", "swin", "resnet", "mobilenet-v2", "convnext", "regnet", "efficientnet", "gpt2", "llama", "qwen2",
+    "gpt-neox", "t5",
 }  # fmt: skip
 
 

@@ -118,10 +118,12 @@ class FixedReshape(torch.nn.Module):
 
 
 def test_layer_that_cannot_be_pruned_is_named_with_the_fix():
-    with pytest.raises(PruneError, match=r"module 'fc1' .*add it to exclude: \['fc1'\]"):
-        prune(FixedReshape(), vector_data(), ratio=0.5)
-    model, _ = prune(FixedReshape(), vector_data(), ratio=0.5, exclude=["fc1"])
+    with pytest.raises(PruneError, match=r"breaks 1 module\(s\): 'fc1' .*exclude: \['fc1'\]"):
+        prune(FixedReshape(), vector_data(), ratio=0.5, auto_exclude=False)
+    model, _ = prune(FixedReshape(), vector_data(), ratio=0.5, exclude=["fc1"], auto_exclude=False)
     assert model.fc1.out_features == 32
+    model, record = prune(FixedReshape(), vector_data(), ratio=0.5)  # auto_exclude finds the same
+    assert list(record["auto_excluded"]) == ["fc1"] and model.fc1.out_features == 32
 
 
 def test_exclude_pattern_matching_nothing_is_an_error():
