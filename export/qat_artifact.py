@@ -1,0 +1,199 @@
+"""The int8 QDQ ONNX artifact of a QAT model, with the scales training learned and observed.
+
+torch.onnx (TorchScript exporter: it writes fake quantization as QuantizeLinear/DequantizeLinear)
+exports the fake-quant model; then each weight's QuantizeLinear, which would re-quantize float
+weights at every run, is folded into an int8 initializer, and each float bias of a Conv/Gemm fed
+by dequantized input and weight becomes int32 with scale input scale x weight scale: the layout
+``onnxruntime.quantization.quantize_static`` writes, which ORT fuses to QLinearConv. Rounding is
+ONNX's (half to even), so the int8 codes are those the fake quantization used.
+
+Parity is checked against the fake-quant torch model (not the float one), within ``parity_steps``
+quantization steps of the last quantized layer's output: ORT requantizes in integer arithmetic
+and can round a value that sits on a half step the other way.
+"""
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from compress.data import TaskData
+from compress.evaluate import Evaluator
+from compress.io import write_atomic
+from compress.quant.fake_quant import quantized_layers
+from compress.recipe import ParitySpec, Recipe
+from export.artifacts import artifacts_dir, file_facts, graph_facts, heldout_inputs
+from export.errors import ExportError
+from export.onnx_export import export_onnx
+from export.runtime import make_session
+from export.validate import compare_outputs
+
+INT8_RANGE = (-128, 127)
+BIASED_OPS = ("Conv", "Gemm")
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _broadcast(values: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    if values.ndim == 0 or values.size == 1:
+        return values.reshape(())
+    shape = [1] * rank
+    shape[axis] = values.size
+    return values.reshape(shape)
+
+
+def fold_weight_quantizers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """QuantizeLinear over a float weight -> an int8 initializer; float biases -> int32 + DequantizeLinear."""
+    graph = model.graph
+    constants = _constants(graph)
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    new_inits, dropped = [], set()
+    for node in list(graph.node):
+        if node.op_type != "QuantizeLinear" or not all(name in constants for name in node.input):
+            continue
+        weight, scale, zero_point = (constants[name] for name in node.input)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        codes = np.rint(weight / _broadcast(scale, weight.ndim, axis)) + _broadcast(zero_point, weight.ndim, axis)
+        info = np.iinfo(zero_point.dtype)
+        codes = np.clip(codes, info.min, info.max).astype(zero_point.dtype)
+        name = f"{node.input[0]}_quantized"
+        new_inits.append(numpy_helper.from_array(codes, name))
+        for user in consumers.get(node.output[0], []):
+            user.input[0] = name
+        graph.node.remove(node)
+        dropped.add(node.input[0])
+    graph.initializer.extend(new_inits)
+    for node in list(graph.node):
+        if node.op_type in BIASED_OPS and len(node.input) == 3 and node.input[2] in constants:
+            _quantize_bias(graph, node, constants, producers, dropped)
+    kept = [init for init in graph.initializer if init.name not in dropped or _used(graph, init.name)]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model
+
+
+def _used(graph: onnx.GraphProto, name: str) -> bool:
+    return any(name in node.input for node in graph.node)
+
+
+def _dequantize_scale(node, constants) -> np.ndarray | None:
+    if node is None or node.op_type != "DequantizeLinear" or node.input[1] not in constants:
+        return None
+    return constants[node.input[1]].astype(np.float32)
+
+
+def _quantize_bias(graph, node, constants, producers, dropped) -> None:
+    input_scale = _dequantize_scale(producers.get(node.input[0]), constants)
+    weight_scale = _dequantize_scale(producers.get(node.input[1]), constants)
+    if input_scale is None or weight_scale is None:
+        return  # a layer left in float: its bias stays float too
+    bias = constants[node.input[2]].astype(np.float32)
+    scale = (input_scale.reshape(()) * weight_scale.reshape(-1) * np.ones_like(bias)).astype(np.float32)
+    codes = np.rint(bias / scale).astype(np.int32)
+    base = node.input[2]
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(codes, f"{base}_quantized"),
+            numpy_helper.from_array(scale, f"{base}_scale"),
+            numpy_helper.from_array(np.zeros_like(codes), f"{base}_zero_point"),
+        ]
+    )
+    dequantize = onnx.helper.make_node(
+        "DequantizeLinear",
+        [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+        [f"{base}_dequantized"],
+        name=f"{node.name or base}_bias_DequantizeLinear",
+        axis=0,
+    )
+    graph.node.insert(list(graph.node).index(node), dequantize)
+    node.input[2] = f"{base}_dequantized"
+    dropped.add(base)
+
+
+def output_step(model: torch.nn.Module) -> float:
+    """One quantization step of the last quantized layer's output (the model's, for a classifier head)."""
+    layers = list(quantized_layers(model).values())
+    if not layers:
+        raise ExportError("int8_qat artifact: the model holds no fake quantization; put a qat pass in the recipe")
+    return float(layers[-1].output_quant.scale)
+
+
+def qat_parity(recipe: Recipe, spec, model: torch.nn.Module) -> ParitySpec:
+    """Fake-quant torch vs ORT: ``parity_steps`` output steps, the quantized cosine and agreement floors."""
+    parity = recipe.export.parity
+    return ParitySpec(
+        atol=spec.parity_steps * output_step(model),
+        min_cosine=parity.quantized_min_cosine,
+        min_top1_agreement=parity.quantized_min_top1_agreement,
+        samples=parity.samples,
+    )
+
+
+def build_qat_variant(
+    spec,
+    name: str,
+    fake_quant_model: torch.nn.Module,
+    recipe: Recipe,
+    evaluator: Evaluator,
+    data: TaskData,
+    example_inputs: Any,
+    out_dir: Path,
+) -> dict:
+    """Export the fake-quant model as int8 QDQ ONNX and check it against that model; return its record."""
+    tolerance = qat_parity(recipe, spec, fake_quant_model)
+    path = artifacts_dir(out_dir) / f"{name}.onnx"
+    fake_quant_model.eval()
+    with tempfile.TemporaryDirectory(prefix="modelpress-qat-") as scratch:
+        source = Path(scratch) / "qdq.onnx"
+        export = recipe.export
+        export_onnx(
+            fake_quant_model,
+            example_inputs,
+            source,
+            spec.opset,
+            export.dynamic_batch,
+            export.output_name,
+            exporter="torchscript",
+        )
+        graph = fold_weight_quantizers(onnx.load(str(source)))
+        onnx.checker.check_model(graph)
+        write_atomic(path, lambda tmp: onnx.save(graph, str(tmp)))
+    facts = graph_facts(path)
+    record = {
+        "name": name,
+        "path": str(path.relative_to(out_dir)),
+        "format": "onnx",
+        "precision": "int8",
+        "scheme": spec.scheme,
+        "quantization": spec.model_dump(mode="json"),
+        "quantized_nodes": facts["initializer_dtypes"].get("int8", 0),
+        "float_nodes": [],
+        "budget": None,
+        "source_artifact": "compressed",
+        "calibration_samples": None,
+        "exporter": "torchscript",
+        **facts,
+        **file_facts(path),
+    }
+    parity = compare_outputs(
+        fake_quant_model, make_session(path), heldout_inputs(evaluator, data), tolerance, evaluator.is_classifier
+    )
+    record["parity"] = {**parity.to_dict(), "reference": "fake-quant torch model"}
+    record["status"] = "passed" if parity.passed else "failed"
+    if not parity.passed:
+        record["error"] = "int8 QAT artifact differs from the fake-quant torch model: " + "; ".join(parity.failures)
+    return record
