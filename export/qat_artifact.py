@@ -52,42 +52,57 @@ def _broadcast(values: np.ndarray, rank: int, axis: int) -> np.ndarray:
     return values.reshape(shape)
 
 
+# What the TorchScript exporter leaves on constants (the rounded bias, a shared zero point): folded here.
+CONSTANT_OPS = {"Identity": np.asarray, "Round": np.rint, "Mul": np.multiply, "Div": np.divide}
+
+
 def fold_weight_quantizers(model: onnx.ModelProto) -> onnx.ModelProto:
     """QuantizeLinear over a float weight -> an int8 initializer; float biases -> int32 + DequantizeLinear."""
     graph = model.graph
     constants = _constants(graph)
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    new_inits, dropped = [], set()
-    for node in list(graph.node):
-        if node.op_type != "QuantizeLinear" or not all(name in constants for name in node.input):
-            continue
-        weight, scale, zero_point = (constants[name] for name in node.input)
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        codes = np.rint(weight / _broadcast(scale, weight.ndim, axis)) + _broadcast(zero_point, weight.ndim, axis)
-        info = np.iinfo(zero_point.dtype)
-        codes = np.clip(codes, info.min, info.max).astype(zero_point.dtype)
-        name = f"{node.input[0]}_quantized"
-        new_inits.append(numpy_helper.from_array(codes, name))
-        for user in consumers.get(node.output[0], []):
-            user.input[0] = name
-        graph.node.remove(node)
-        dropped.add(node.input[0])
+    nodes, renamed, new_inits = [], {}, []
+    for node in graph.node:  # in topological order: a constant is known before its consumers
+        node = _copy(node)
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        inputs_known = all(name in constants for name in node.input)
+        if node.op_type in CONSTANT_OPS and inputs_known:
+            value = np.asarray(CONSTANT_OPS[node.op_type](*(constants[name] for name in node.input)))
+            constants[node.output[0]] = value
+            new_inits.append(numpy_helper.from_array(value, node.output[0]))
+        elif node.op_type == "QuantizeLinear" and inputs_known:
+            name = f"{node.input[0]}_quantized"
+            constants[name] = _quantize(node, constants)
+            new_inits.append(numpy_helper.from_array(constants[name], name))
+            renamed[node.output[0]] = name
+        else:
+            nodes.append(node)
     graph.initializer.extend(new_inits)
-    for node in list(graph.node):
+    del graph.node[:]
+    graph.node.extend(nodes)
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in list(nodes):
         if node.op_type in BIASED_OPS and len(node.input) == 3 and node.input[2] in constants:
-            _quantize_bias(graph, node, constants, producers, dropped)
-    kept = [init for init in graph.initializer if init.name not in dropped or _used(graph, init.name)]
+            _quantize_bias(graph, node, constants, producers)
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return model
 
 
-def _used(graph: onnx.GraphProto, name: str) -> bool:
-    return any(name in node.input for node in graph.node)
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    clone = onnx.NodeProto()
+    clone.CopyFrom(node)
+    return clone
+
+
+def _quantize(node: onnx.NodeProto, constants: dict) -> np.ndarray:
+    """ONNX QuantizeLinear on constants: round half to even, saturate to the zero point's type."""
+    weight, scale, zero_point = (constants[name] for name in node.input)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    codes = np.rint(weight / _broadcast(scale, weight.ndim, axis)) + _broadcast(zero_point, weight.ndim, axis)
+    info = np.iinfo(zero_point.dtype)
+    return np.clip(codes, info.min, info.max).astype(zero_point.dtype)
 
 
 def _dequantize_scale(node, constants) -> np.ndarray | None:
@@ -96,7 +111,7 @@ def _dequantize_scale(node, constants) -> np.ndarray | None:
     return constants[node.input[1]].astype(np.float32)
 
 
-def _quantize_bias(graph, node, constants, producers, dropped) -> None:
+def _quantize_bias(graph, node, constants, producers) -> None:
     input_scale = _dequantize_scale(producers.get(node.input[0]), constants)
     weight_scale = _dequantize_scale(producers.get(node.input[1]), constants)
     if input_scale is None or weight_scale is None:
@@ -119,9 +134,9 @@ def _quantize_bias(graph, node, constants, producers, dropped) -> None:
         name=f"{node.name or base}_bias_DequantizeLinear",
         axis=0,
     )
-    graph.node.insert(list(graph.node).index(node), dequantize)
-    node.input[2] = f"{base}_dequantized"
-    dropped.add(base)
+    position = next(i for i, other in enumerate(graph.node) if other.output[0] == node.output[0])
+    graph.node.insert(position, dequantize)
+    graph.node[position + 1].input[2] = f"{base}_dequantized"
 
 
 def output_step(model: torch.nn.Module) -> float:

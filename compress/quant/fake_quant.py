@@ -140,9 +140,11 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def insert_fake_quant(model: nn.Module, names: list[str], averaging_constant: float = 0.01) -> None:
-    """Wrap the layers called ``names`` in ``QuantizedLayer``, in place."""
+    """Wrap the layers called ``names`` in ``QuantizedLayer``, in place, in the model's mode (an eval
+    model must not get observers that record)."""
     for name in names:
-        replace_module(model, name, QuantizedLayer(model.get_submodule(name), averaging_constant))
+        wrapper = QuantizedLayer(model.get_submodule(name), averaging_constant)
+        replace_module(model, name, wrapper.train(model.training))
 
 
 def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
