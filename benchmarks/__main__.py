@@ -11,6 +11,7 @@ SUITES = {
     "digits-cnn": "benchmarks.digits_cnn",
     "minilm-sts": "benchmarks.minilm_sts",
     "pruned-cnns": "benchmarks.pruned_cnns",
+    "qat-digits": "benchmarks.qat_digits",
 }
 
 

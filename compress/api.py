@@ -22,6 +22,7 @@ from compress.loading import load_data, load_model
 from compress.metrics import weights_fingerprint
 from compress.pipeline import run_pipeline
 from compress.quant.bnb import float_copy
+from compress.quant.fake_quant import float_twin
 from compress.recipe import Recipe, load_recipe
 from compress.stages import StageResult, read_stages
 
@@ -166,7 +167,8 @@ def _run_locked(model, recipe, data, evaluator, example_inputs, out, identity, s
         from export.evidence import store_evidence
         from export.quantized_artifacts import export_quantized
 
-        compressed = float_copy(result.model)  # bitsandbytes layers export as the float weights they hold
+        # bitsandbytes layers export as the float weights they hold, QAT layers without fake quantization
+        compressed = float_copy(float_twin(result.model))
         models = {"compressed": (compressed, result.stages[-1].name)}
         if recipe.export.baseline:
             models = {"baseline": (result.baseline, "baseline"), **models}
@@ -175,7 +177,7 @@ def _run_locked(model, recipe, data, evaluator, example_inputs, out, identity, s
         store_evidence(out, {name: module for name, (module, _) in models.items()}, evaluator, data, metric)
         variants = [spec for config in recipe.passes for spec in config.onnx_variants()]
         outcome.artifacts += export_quantized(
-            out, compressed, result.stages[-1].name, variants, recipe, evaluator, data, example_inputs
+            out, compressed, result.stages[-1].name, variants, recipe, evaluator, data, example_inputs, result.model
         )
         if recipe.export.ort_format:
             outcome.artifacts = convert_to_ort(out, recipe)

@@ -15,9 +15,12 @@ _BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
 def _docstring_args(cls: type) -> dict[str, str]:
-    """``name: text`` lines of a class's ``Args:`` docstring, keyed by each name (``a / b: text`` too)."""
+    """``name: text`` lines of a class's ``Args:`` docstring, keyed by each name (``a / b: text`` too);
+    keys a config inherits (``qat`` takes every ``distill`` key) are documented by the base class."""
     docs: dict[str, str] = {}
-    for line in (cls.__doc__ or "").splitlines():
+    for line in "\n".join(
+        klass.__doc__ or "" for klass in cls.__mro__ if klass.__module__.startswith("compress")
+    ).splitlines():
         match = re.match(r"^\s*(?:Args:\s*)?([a-z_][a-z0-9_]*(?:\s*[/,]\s*[a-z_][a-z0-9_]*)*):\s+(.+)$", line)
         if match:
             for name in re.split(r"\s*[/,]\s*", match.group(1)):

@@ -206,6 +206,20 @@ def variant_name(spec, torch_model: torch.nn.Module) -> str:
     return f"compressed-{scheme}"
 
 
+def _build_qat_variant(spec, name, models, *args) -> dict:
+    from export.qat_artifact import build_qat_variant
+
+    return build_qat_variant(spec, name, models["fake_quant"], *args)
+
+
+# Scheme -> builder of its artifact; the rest quantize the float model with onnxruntime.quantization.
+BUILDERS = {"int8_qat": _build_qat_variant}
+
+
+def _build_ptq_variant(spec, name, models, *args) -> dict:
+    return build_variant(spec, name, models["float"], *args)
+
+
 def export_quantized(
     out_dir: Path,
     torch_model: torch.nn.Module,
@@ -215,8 +229,14 @@ def export_quantized(
     evaluator: Evaluator,
     data: TaskData,
     example_inputs: Any,
+    fake_quant_model: torch.nn.Module | None = None,
 ) -> list[dict]:
-    """Build every requested variant; a failure is recorded in its artifact, not raised."""
+    """Build every requested variant; a failure is recorded in its artifact, not raised.
+
+    ``torch_model`` is the float model ONNX Runtime quantizes; ``fake_quant_model`` the model a
+    ``qat`` pass trained, whose own scales its ``int8_qat`` artifact keeps.
+    """
+    models = {"float": torch_model, "fake_quant": fake_quant_model}
     records, taken = [], set()
     for spec in variants:
         name = variant_name(spec, torch_model)
@@ -224,7 +244,8 @@ def export_quantized(
         taken.add(name)
         log.info(f"quantize {name} ({spec.scheme})")
         try:
-            record = build_variant(spec, name, torch_model, recipe, evaluator, data, example_inputs, out_dir)
+            build = BUILDERS.get(spec.scheme, _build_ptq_variant)
+            record = build(spec, name, models, recipe, evaluator, data, example_inputs, out_dir)
         except ModelpressError as exc:
             record = {
                 "name": name,
