@@ -112,7 +112,11 @@ def test_llama_gqa_heads_and_channels_config_describes_the_pruned_model(tmp_path
     model, ids = LlamaModel(config).eval(), torch.randint(2, 64, (2, 8))
     ctx = Context(None, {"input_ids": ids}, copy.deepcopy(model), None)
     model = structured_prune(model, StructuredPruneConfig(ratio=0.3, head_ratio=0.25), ctx)
-    assert ctx.facts["config_updates"] == {"intermediate_size": 44, "head_dim": 8, "num_attention_heads": 2}
+    assert ctx.facts["config_updates"] == {
+        "intermediate_size": 48,
+        "head_dim": 8,
+        "num_attention_heads": 2,
+    }  # 44.8 rounded to 8s
     assert head_counts(model) == {"layers.0.self_attn": 2, "layers.1.self_attn": 2}
     model.save_pretrained(tmp_path)
     reloaded = LlamaModel.from_pretrained(tmp_path).eval()
