@@ -15,7 +15,7 @@ import torch
 from compress import folder, log
 from compress.data import TaskData, as_task_data, take_rows
 from compress.distributed import init_from_environment, is_main
-from compress.errors import InputError, OutputError
+from compress.errors import InputError, ModelpressError, OutputError
 from compress.evaluate import Evaluator, resolve_evaluator
 from compress.io import ensure_writable, read_json, set_active_folder, write_json_atomic, write_text_atomic
 from compress.loading import load_data, load_model
@@ -253,7 +253,8 @@ def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResul
     recipe = load_recipe(out / "recipe.yaml")
     if not any((out / "artifacts").glob("*.json")):
         raise InputError(f"{out}: no exported artifacts; run 'modelpress export RECIPE --out {out}' first")
-    from export.artifacts import artifacts_dir, read_artifacts
+    from export.artifacts import artifacts_dir, measure_torch_sources, read_artifacts
+    from export.benchmark import mark_stale
     from export.evidence import StoredData, reverify
     from export.integrity import verify_run_folder
 
@@ -266,13 +267,37 @@ def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResul
         with log.run_log(out):
             records = read_artifacts(out)
             reverify(out, records, stored, recipe)
+            sources, torch_reason = _torch_sources(out, recipe, trust_run)
             for record in records:
+                # Every old figure is marked; those measured again below replace their marked rows.
+                mark_stale(record.get("latency", []), torch_reason)
                 write_json_atomic(artifacts_dir(out) / f"{record['name']}.json", record)
             evaluator, data, unscored = _remeasure_inputs(out, recipe, run_info, stored, trust_run)
+            if sources:
+                measure_torch_sources(out, sources, recipe, evaluator, data)
             path, artifacts = measure_and_report(out, recipe, evaluator, data, unscored)
     finally:
         folder.unlock(out)
     return CompressionResult(None, read_stages(out), artifacts, out, path)
+
+
+def _torch_sources(out: Path, recipe: Recipe, trust_run: bool) -> tuple[dict[str, torch.nn.Module], str]:
+    """The torch modules the artifacts came from, rebuilt to time them again (``compress.load``: it
+    imports the recipe's model factory, so only with ``trust_run``), and why not when they cannot be."""
+    if not trust_run:
+        return {}, "torch rows not re-measured: rebuilding the torch model runs the run's code; pass --trust-run"
+    if recipe.model is None:
+        return {}, "torch rows not re-measured: the recipe names no model factory or checkpoint (a Python API run)"
+    from compress.reload import load
+
+    try:
+        sources = {"compressed": load(out)}
+        if recipe.export.baseline:
+            sources["baseline"] = load(out, 0)
+    except ModelpressError as exc:
+        log.warn(f"{out}: torch model not rebuilt, its latency not re-measured: {str(exc).splitlines()[0]}")
+        return {}, f"torch rows not re-measured: the torch model was not rebuilt ({str(exc).splitlines()[0]})"
+    return sources, "torch rows not re-measured on this machine (measured on another one)"
 
 
 def _remeasure_inputs(out, recipe, run_info, stored, trust_run):

@@ -163,7 +163,8 @@ def measure_artifacts(
     """Add the metric (run in ONNX Runtime), latency per provider and provider support to every artifact.
 
     Latency entries of other machines (an earlier run on a GPU box, say) and of torch are kept;
-    those this machine measures again are replaced. ``unscored`` (why the metric cannot be scored
+    those this machine measures again are replaced (``modelpress report`` marks every old entry
+    ``stale`` first, so the kept ones say that they were not measured again). ``unscored`` (why the metric cannot be scored
     here, e.g. custom code not trusted) drops the old metric and says so in every record's warnings.
     """
     records = read_artifacts(out_dir)

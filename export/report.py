@@ -44,7 +44,10 @@ def headline_latency(artifact: dict, device_name: str | None) -> dict | None:
     entries = [
         e
         for e in artifact.get("latency", [])
-        if e["runtime"] == "onnxruntime" and e["device"] == "cpu" and e.get("device_name") == device_name
+        if e["runtime"] == "onnxruntime"
+        and e["device"] == "cpu"
+        and e.get("device_name") == device_name
+        and not e.get("stale")
     ]
     return max(entries, key=lambda e: e["batch_size"]) if entries else None
 
@@ -122,7 +125,23 @@ def timing_warnings(artifacts: list[dict]) -> list[str]:
         f"(cv {e.get('cv', 0):.2f}, load per core {e.get('load_before')} -> {e.get('load_after')}): re-measure idle"
         for a in artifacts
         for e in a.get("latency", [])
-        if e.get("unreliable")
+        if e.get("unreliable") and not e.get("stale")
+    ]
+
+
+def stale_warnings(artifacts: list[dict]) -> list[str]:
+    """Latency rows ``modelpress report`` could not measure again, grouped by why: they stay in the
+    report marked ``stale`` (with when and where they were measured) and are compared with nothing."""
+    by_reason: dict[str, dict[str, int]] = {}
+    for artifact in artifacts:
+        for entry in artifact.get("latency", []):
+            if entry.get("stale"):
+                rows = by_reason.setdefault(entry.get("stale_reason", "not re-measured"), {})
+                rows[artifact["name"]] = rows.get(artifact["name"], 0) + 1
+    return [
+        f"{sum(rows.values())} latency rows of {', '.join(rows)} are from an earlier measurement, "
+        f"marked stale: {reason}"
+        for reason, rows in by_reason.items()
     ]
 
 
@@ -131,7 +150,7 @@ def build_report(recipe: Recipe, stages: list[StageResult], artifacts: list[dict
     threads = spec.threads or environment["usable_cores"]
     warnings = [f"{a['name']}: {w}" for a in artifacts for w in a.get("warnings", [])]
     warnings += [f"{a['name']}: {a.get('error', 'failed')}" for a in artifacts if a.get("status") != "passed"]
-    warnings += stage_warnings(stages) + timing_warnings(artifacts)
+    warnings += stage_warnings(stages) + timing_warnings(artifacts) + stale_warnings(artifacts)
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -145,3 +145,17 @@ def test_write_report_writes_json_markdown_self_contained_html_and_plots(tmp_pat
     assert html == render_html(report, tmp_path)
     assert "<strong>Recommended artifact: <code>fast</code></strong>" in html
     assert (tmp_path / "report.md").read_text().startswith("# modelpress report: r")
+
+
+def test_a_stale_row_is_shown_as_such_and_compared_with_no_fresh_one():
+    stale = {"stale": True, "stale_reason": "torch rows not re-measured: pass --trust-run"}
+    base = {**BASELINE, "latency": [*BASELINE["latency"], latency(32, 3.0, runtime="torch")]}
+    fast = {**FAST, "latency": [*FAST["latency"], {**latency(32, 9.0, runtime="torch"), **stale}]}
+    markdown = render_markdown(make_report([base, fast]))
+    (line,) = [row for row in markdown.splitlines() if row.startswith("| fast |") and "torch (torch-cpu)" in row]
+    assert "**not re-measured**" in line and "3.00×" not in line and "| – |" in line
+    assert "1 latency rows of fast are from an earlier measurement, marked stale" in markdown
+    # A stale ONNX Runtime row of this CPU is no headline figure: the recommendation falls back to the baseline.
+    old_fast = {**FAST, "latency": [{**e, **stale} for e in FAST["latency"]]}
+    assert recommend([BASELINE, FAST], 0.01, CPU)["name"] == "fast"
+    assert recommend([BASELINE, old_fast], 0.01, CPU)["name"] == "baseline"
