@@ -145,12 +145,25 @@ def stale_warnings(artifacts: list[dict]) -> list[str]:
     ]
 
 
-def build_report(recipe: Recipe, stages: list[StageResult], artifacts: list[dict], environment: dict) -> dict:
+def build_report(
+    recipe: Recipe,
+    stages: list[StageResult],
+    artifacts: list[dict],
+    environment: dict,
+    logged: list[str] | None = None,
+    run_warnings: list[str] | None = None,
+) -> dict:
+    """The report's data model. ``logged``: the warnings printed while it was made (``log.collect_warnings``),
+    as printed; ``run_warnings``: those of the run that made the artifacts, when this re-measures it
+    (default: ``logged``). Both reach ``summary.warnings``, once each; the run's are kept in ``run_warnings``."""
     spec = recipe.report
     threads = spec.threads or environment["usable_cores"]
+    logged = list(logged or [])
+    run_warnings = logged if run_warnings is None else list(run_warnings)
     warnings = [f"{a['name']}: {w}" for a in artifacts for w in a.get("warnings", [])]
     warnings += [f"{a['name']}: {a.get('error', 'failed')}" for a in artifacts if a.get("status") != "passed"]
     warnings += stage_warnings(stages) + timing_warnings(artifacts) + stale_warnings(artifacts)
+    warnings += run_warnings + logged
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -158,7 +171,8 @@ def build_report(recipe: Recipe, stages: list[StageResult], artifacts: list[dict
         "summary": {
             "recommended": recommend(artifacts, spec.max_metric_drop, environment["cpu"]),
             "max_metric_drop": spec.max_metric_drop,
-            "warnings": warnings,
+            "warnings": list(dict.fromkeys(warnings)),
+            "run_warnings": run_warnings,
         },
         "stages": [
             {

@@ -199,6 +199,30 @@ def test_torch_rows_of_an_api_run_stay_marked_even_with_trust_run(tmp_path):
     assert rows and all(row["stale"] and "Python API run" in row["stale_reason"] for row in rows)
 
 
+def test_warnings_printed_during_the_run_are_in_the_report_and_kept_by_re_measurement(tmp_path):
+    from compress.recipe import usable_cores
+
+    recipe = {
+        # Static int8 asks for 512 calibration rows where vector_data has 8; 1024 threads are capped to the cores.
+        "passes": [{"pass": "quantize", "onnx": [{"scheme": "int8_static", "calibration": {"samples": 512}}]}],
+        "export": EXPORT,
+        "report": {**QUICK_REPORT, "threads": 1024},
+    }
+    printed = [  # in the order printed: the recipe is validated before the passes run
+        f"report.threads: 1024 is more than the {usable_cores()} usable cores; using {usable_cores()}",
+        "quantize: 8 calibration rows available, fewer than the 512 requested",
+    ]
+    compress.run(mlp(), recipe, vector_data(), out_dir=tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "report.json").read_text())["summary"]
+    assert all(summary["warnings"].count(text) == 1 for text in printed) and summary["run_warnings"] == printed
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert all(f"- {text}" in markdown.splitlines() for text in printed)
+    assert main(["report", str(tmp_path / "run")]) == 0  # prints neither again, and keeps both
+    summary = json.loads((tmp_path / "run" / "report.json").read_text())["summary"]
+    assert summary["run_warnings"] == printed and all(text in summary["warnings"] for text in printed)
+    assert all(f"- {text}" in (tmp_path / "run" / "report.md").read_text().splitlines() for text in printed)
+
+
 def test_dict_and_tuple_inputs_round_trip_with_their_names(tmp_path):
     (tmp_path / "artifacts").mkdir()
     data = token_data()
