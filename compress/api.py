@@ -213,8 +213,8 @@ def _drop_stale_outputs(out: Path, passes: int) -> None:
 
 def _write_manifest(out: Path, recipe: Recipe, baseline: torch.nn.Module) -> None:
     from export.artifacts import read_artifacts
-    from export.environment import collect_environment
-    from export.manifest import build_manifest, write_manifest
+    from export.report.environment import collect_environment
+    from export.report.manifest import build_manifest, write_manifest
 
     versions = collect_environment()["versions"]
     manifest = build_manifest(
@@ -236,8 +236,8 @@ def measure_and_report(
     why the metric is not scored, e.g. custom metric code not trusted). ``logged``: the warnings printed
     so far (``log.collect_warnings``); ``run_warnings``: those of the run, when this re-measures it."""
     from export.artifacts import measure_artifacts
-    from export.environment import collect_environment
-    from export.report import build_report, write_report
+    from export.report.build import build_report, write_report
+    from export.report.environment import collect_environment
 
     artifacts = measure_artifacts(out, recipe, evaluator, data, unscored)
     report = build_report(recipe, read_stages(out), artifacts, collect_environment(), logged or [], run_warnings)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from compress.data import take_rows
-from export.environment import device_name
+from export.report.environment import device_name
 from export.runtime import feed
 
 

@@ -19,7 +19,7 @@ from export.guardrail import flag_artifacts
 from export.onnx_export import to_onnx
 from export.profile import FILE_HINTS, grown_ops
 from export.quantize import _int8_dynamic
-from export.report import recommend
+from export.report.build import recommend
 from export.scratch import own_cwd
 
 CPU = "cpu0"

@@ -1,7 +1,7 @@
 """The report's data model: ``report.json``, from which ``report.md`` and ``report.html`` are rendered.
 
 The JSON layout is versioned by ``schema``, documented in ``reports/README.md`` and checked
-against ``export/report.schema.json``. Ratios compare each artifact with the baseline artifact
+against ``export/report/report.schema.json``. Ratios compare each artifact with the baseline artifact
 measured in the same run, so they stay meaningful on a noisy, shared machine.
 """
 
@@ -12,6 +12,9 @@ from typing import Any
 from compress.io import write_json_atomic, write_text_atomic
 from compress.recipe import Recipe
 from compress.stages import StageResult
+from export.report.plots import write_plots
+from export.report.render import render_html, render_markdown
+from export.report.summary import headline_latency
 
 SCHEMA = "modelpress.report/2"
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
@@ -25,31 +28,6 @@ METHOD = (
     "IO binding with inputs and outputs on the device and torch calls end in torch.cuda.synchronize; "
     "input shapes: {shapes}, rows of the held-out split cycled to the batch size"
 )
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both cost (lower) and metric (higher)."""
-    front = []
-    for i, (cost, metric) in enumerate(points):
-        dominated = any(
-            c <= cost and m >= metric and (c, m) != (cost, metric) for j, (c, m) in enumerate(points) if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return front
-
-
-def headline_latency(artifact: dict, device_name: str | None) -> dict | None:
-    """The entry compared across artifacts: ONNX Runtime on this CPU at the largest batch size."""
-    entries = [
-        e
-        for e in artifact.get("latency", [])
-        if e["runtime"] == "onnxruntime"
-        and e["device"] == "cpu"
-        and e.get("device_name") == device_name
-        and not e.get("stale")
-    ]
-    return max(entries, key=lambda e: e["batch_size"]) if entries else None
 
 
 def recommend(artifacts: list[dict], budget: float, device_name: str | None) -> dict | None:
@@ -205,9 +183,6 @@ def build_report(
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
     """Write the plots, report.json, report.md and report.html; return the JSON path."""
-    from export.plots import write_plots
-    from export.render import render_html, render_markdown
-
     report["plots"] = write_plots(out_dir, report)
     path = write_json_atomic(out_dir / "report.json", report)
     write_text_atomic(out_dir / "report.md", render_markdown(report))

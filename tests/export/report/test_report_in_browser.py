@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from export.report import write_report
+from export.report.build import write_report
 from tests.export.test_report import make_report
 
 CHROMIUM = next(

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from export.benchmark import latency_key
-from export.report import pareto_front
+from export.report.summary import pareto_front
 
 
 def _ratio(value: float | None, base: float | None) -> str:

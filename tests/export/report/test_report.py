@@ -7,9 +7,10 @@ import pytest
 
 from compress.recipe import load_recipe
 from compress.stages import StageResult
-from export.environment import GPU_NOT_MEASURED, collect_environment
-from export.render import render_html, render_markdown
-from export.report import SCHEMA, SCHEMA_FILE, build_report, pareto_front, recommend, write_report
+from export.report.build import SCHEMA, SCHEMA_FILE, build_report, recommend, write_report
+from export.report.environment import GPU_NOT_MEASURED, collect_environment
+from export.report.render import render_html, render_markdown
+from export.report.summary import pareto_front
 
 ENV = collect_environment()
 CPU = ENV["cpu"]
