@@ -67,9 +67,11 @@ def recommend(artifacts: list[dict], budget: float, device_name: str | None) -> 
 
 
 def _gpu_section(artifacts: list[dict], environment: dict) -> dict:
-    names = sorted({e["device_name"] for a in artifacts for e in a.get("latency", []) if e["device"] == "cuda"})
+    cuda = [e for a in artifacts for e in a.get("latency", []) if e["device"] == "cuda"]
+    names = sorted({e["device_name"] for e in cuda})
     if names:
-        return {"measured": True, "devices": names, "note": f"GPU: measured on {', '.join(names)}"}
+        earlier = " (earlier measurements, not re-measured here)" if all(e.get("stale") for e in cuda) else ""
+        return {"measured": True, "devices": names, "note": f"GPU: measured on {', '.join(names)}{earlier}"}
     note = environment["gpu"].get("note") or f"GPU: {environment['gpu'].get('name')} present, but nothing ran on it"
     return {"measured": False, "devices": [], "note": note}
 
