@@ -15,7 +15,7 @@ import torch
 from compress import folder, log
 from compress.data import TaskData, as_task_data, take_rows
 from compress.distributed import init_from_environment, is_main
-from compress.errors import InputError, OutputError
+from compress.errors import InputError, ModelpressError, OutputError
 from compress.evaluate import Evaluator, resolve_evaluator
 from compress.io import ensure_writable, read_json, set_active_folder, write_json_atomic, write_text_atomic
 from compress.loading import load_data, load_model
@@ -126,38 +126,53 @@ def run(
     run goes. ``model`` itself is left unchanged (the passes work on a copy) unless ``inplace``. Under
     torchrun every rank runs the passes (training ones with DDP) and rank 0 alone writes.
     """
-    init_from_environment()
-    recipe = load_recipe(recipe)
-    data = as_task_data(data)
-    metric = evaluator or recipe.task.metric  # what scored the run: a built-in name can be re-scored from arrays
-    evaluator = resolve_evaluator(metric, search_dir)
-    if example_inputs is None:
-        example_inputs = _example_inputs(evaluator, data, recipe)
-    out = Path(out_dir or Path("runs") / recipe.name)
-    identity = _identity(recipe, model, data)
-    if not inplace:
+    # From the recipe's validation on, every warning printed reaches the report (``collect_warnings``).
+    with log.collect_warnings() as logged:
+        init_from_environment()
+        recipe = load_recipe(recipe)
+        data = as_task_data(data)
+        metric = evaluator or recipe.task.metric  # what scored the run: a built-in name can be re-scored from arrays
+        evaluator = resolve_evaluator(metric, search_dir)
+        if example_inputs is None:
+            example_inputs = _example_inputs(evaluator, data, recipe)
+        out = Path(out_dir or Path("runs") / recipe.name)
+        identity = _identity(recipe, model, data)
+        if not inplace:
+            try:
+                model = copy.deepcopy(model)  # the caller's module keeps its weights, layers and mode
+            except Exception as exc:  # noqa: BLE001  (a module holding uncopyable state: locks, handles)
+                raise InputError(
+                    f"model: cannot be copied ({type(exc).__name__}: {exc}); pass inplace=True to let the passes "
+                    "change it in place"
+                ) from None
         try:
-            model = copy.deepcopy(model)  # the caller's module keeps its weights, layers and mode
-        except Exception as exc:  # noqa: BLE001  (a module holding uncopyable state: locks, handles)
-            raise InputError(
-                f"model: cannot be copied ({type(exc).__name__}: {exc}); pass inplace=True to let the passes "
-                "change it in place"
-            ) from None
-    try:
-        if is_main():
-            _claim_folder(out, recipe, identity, force)
-            set_active_folder(out)
-            _save_recipe(out, recipe, identity, search_dir)
-        with log.run_log(out):  # everything printed, third-party output included, kept in run.log
-            return _run_locked(
-                model, recipe, data, evaluator, example_inputs, out, identity, search_dir, export, report, metric
-            )
-    finally:
-        if is_main():
-            folder.unlock(out)
+            if is_main():
+                _claim_folder(out, recipe, identity, force)
+                set_active_folder(out)
+                _save_recipe(out, recipe, identity, search_dir)
+            with log.run_log(out):  # everything printed, third-party output included, kept in run.log
+                return _run_locked(
+                    model,
+                    recipe,
+                    data,
+                    evaluator,
+                    example_inputs,
+                    out,
+                    identity,
+                    search_dir,
+                    export,
+                    report,
+                    metric,
+                    logged,
+                )
+        finally:
+            if is_main():
+                folder.unlock(out)
 
 
-def _run_locked(model, recipe, data, evaluator, example_inputs, out, identity, search_dir, export, report, metric):
+def _run_locked(
+    model, recipe, data, evaluator, example_inputs, out, identity, search_dir, export, report, metric, logged
+):
     result = run_pipeline(model, recipe, data, evaluator, example_inputs, out)
     if is_main():
         _drop_stale_outputs(out, len(recipe.passes))
@@ -184,7 +199,7 @@ def _run_locked(model, recipe, data, evaluator, example_inputs, out, identity, s
         if report:
             sources = {"compressed": result.model, **({"baseline": result.baseline} if recipe.export.baseline else {})}
             measure_torch_sources(out, sources, recipe, evaluator, data)
-            outcome.report_path, outcome.artifacts = measure_and_report(out, recipe, evaluator, data)
+            outcome.report_path, outcome.artifacts = measure_and_report(out, recipe, evaluator, data, logged=logged)
         _write_manifest(out, recipe, result.baseline)
     if is_main():
         _write_run_info(out, recipe, identity, search_dir)
@@ -200,8 +215,8 @@ def _drop_stale_outputs(out: Path, passes: int) -> None:
 
 def _write_manifest(out: Path, recipe: Recipe, baseline: torch.nn.Module) -> None:
     from export.artifacts import read_artifacts
-    from export.environment import collect_environment
-    from export.manifest import build_manifest, write_manifest
+    from export.report.environment import collect_environment
+    from export.report.manifest import build_manifest, write_manifest
 
     versions = collect_environment()["versions"]
     manifest = build_manifest(
@@ -210,15 +225,25 @@ def _write_manifest(out: Path, recipe: Recipe, baseline: torch.nn.Module) -> Non
     log.info(f"manifest: {write_manifest(out, manifest)}")
 
 
-def measure_and_report(out: Path, recipe: Recipe, evaluator: Evaluator, data: Any, unscored: str | None = None):
+def measure_and_report(
+    out: Path,
+    recipe: Recipe,
+    evaluator: Evaluator,
+    data: Any,
+    unscored: str | None = None,
+    logged: list[str] | None = None,
+    run_warnings: list[str] | None = None,
+):
     """Measure the run's artifacts in ONNX Runtime and write report.json / .md / .html (``unscored``:
-    why the metric is not scored, e.g. custom metric code not trusted)."""
+    why the metric is not scored, e.g. custom metric code not trusted). ``logged``: the warnings printed
+    so far (``log.collect_warnings``); ``run_warnings``: those of the run, when this re-measures it."""
     from export.artifacts import measure_artifacts
-    from export.environment import collect_environment
-    from export.report import build_report, write_report
+    from export.report.build import build_report, write_report
+    from export.report.environment import collect_environment
 
     artifacts = measure_artifacts(out, recipe, evaluator, data, unscored)
-    path = write_report(out, build_report(recipe, read_stages(out), artifacts, collect_environment()))
+    report = build_report(recipe, read_stages(out), artifacts, collect_environment(), logged or [], run_warnings)
+    path = write_report(out, report)
     log.info(f"report: {path}, {path.with_suffix('.md')} and {path.with_suffix('.html')}")
     return path, artifacts
 
@@ -232,13 +257,17 @@ def run_recipe(
     trust_checkpoint: bool = False,
 ):
     """Load the recipe's model and data (factories, checkpoint) and ``run`` it."""
-    recipe = load_recipe(source)
-    if trust_checkpoint and recipe.model is not None:
-        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"trust_checkpoint": True})})
-    search_dir = Path(source).resolve().parent if isinstance(source, (str, Path)) else None
-    model = load_model(recipe.model, search_dir)
-    data = load_data(recipe.data, search_dir)
-    return run(model, recipe, data, out_dir=out_dir, export=export, report=report, search_dir=search_dir, force=force)
+    # Opened here, joined by ``run``'s: warnings of the recipe's validation and the factories reach the report.
+    with log.collect_warnings():
+        recipe = load_recipe(source)
+        if trust_checkpoint and recipe.model is not None:
+            recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"trust_checkpoint": True})})
+        search_dir = Path(source).resolve().parent if isinstance(source, (str, Path)) else None
+        model = load_model(recipe.model, search_dir)
+        data = load_data(recipe.data, search_dir)
+        return run(
+            model, recipe, data, out_dir=out_dir, export=export, report=report, search_dir=search_dir, force=force
+        )
 
 
 def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResult:
@@ -252,29 +281,63 @@ def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResul
     run_info = read_json(out / "run.json")
     if not isinstance(run_info, dict) or not (out / "recipe.yaml").is_file():
         raise InputError(f"{out}: not a modelpress run folder (no run.json/recipe.yaml); run 'modelpress run' first")
-    recipe = load_recipe(out / "recipe.yaml")
-    if not any((out / "artifacts").glob("*.json")):
-        raise InputError(f"{out}: no exported artifacts; run 'modelpress export RECIPE --out {out}' first")
-    from export.artifacts import artifacts_dir, read_artifacts
-    from export.evidence import StoredData, reverify
-    from export.integrity import verify_run_folder
+    with log.collect_warnings() as logged:
+        recipe = load_recipe(out / "recipe.yaml")
+        if not any((out / "artifacts").glob("*.json")):
+            raise InputError(f"{out}: no exported artifacts; run 'modelpress export RECIPE --out {out}' first")
+        from export.artifacts import artifacts_dir, measure_torch_sources, read_artifacts
+        from export.benchmark import mark_stale
+        from export.evidence import StoredData, reverify
+        from export.integrity import verify_run_folder
 
-    # Before anything is imported or measured: names stay inside the folder, files match the manifest.
-    verify_run_folder(out)
-    stored = StoredData(out)
-    folder.lock(out)  # a run still writing this folder is not re-measured under its feet
-    try:
-        set_active_folder(out)
-        with log.run_log(out):
-            records = read_artifacts(out)
-            reverify(out, records, stored, recipe)
-            for record in records:
-                write_json_atomic(artifacts_dir(out) / f"{record['name']}.json", record)
-            evaluator, data, unscored = _remeasure_inputs(out, recipe, run_info, stored, trust_run)
-            path, artifacts = measure_and_report(out, recipe, evaluator, data, unscored)
-    finally:
-        folder.unlock(out)
+        # Before anything is imported or measured: names stay inside the folder, files match the manifest.
+        verify_run_folder(out)
+        stored = StoredData(out)
+        folder.lock(out)  # a run still writing this folder is not re-measured under its feet
+        try:
+            set_active_folder(out)
+            with log.run_log(out):
+                records = read_artifacts(out)
+                reverify(out, records, stored, recipe)
+                sources, torch_reason = _torch_sources(out, recipe, trust_run)
+                for record in records:
+                    # Every old figure is marked; those measured again below replace their marked rows.
+                    mark_stale(record.get("latency", []), torch_reason)
+                    write_json_atomic(artifacts_dir(out) / f"{record['name']}.json", record)
+                evaluator, data, unscored = _remeasure_inputs(out, recipe, run_info, stored, trust_run)
+                if sources:
+                    measure_torch_sources(out, sources, recipe, evaluator, data)
+                path, artifacts = measure_and_report(out, recipe, evaluator, data, unscored, logged, _run_warnings(out))
+        finally:
+            folder.unlock(out)
     return CompressionResult(None, read_stages(out), artifacts, out, path)
+
+
+def _run_warnings(out: Path) -> list[str]:
+    """The warnings the run printed, as its report.json stored them: kept when the report is re-measured."""
+    report = read_json(out / "report.json")
+    summary = report.get("summary") if isinstance(report, dict) else None
+    stored = summary.get("run_warnings") if isinstance(summary, dict) else None
+    return [w for w in stored if isinstance(w, str)] if isinstance(stored, list) else []
+
+
+def _torch_sources(out: Path, recipe: Recipe, trust_run: bool) -> tuple[dict[str, torch.nn.Module], str]:
+    """The torch modules the artifacts came from, rebuilt to time them again (``compress.load``: it
+    imports the recipe's model factory, so only with ``trust_run``), and why not when they cannot be."""
+    if not trust_run:
+        return {}, "torch rows not re-measured: rebuilding the torch model runs the run's code; pass --trust-run"
+    if recipe.model is None:
+        return {}, "torch rows not re-measured: the recipe names no model factory or checkpoint (a Python API run)"
+    from compress.reload import load
+
+    try:
+        sources = {"compressed": load(out)}
+        if recipe.export.baseline:
+            sources["baseline"] = load(out, 0)
+    except ModelpressError as exc:
+        log.warn(f"{out}: torch model not rebuilt: {str(exc).splitlines()[0]}", collect=False)  # in stale_reason
+        return {}, f"torch rows not re-measured: the torch model was not rebuilt ({str(exc).splitlines()[0]})"
+    return sources, "torch rows not re-measured on this machine (measured on another one)"
 
 
 def _remeasure_inputs(out, recipe, run_info, stored, trust_run):
@@ -292,5 +355,5 @@ def _remeasure_inputs(out, recipe, run_info, stored, trust_run):
         reason = f"task.metric {metric} is code named by the run folder; pass --trust-run to import it"
     else:
         reason = f"metric {metric} is custom code and the recipe has no data section to score it on"
-    log.warn(f"{out}: metric not re-measured: {reason}")
+    log.warn(f"{out}: metric not re-measured: {reason}", collect=False)  # in every record's warnings
     return stored.evaluator(None), stored, reason

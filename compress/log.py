@@ -3,6 +3,7 @@
 Verbosity: ``quiet`` prints warnings only, the default adds progress, ``verbose`` also lets
 third-party output (Python warnings, logging, prints of Torch-Pruning and the exporters, C++
 runtime messages) reach the terminal. ``run_log`` keeps all of it in ``run.log`` in the run folder.
+``collect_warnings`` keeps the text of every warning printed during a run, for its report.
 """
 
 import contextlib
@@ -16,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 console = Console(stderr=True, highlight=False)
-_state = {"quiet": False, "verbose": False, "log": None}
+_state = {"quiet": False, "verbose": False, "log": None, "warnings": None}
 
 
 def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
@@ -42,10 +43,33 @@ def info(message: str) -> None:
             console.print(message)
 
 
-def warn(message: str) -> None:
+def warn(message: str, collect: bool = True) -> None:
+    """Print a warning (and keep it for the run's report). ``collect=False`` for one the report
+    already holds in its own data (an artifact's warnings, its failure), which it derives afresh."""
     if _main_process():
-        _to_log("warning: " + Console().render_str(message).plain)
+        plain = Console().render_str(message).plain
+        _to_log("warning: " + plain)
+        kept = _state["warnings"]
+        if collect and kept is not None and plain.strip() not in kept:
+            kept.append(plain.strip())
         console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+@contextlib.contextmanager
+def collect_warnings():
+    """Yield the list of every warning printed while inside, as printed (plain text, each once, in order).
+
+    Scoped to one run: a collector opened inside another joins it, so the warnings of loading the recipe,
+    model and data (before ``run`` opens its own) are kept with those of the passes and the export.
+    """
+    if _state["warnings"] is not None:
+        yield _state["warnings"]
+        return
+    _state["warnings"] = collected = []
+    try:
+        yield collected
+    finally:
+        _state["warnings"] = None
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

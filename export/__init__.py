@@ -5,8 +5,8 @@ onnxruntime is imported only when a session is made, so importing this package s
 
 from export.errors import ExportError, ParityError, ShapeMismatch, ToleranceExceeded
 from export.onnx_export import OnnxModel, to_onnx
-from export.render import render_html, render_markdown
-from export.report import build_report, write_report
+from export.report.build import build_report, write_report
+from export.report.render import render_html, render_markdown
 
 __all__ = [
     "ExportError",

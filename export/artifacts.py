@@ -132,8 +132,11 @@ def export_artifacts(
                 record["error"] = "parity failed: " + "; ".join(parity.failures)
         except ModelpressError as exc:
             record.update(status="failed", error=str(exc))
-        level = log.info if record["status"] == "passed" else log.warn
-        level(f"  {name}: {record['status']}" + (f" ({record['error']})" if "error" in record else ""))
+        outcome = f"  {name}: {record['status']}" + (f" ({record['error']})" if "error" in record else "")
+        if record["status"] == "passed":
+            log.info(outcome)
+        else:
+            log.warn(outcome, collect=False)  # the report shows the failure from the record
         write_json_atomic(artifacts_dir(out_dir) / f"{name}.json", record)
         records.append(record)
     return records
@@ -163,8 +166,10 @@ def measure_artifacts(
     """Add the metric (run in ONNX Runtime), latency per provider and provider support to every artifact.
 
     Latency entries of other machines (an earlier run on a GPU box, say) and of torch are kept;
-    those this machine measures again are replaced. ``unscored`` (why the metric cannot be scored
-    here, e.g. custom code not trusted) drops the old metric and says so in every record's warnings.
+    those this machine measures again are replaced (``modelpress report`` marks every old entry
+    ``stale`` first, so the kept ones say that they were not measured again). ``unscored`` (why
+    the metric cannot be scored here, e.g. custom code not trusted) drops the old metric and says
+    so in every record's warnings.
     """
     records = read_artifacts(out_dir)
     threads = recipe.report.threads or default_threads()
@@ -196,7 +201,7 @@ def measure_artifacts(
         record["warnings"].append(f"metric not re-measured: {unscored}")
     for record in records:
         for warning in record.get("warnings", []):
-            log.warn(f"{record['name']}: {warning}")
+            log.warn(f"{record['name']}: {warning}", collect=False)  # the report derives these itself
         write_json_atomic(artifacts_dir(out_dir) / f"{record['name']}.json", record)
     return records
 

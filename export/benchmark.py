@@ -8,6 +8,7 @@ On CUDA, ONNX Runtime runs through IO binding with inputs and outputs already on
 device, and torch calls end in ``torch.cuda.synchronize``, so a timing is the device's work.
 """
 
+import datetime
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from compress.data import take_rows
-from export.environment import device_name
+from export.report.environment import device_name
 from export.runtime import feed
 
 
@@ -39,6 +40,7 @@ class Latency:
     load_before: float | None = None  # 1-minute load average per usable core, before and after
     load_after: float | None = None
     unreliable: bool = False
+    measured_at: str = ""  # UTC, ISO 8601: with device_name, when and where the figure was taken
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +70,23 @@ def merge_latency(old: list[dict], new: list[dict]) -> list[dict]:
     return [e for e in old if "device_name" in e and latency_key(e) not in replaced] + new
 
 
+def mark_stale(entries: list[dict], torch_reason: str) -> None:
+    """Mark every entry as not re-measured (``stale``, with why); those measured again replace them
+    (``merge_latency``), so what stays marked is an older figure shown for what it is. ``torch_reason``:
+    why the torch rows cannot be measured again here (e.g. no ``--trust-run``)."""
+    for entry in entries:
+        if entry["runtime"] == "torch":
+            reason = torch_reason
+        else:
+            reason = "not re-measured on this machine (measured on another one, or the artifact was not measured now)"
+        entry.update(stale=True, stale_reason=reason)
+
+
+def fresh(entries: list[dict]) -> list[dict]:
+    """The entries measured in this run or re-measurement: what figures of one run are compared among."""
+    return [e for e in entries if not e.get("stale")]
+
+
 # A figure is marked unreliable past these: its calls vary by more than a quarter of their mean,
 # or the machine had more runnable work than cores while it was measured.
 MAX_CV = 0.25
@@ -95,6 +114,7 @@ def summarize(times: list[float], load_before: float | None = None, **fields) ->
         load_before=load_before,
         load_after=load_after,
         unreliable=cv > MAX_CV or loaded,
+        measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         iterations=len(times),
         p50_ms=p50,
         p90_ms=round(float(np.percentile(times, 90)), 4),

@@ -91,7 +91,7 @@ def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def load_npz(path: Path, out_dir: Path) -> dict[str, np.ndarray]:
     """Every array of a stored ``.npz``; one line (what, where, how to fix) when missing or unreadable."""
-    from export.manifest import sha256_file
+    from export.report.manifest import sha256_file
 
     fix = "re-run 'modelpress run' to write it again"
     if not path.is_file():

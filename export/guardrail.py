@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.data import take_rows
-from export.benchmark import latency_key
+from export.benchmark import fresh, latency_key
 from export.runtime import feed
 
 # A provider's own limit, named beside the profile (which runs on the CPU).
@@ -128,8 +128,10 @@ def references(record: dict, by_name: dict[str, dict]) -> list[dict]:
 def _compare(record: dict, reference: dict, causes: Causes) -> list[str]:
     warnings = []
     # ONNX Runtime rows only: the artifacts are ONNX files; torch rows time their torch sources.
-    reference_entries = {latency_key(e): e for e in reference.get("latency", []) if e["runtime"] == "onnxruntime"}
-    for entry in record.get("latency", []):
+    # Stale rows (not re-measured by ``modelpress report``) are another run's figures: no finding now.
+    ort_rows = [e for e in fresh(reference.get("latency", [])) if e["runtime"] == "onnxruntime"]
+    reference_entries = {latency_key(e): e for e in ort_rows}
+    for entry in fresh(record.get("latency", [])):
         base = reference_entries.get(latency_key(entry)) if entry["runtime"] == "onnxruntime" else None
         if base is None or entry["p50_ms"] - base["p50_ms"] < noise(entry, base):
             continue

@@ -12,7 +12,7 @@ from pathlib import Path
 from compress.errors import InputError
 from compress.io import read_json, write_json_atomic
 from export.artifacts import artifacts_dir, file_facts, graph_facts
-from export.manifest import sha256_file
+from export.report.manifest import sha256_file
 
 # Figures measured on the file a record was written for: stale once that file is gone or replaced.
 MEASURED = ("parity", "metric", "latency", "provider_support", "ort_format", "warnings", "size_bytes")

@@ -130,7 +130,7 @@ def build_variant(
         scheme = resolve_scheme(spec, graph)
         advice = scheme_advice(spec, graph)
         if advice:
-            log.warn(f"  {name}: {advice}")
+            log.warn(f"  {name}: {advice}", collect=False)  # the guardrail decides whether the report keeps it
         check_tables(graph, spec)  # once, on the prepared graph, not in every budget trial
         nodes = [n for n in weight_nodes(graph, scheme, spec.exclude_ops) if n not in spec.exclude_nodes]
         split = data.resolve(spec.budget_split)
@@ -256,8 +256,11 @@ def export_quantized(
                 "requested_opset": spec.opset or recipe.export.opset,
             }
         record["source_stage"] = source_stage
-        level = log.info if record["status"] == "passed" else log.warn
-        level(f"  {name}: {record['status']}" + (f" ({record['error']})" if "error" in record else ""))
+        outcome = f"  {name}: {record['status']}" + (f" ({record['error']})" if "error" in record else "")
+        if record["status"] == "passed":
+            log.info(outcome)
+        else:
+            log.warn(outcome, collect=False)  # the report shows the failure from the record
         write_json_atomic(artifacts_dir(out_dir) / f"{name}.json", record)
         records.append(record)
     return records

@@ -87,15 +87,19 @@ def test_run_then_report_then_export(tmp_path):
     record_path = out / "artifacts" / "compressed.json"
     record = json.loads(record_path.read_text())
     cpu_entries = len(record["latency"])
-    other = {**record["latency"][0], "device": "cuda", "device_name": "Other GPU", "provider": "CUDAExecutionProvider"}
+    gpu = {"device": "cuda", "device_name": "Other GPU", "runtime": "onnxruntime", "provider": "CUDAExecutionProvider"}
+    other = {**record["latency"][0], **gpu}
     record_path.write_text(json.dumps({**record, "latency": [*record["latency"], other]}))
     (out / "report.json").unlink()
     assert modelpress("report", out).returncode == 0
     report = json.loads((out / "report.json").read_text())
     assert report["artifacts"][0]["metric"]["runtime"] == "onnxruntime"
     latency = report["artifacts"][1]["latency"]
-    assert len(latency) == cpu_entries + 1 and other in latency
-    assert report["gpu"] == {"measured": True, "devices": ["Other GPU"], "note": "GPU: measured on Other GPU"}
+    (kept,) = [e for e in latency if e["device_name"] == "Other GPU"]
+    assert len(latency) == cpu_entries + 1 and kept == {**other, "stale": True, "stale_reason": kept["stale_reason"]}
+    assert "not re-measured on this machine" in kept["stale_reason"]  # kept, marked as not measured again
+    note = "GPU: measured on Other GPU (earlier measurements, not re-measured here)"
+    assert report["gpu"] == {"measured": True, "devices": ["Other GPU"], "note": note}
 
     export_out = tmp_path / "export-only"
     result = modelpress("export", recipe, "--out", export_out)

@@ -12,7 +12,7 @@ import torch
 
 import compress
 from compress.evaluate import EVALUATORS, torch_predictor
-from export.report import SCHEMA_FILE
+from export.report.build import SCHEMA_FILE
 from tests.tiny_models import TINY_ARCHS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -60,3 +60,21 @@ def test_quiet_keeps_progress_off_the_terminal_but_in_the_log(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "stage 1/1" not in err and "calibration rows fewer" in err
     assert "stage 1/1: distill" in (tmp_path / "run.log").read_text()
+
+
+def test_collect_warnings_keeps_each_printed_warning_once_as_printed_and_nests_into_the_outer_run():
+    log.warn("outside any run: not kept")
+    with log.collect_warnings() as outer:
+        log.warn("quantize: 8 calibration rows available, fewer than the [bold]512[/bold] requested")
+        with log.collect_warnings() as inner:  # a run inside run_recipe: one collector
+            log.warn("  compressed: exported with TorchScript (dynamo failed)")
+            log.warn("quantize: 8 calibration rows available, fewer than the 512 requested")
+            log.warn("compressed: not faster than baseline", collect=False)
+        log.info("not a warning")
+    assert inner is outer
+    assert outer == [
+        "quantize: 8 calibration rows available, fewer than the 512 requested",
+        "compressed: exported with TorchScript (dynamo failed)",
+    ]
+    log.warn("after the run: not kept")
+    assert len(outer) == 2

@@ -4,8 +4,8 @@ torch-side timing, and merging measurements of several machines."""
 import torch
 
 from export.benchmark import ROUNDS, benchmark_sessions, benchmark_torch, merge_latency, summarize, time_calls
-from export.environment import device_name
 from export.onnx_export import to_onnx
+from export.report.environment import device_name
 from export.runtime import make_session
 from tests.tiny_models import mlp
 
@@ -102,7 +102,7 @@ def test_a_measurement_beside_a_busy_thread_records_spread_and_load():
 
 
 def test_unreliable_entries_are_named_in_the_report_summary():
-    from export.report import timing_warnings
+    from export.report.build import timing_warnings
 
     entry = {"batch_size": 1, "provider": "CPUExecutionProvider", "cv": 0.4, "load_before": 1.5, "load_after": 2.0}
     artifacts = [{"name": "q", "latency": [{**entry, "unreliable": True}, {**entry, "unreliable": False}]}]

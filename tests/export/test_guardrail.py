@@ -19,7 +19,7 @@ from export.guardrail import flag_artifacts
 from export.onnx_export import to_onnx
 from export.profile import FILE_HINTS, grown_ops
 from export.quantize import _int8_dynamic
-from export.report import recommend
+from export.report.build import recommend
 from export.scratch import own_cwd
 
 CPU = "cpu0"
@@ -117,6 +117,16 @@ def test_a_quantized_artifact_above_half_its_source_is_not_smaller():
     flag_artifacts(batch)
     (warning,) = batch[1]["warnings"]
     assert warning.startswith("not smaller than compressed (60 vs 100 bytes, 0.60x; the bound is 0.5x)")
+
+
+def test_a_stale_row_is_no_finding_of_this_run():
+    batch = records("int8_dynamic", {1: 3.0, 32: 20.0})
+    flag_artifacts(batch)
+    assert len(batch[1]["warnings"]) == 1  # 3.0 vs 2.0 ms at batch 1, measured now
+    for entry in batch[0]["latency"][:1]:  # the reference's batch-1 row was not re-measured
+        entry.update(stale=True, stale_reason="not re-measured on this machine")
+    flag_artifacts(batch)
+    assert batch[1]["warnings"] == []
 
 
 def test_a_difference_within_the_measured_noise_is_no_warning():

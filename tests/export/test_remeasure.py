@@ -151,6 +151,78 @@ def test_a_custom_metric_is_reported_as_not_re_measured_without_trust(tmp_path):
         assert any("metric not re-measured" in w and "--trust-run" in w for w in record["warnings"])
 
 
+def torch_rows(out) -> dict[str, list[dict]]:
+    return {name: [e for e in a.get("latency", []) if e["runtime"] == "torch"] for name, a in artifacts(out).items()}
+
+
+def test_torch_rows_not_re_measured_are_marked_stale_and_compared_with_nothing(copied):
+    out, marker = copied
+    before = torch_rows(out)
+    assert before["baseline"] and before["compressed"] and not before["compressed-int8_dynamic"]
+    assert main(["report", str(out)]) == 0
+    after = torch_rows(out)
+    for name in ("baseline", "compressed"):
+        assert len(after[name]) == len(before[name])
+        for old, row in zip(before[name], after[name]):
+            assert row["stale"] is True and "--trust-run" in row["stale_reason"]
+            assert (row["measured_at"], row["p50_ms"]) == (old["measured_at"], old["p50_ms"])  # the old figure, kept
+    for record in artifacts(out).values():
+        ort = [e for e in record["latency"] if e["runtime"] == "onnxruntime"]
+        assert ort and not any(e.get("stale") for e in ort)  # re-measured here, so replaced
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    (stale,) = [w for w in summary["warnings"] if "marked stale" in w]
+    count = len(before["baseline"]) + len(before["compressed"])
+    assert stale.startswith(f"{count} latency rows of baseline, compressed") and "--trust-run" in stale
+    markdown = (out / "report.md").read_text()
+    torch_lines = [line for line in markdown.splitlines() if "| torch (torch-cpu) |" in line]
+    assert len(torch_lines) == count and all("**not re-measured**" in line for line in torch_lines)
+    assert not marker.exists()
+
+
+def test_trust_run_rebuilds_the_torch_model_and_re_measures_its_rows(copied):
+    out, marker = copied
+    assert main(["report", str(out), "--trust-run"]) == 0
+    assert marker.exists()  # the factory ran: that is what --trust-run allows
+    marker.unlink()
+    after = torch_rows(out)
+    assert after["baseline"] and after["compressed"]
+    assert not any(row.get("stale") for rows in after.values() for row in rows)
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    assert not any("marked stale" in w for w in summary["warnings"])
+
+
+def test_torch_rows_of_an_api_run_stay_marked_even_with_trust_run(tmp_path):
+    recipe = {"passes": [{"pass": "magnitude_prune", "sparsity": 0.5}], "export": EXPORT, "report": QUICK_REPORT}
+    compress.run(mlp(), recipe, vector_data(), out_dir=tmp_path / "api")
+    assert main(["report", str(tmp_path / "api"), "--trust-run"]) == 0
+    rows = [row for rows in torch_rows(tmp_path / "api").values() for row in rows]
+    assert rows and all(row["stale"] and "Python API run" in row["stale_reason"] for row in rows)
+
+
+def test_warnings_printed_during_the_run_are_in_the_report_and_kept_by_re_measurement(tmp_path):
+    from compress.recipe import usable_cores
+
+    recipe = {
+        # Static int8 asks for 512 calibration rows where vector_data has 8; 1024 threads are capped to the cores.
+        "passes": [{"pass": "quantize", "onnx": [{"scheme": "int8_static", "calibration": {"samples": 512}}]}],
+        "export": EXPORT,
+        "report": {**QUICK_REPORT, "threads": 1024},
+    }
+    printed = [  # in the order printed: the recipe is validated before the passes run
+        f"report.threads: 1024 is more than the {usable_cores()} usable cores; using {usable_cores()}",
+        "quantize: 8 calibration rows available, fewer than the 512 requested",
+    ]
+    compress.run(mlp(), recipe, vector_data(), out_dir=tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "report.json").read_text())["summary"]
+    assert all(summary["warnings"].count(text) == 1 for text in printed) and summary["run_warnings"] == printed
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert all(f"- {text}" in markdown.splitlines() for text in printed)
+    assert main(["report", str(tmp_path / "run")]) == 0  # prints neither again, and keeps both
+    summary = json.loads((tmp_path / "run" / "report.json").read_text())["summary"]
+    assert summary["run_warnings"] == printed and all(text in summary["warnings"] for text in printed)
+    assert all(f"- {text}" in (tmp_path / "run" / "report.md").read_text().splitlines() for text in printed)
+
+
 def test_dict_and_tuple_inputs_round_trip_with_their_names(tmp_path):
     (tmp_path / "artifacts").mkdir()
     data = token_data()

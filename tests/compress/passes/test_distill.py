@@ -119,7 +119,7 @@ def test_step_budget_and_validation_split_are_used():
 
 def test_a_pass_stopped_by_time_records_planned_and_run_steps_and_the_report_warns():
     from compress.stages import StageResult
-    from export.report import stage_warnings
+    from export.report.build import stage_warnings
 
     teacher, data = teacher_labelled_data()
     # Any step takes longer than a nanosecond: the time budget ends training after its first step.

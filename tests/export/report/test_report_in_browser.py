@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from export.report import write_report
-from tests.export.test_report import make_report
+from export.report.build import write_report
+from tests.export.report.test_report import make_report
 
 CHROMIUM = next(
     (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from export.benchmark import latency_key
-from export.report import pareto_front
+from export.report.summary import pareto_front
 
 
 def _ratio(value: float | None, base: float | None) -> str:
@@ -129,10 +129,23 @@ def _quantized(artifacts: list[dict], stages: list[dict]) -> list:
     return [("h2", "Quantized artifacts"), ("table", [*headers, "kept float"], rows)]
 
 
+def _measurement(entry: dict) -> tuple:
+    """Which measurement an entry belongs to: this one, or an earlier one that was not repeated."""
+    return (True, entry.get("stale_reason")) if entry.get("stale") else (False, None)
+
+
+def _measured(entry: dict) -> str:
+    when = entry.get("measured_at") or "time not recorded"
+    if entry.get("stale"):
+        return f"**not re-measured** ({when}): {entry.get('stale_reason', 'earlier measurement')}"
+    return when
+
+
 def _latency(report: dict) -> list:
     artifacts = report["artifacts"]
     baseline = next((a for a in artifacts if a["name"] == "baseline"), {})
-    base_p50 = {latency_key(e): e["p50_ms"] for e in baseline.get("latency", [])}
+    # A ratio only between figures of one measurement: fresh with fresh, stale with stale of the same time.
+    base_p50 = {(latency_key(e), _measurement(e)): e["p50_ms"] for e in baseline.get("latency", [])}
     rows = []
     for a in artifacts:
         for e in a.get("latency", []):
@@ -147,13 +160,14 @@ def _latency(report: dict) -> list:
                     f"{e['p90_ms']:.3f}",
                     f"{e['p99_ms']:.3f}" if "p99_ms" in e else "–",
                     f"{e['throughput_per_s']:,.1f}" if "throughput_per_s" in e else "–",
-                    _ratio(e["p50_ms"], base_p50.get(latency_key(e))),
+                    _ratio(e["p50_ms"], base_p50.get((latency_key(e), _measurement(e)))),
+                    _measured(e),
                 ]
             )
     headers = ["artifact", "device", "runtime (provider)", "batch", "threads", "p50 (ms)", "p90 (ms)", "p99 (ms)"]
     return [
         ("h2", "Latency"),
-        ("table", [*headers, "throughput (samples/s)", "p50 vs baseline"], rows),
+        ("table", [*headers, "throughput (samples/s)", "p50 vs baseline", "measured"], rows),
         ("p", report["gpu"]["note"] + "."),
         ("p", f"Method: {report['latency_method']}."),
     ]

@@ -1,7 +1,7 @@
 """The report's data model: ``report.json``, from which ``report.md`` and ``report.html`` are rendered.
 
 The JSON layout is versioned by ``schema``, documented in ``reports/README.md`` and checked
-against ``export/report.schema.json``. Ratios compare each artifact with the baseline artifact
+against ``export/report/report.schema.json``. Ratios compare each artifact with the baseline artifact
 measured in the same run, so they stay meaningful on a noisy, shared machine.
 """
 
@@ -12,6 +12,9 @@ from typing import Any
 from compress.io import write_json_atomic, write_text_atomic
 from compress.recipe import Recipe
 from compress.stages import StageResult
+from export.report.plots import write_plots
+from export.report.render import render_html, render_markdown
+from export.report.summary import headline_latency
 
 SCHEMA = "modelpress.report/2"
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
@@ -25,28 +28,6 @@ METHOD = (
     "IO binding with inputs and outputs on the device and torch calls end in torch.cuda.synchronize; "
     "input shapes: {shapes}, rows of the held-out split cycled to the batch size"
 )
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both cost (lower) and metric (higher)."""
-    front = []
-    for i, (cost, metric) in enumerate(points):
-        dominated = any(
-            c <= cost and m >= metric and (c, m) != (cost, metric) for j, (c, m) in enumerate(points) if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return front
-
-
-def headline_latency(artifact: dict, device_name: str | None) -> dict | None:
-    """The entry compared across artifacts: ONNX Runtime on this CPU at the largest batch size."""
-    entries = [
-        e
-        for e in artifact.get("latency", [])
-        if e["runtime"] == "onnxruntime" and e["device"] == "cpu" and e.get("device_name") == device_name
-    ]
-    return max(entries, key=lambda e: e["batch_size"]) if entries else None
 
 
 def recommend(artifacts: list[dict], budget: float, device_name: str | None) -> dict | None:
@@ -86,9 +67,11 @@ def recommend(artifacts: list[dict], budget: float, device_name: str | None) -> 
 
 
 def _gpu_section(artifacts: list[dict], environment: dict) -> dict:
-    names = sorted({e["device_name"] for a in artifacts for e in a.get("latency", []) if e["device"] == "cuda"})
+    cuda = [e for a in artifacts for e in a.get("latency", []) if e["device"] == "cuda"]
+    names = sorted({e["device_name"] for e in cuda})
     if names:
-        return {"measured": True, "devices": names, "note": f"GPU: measured on {', '.join(names)}"}
+        earlier = " (earlier measurements, not re-measured here)" if all(e.get("stale") for e in cuda) else ""
+        return {"measured": True, "devices": names, "note": f"GPU: measured on {', '.join(names)}{earlier}"}
     note = environment["gpu"].get("note") or f"GPU: {environment['gpu'].get('name')} present, but nothing ran on it"
     return {"measured": False, "devices": [], "note": note}
 
@@ -122,16 +105,45 @@ def timing_warnings(artifacts: list[dict]) -> list[str]:
         f"(cv {e.get('cv', 0):.2f}, load per core {e.get('load_before')} -> {e.get('load_after')}): re-measure idle"
         for a in artifacts
         for e in a.get("latency", [])
-        if e.get("unreliable")
+        if e.get("unreliable") and not e.get("stale")
     ]
 
 
-def build_report(recipe: Recipe, stages: list[StageResult], artifacts: list[dict], environment: dict) -> dict:
+def stale_warnings(artifacts: list[dict]) -> list[str]:
+    """Latency rows ``modelpress report`` could not measure again, grouped by why: they stay in the
+    report marked ``stale`` (with when and where they were measured) and are compared with nothing."""
+    by_reason: dict[str, dict[str, int]] = {}
+    for artifact in artifacts:
+        for entry in artifact.get("latency", []):
+            if entry.get("stale"):
+                rows = by_reason.setdefault(entry.get("stale_reason", "not re-measured"), {})
+                rows[artifact["name"]] = rows.get(artifact["name"], 0) + 1
+    return [
+        f"{sum(rows.values())} latency rows of {', '.join(rows)} are from an earlier measurement, "
+        f"marked stale: {reason}"
+        for reason, rows in by_reason.items()
+    ]
+
+
+def build_report(
+    recipe: Recipe,
+    stages: list[StageResult],
+    artifacts: list[dict],
+    environment: dict,
+    logged: list[str] | None = None,
+    run_warnings: list[str] | None = None,
+) -> dict:
+    """The report's data model. ``logged``: the warnings printed while it was made (``log.collect_warnings``),
+    as printed; ``run_warnings``: those of the run that made the artifacts, when this re-measures it
+    (default: ``logged``). Both reach ``summary.warnings``, once each; the run's are kept in ``run_warnings``."""
     spec = recipe.report
     threads = spec.threads or environment["usable_cores"]
+    logged = list(logged or [])
+    run_warnings = logged if run_warnings is None else list(run_warnings)
     warnings = [f"{a['name']}: {w}" for a in artifacts for w in a.get("warnings", [])]
     warnings += [f"{a['name']}: {a.get('error', 'failed')}" for a in artifacts if a.get("status") != "passed"]
-    warnings += stage_warnings(stages) + timing_warnings(artifacts)
+    warnings += stage_warnings(stages) + timing_warnings(artifacts) + stale_warnings(artifacts)
+    warnings += run_warnings + logged
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -139,7 +151,8 @@ def build_report(recipe: Recipe, stages: list[StageResult], artifacts: list[dict
         "summary": {
             "recommended": recommend(artifacts, spec.max_metric_drop, environment["cpu"]),
             "max_metric_drop": spec.max_metric_drop,
-            "warnings": warnings,
+            "warnings": list(dict.fromkeys(warnings)),
+            "run_warnings": run_warnings,
         },
         "stages": [
             {
@@ -172,9 +185,6 @@ def build_report(recipe: Recipe, stages: list[StageResult], artifacts: list[dict
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
     """Write the plots, report.json, report.md and report.html; return the JSON path."""
-    from export.plots import write_plots
-    from export.render import render_html, render_markdown
-
     report["plots"] = write_plots(out_dir, report)
     path = write_json_atomic(out_dir / "report.json", report)
     write_text_atomic(out_dir / "report.md", render_markdown(report))

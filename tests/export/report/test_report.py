@@ -7,9 +7,10 @@ import pytest
 
 from compress.recipe import load_recipe
 from compress.stages import StageResult
-from export.environment import GPU_NOT_MEASURED, collect_environment
-from export.render import render_html, render_markdown
-from export.report import SCHEMA, SCHEMA_FILE, build_report, pareto_front, recommend, write_report
+from export.report.build import SCHEMA, SCHEMA_FILE, build_report, recommend, write_report
+from export.report.environment import GPU_NOT_MEASURED, collect_environment
+from export.report.render import render_html, render_markdown
+from export.report.summary import pareto_front
 
 ENV = collect_environment()
 CPU = ENV["cpu"]
@@ -145,3 +146,17 @@ def test_write_report_writes_json_markdown_self_contained_html_and_plots(tmp_pat
     assert html == render_html(report, tmp_path)
     assert "<strong>Recommended artifact: <code>fast</code></strong>" in html
     assert (tmp_path / "report.md").read_text().startswith("# modelpress report: r")
+
+
+def test_a_stale_row_is_shown_as_such_and_compared_with_no_fresh_one():
+    stale = {"stale": True, "stale_reason": "torch rows not re-measured: pass --trust-run"}
+    base = {**BASELINE, "latency": [*BASELINE["latency"], latency(32, 3.0, runtime="torch")]}
+    fast = {**FAST, "latency": [*FAST["latency"], {**latency(32, 9.0, runtime="torch"), **stale}]}
+    markdown = render_markdown(make_report([base, fast]))
+    (line,) = [row for row in markdown.splitlines() if row.startswith("| fast |") and "torch (torch-cpu)" in row]
+    assert "**not re-measured**" in line and "3.00×" not in line and "| – |" in line
+    assert "1 latency rows of fast are from an earlier measurement, marked stale" in markdown
+    # A stale ONNX Runtime row of this CPU is no headline figure: the recommendation falls back to the baseline.
+    old_fast = {**FAST, "latency": [{**e, **stale} for e in FAST["latency"]]}
+    assert recommend([BASELINE, FAST], 0.01, CPU)["name"] == "fast"
+    assert recommend([BASELINE, old_fast], 0.01, CPU)["name"] == "baseline"

@@ -7,7 +7,7 @@ matplotlib runs headless (Agg) and is imported only when a report is written.
 from pathlib import Path
 
 from compress.io import write_atomic
-from export.report import headline_latency, pareto_front
+from export.report.summary import headline_latency, pareto_front
 
 PLOT_DIR = "plots"
 PRECISION_COLOURS = {"float32": "#4c72b0", "int8": "#dd8452", "nf4": "#55a868", "fp4": "#c44e52"}
