@@ -5,6 +5,12 @@ anything else is a bug in modelpress and keeps its traceback.
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, or the type alone for an empty message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 class ModelpressError(Exception):
     """Bad input from the user (recipe, checkpoint, data, output folder)."""
 

@@ -171,7 +171,8 @@ def build_qat_variant(
     """Export the fake-quant model as int8 QDQ ONNX and check it against that model; return its record."""
     tolerance = qat_parity(recipe, spec, fake_quant_model)
     path = artifacts_dir(out_dir) / f"{name}.onnx"
-    fake_quant_model.eval()
+    was_training = fake_quant_model.training
+    fake_quant_model.eval()  # frozen ranges; the caller's mode comes back below
     with tempfile.TemporaryDirectory(prefix="modelpress-qat-") as scratch:
         source = Path(scratch) / "qdq.onnx"
         export = recipe.export
@@ -211,4 +212,5 @@ def build_qat_variant(
     record["status"] = "passed" if parity.passed else "failed"
     if not parity.passed:
         record["error"] = "int8 QAT artifact differs from the fake-quant torch model: " + "; ".join(parity.failures)
+    fake_quant_model.train(was_training)
     return record

@@ -209,6 +209,8 @@ def variant_name(spec, torch_model: torch.nn.Module) -> str:
 def _build_qat_variant(spec, name, models, *args) -> dict:
     from export.qat_artifact import build_qat_variant
 
+    if models["fake_quant"] is None:
+        raise ModelpressError(f"{name}: an int8_qat artifact needs the qat pass's fake-quant model; add a qat pass")
     return build_qat_variant(spec, name, models["fake_quant"], *args)
 
 

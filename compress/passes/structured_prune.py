@@ -22,13 +22,13 @@ from pydantic import Field
 from compress import log
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor
-from compress.errors import ModelpressError, SelectionError
+from compress.errors import ModelpressError, SelectionError, first_line
 from compress.metrics import count_macs, count_params
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
 from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
 from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
-from compress.pruning.plan_check import CutFailed, groups_cutting, simulate
+from compress.pruning.plan_check import CutFailed, groups_cutting, simulate, traced_forward
 from compress.pruning.widths import AUTO, resolve_round_to, round_group, rounded_width
 from compress.registry import register_pass
 from compress.select import WEIGHT_LAYERS, select_modules
@@ -114,24 +114,13 @@ def _execution_order(model: torch.nn.Module, example_inputs: Any) -> tuple[list[
 
 def _check_forward(model: torch.nn.Module, example_inputs: Any, expected: torch.Size) -> None:
     """Run the pruned model; a failure names the module it happened in."""
-    entered: list[str] = []
-    hooks = [
-        m.register_forward_pre_hook(lambda *_, name=name: entered.append(name))
-        for name, m in model.named_modules()
-        if name
-    ]
-    try:
-        with torch.no_grad():
-            shape = first_tensor(call_model(model, example_inputs)).shape
-    except Exception as exc:  # noqa: BLE001  (any failure means this layer was cut inconsistently)
-        where = entered[-1] if entered else type(model).__name__
+    shape, failure = traced_forward(model, example_inputs)
+    if failure:
+        where = failure[0] or type(model).__name__
         raise PruneError(
-            f"structured_prune: after pruning, the model fails in module {where!r} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0]}); add it to exclude: [{where!r}]"
-        ) from None
-    finally:
-        for hook in hooks:
-            hook.remove()
+            f"structured_prune: after pruning, the model fails in module {where!r} ({failure[1]}); "
+            f"add it to exclude: [{where!r}]"
+        )
     if shape != expected:
         raise PruneError(
             f"structured_prune: pruning changed the output shape from {tuple(expected)} to {tuple(shape)}; "
@@ -210,7 +199,7 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
     except Exception as exc:  # noqa: BLE001  (tracing errors come from deep inside torch)
         raise PruneError(
             f"structured_prune: Torch-Pruning cannot trace {type(model).__name__} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"({first_line(exc)}); "
             "exclude the layer it names, or use magnitude_prune"
         ) from None
     for name in others:  # a norm or block stands for the groups that cut it or its input
@@ -220,15 +209,22 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
 
 
 def _split_exclude(model: torch.nn.Module, patterns: list[str]) -> tuple[list[str], list[str]]:
-    """Exclude patterns naming Linear/Conv layers, and the rest (norms, blocks)."""
-    layers = []
+    """Exclude patterns matching Linear/Conv layers, and those matching anything else (norms, blocks).
+
+    A pattern may be in both lists (``re:merge1.*`` names a Linear and its LayerNorm); one that
+    matches nothing is left to ``select_modules``' error in the second.
+    """
+    layers, others = [], []
     for pattern in patterns:
         try:
-            select_modules(model, [pattern], types=_prunable(model))
-            layers.append(pattern)
+            matched = select_modules(model, [pattern]).values()
         except SelectionError:
-            pass
-    return layers, [p for p in patterns if p not in layers]
+            matched = []
+        if any(isinstance(m, _prunable(model)) for m in matched):
+            layers.append(pattern)
+        if not matched or not all(isinstance(m, _prunable(model)) for m in matched):
+            others.append(pattern)
+    return layers, others
 
 
 def _keep_output_widths(pruner: tp.pruner.BasePruner) -> None:
@@ -291,17 +287,22 @@ def _failing_layer(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> str:
     return "?"
 
 
-def _step(pruner: tp.pruner.BasePruner, model: torch.nn.Module, round_to: int) -> None:
+def _rounded_cut(pruner: tp.pruner.BasePruner, round_to: int) -> None:
     """One Torch-Pruning step, each group's cut rounded to ``round_to`` before it is made."""
+    for group in pruner.step(interactive=True):
+        group = round_group(pruner, group, round_to)
+        if group is not None:
+            group.prune()
+
+
+def _step(pruner: tp.pruner.BasePruner, model: torch.nn.Module, round_to: int) -> None:
+    """``_rounded_cut``, a failure named by the layer whose group cannot be cut."""
     try:
-        for group in pruner.step(interactive=True):
-            group = round_group(pruner, group, round_to)
-            if group is not None:
-                group.prune()
+        _rounded_cut(pruner, round_to)
     except Exception as exc:  # noqa: BLE001  (failures surface deep inside Torch-Pruning)
         where = _failing_layer(pruner, model)
         raise PruneError(
-            f"structured_prune: cannot prune module {where!r} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            f"structured_prune: cannot prune module {where!r} ({first_line(exc)}); "
             f"its width is probably fixed by a reshape or custom op: add it to exclude: [{where!r}]"
         ) from None
 
@@ -359,14 +360,15 @@ def _plan_exclusions(model, config: StructuredPruneConfig, inputs, ratio: float)
     # Whether a cut breaks the model does not depend on which channels go: gradients are not needed.
     importance = Criterion.l2.value if config.importance in NEEDS_GRADIENTS else config.importance
 
+    round_to = resolve_round_to(config.round_to)
+
     def cut(trial: torch.nn.Module, extra: list[str]) -> tp.pruner.BasePruner:
         update = {"exclude": [*config.exclude, *extra], "steps": 1, "importance": importance}
         pruner = _build_pruner(trial, config.model_copy(update=update), inputs, ratio)
         try:
-            pruner.step()
+            _rounded_cut(pruner, round_to)  # the real cut's widths: a layer rounding keeps whole is not cut
         except Exception as exc:  # noqa: BLE001  (failures surface deep inside Torch-Pruning)
-            cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            raise CutFailed(_failing_layer(pruner, trial).strip("?"), cause) from None
+            raise CutFailed(_failing_layer(pruner, trial).strip("?"), first_line(exc)) from None
         return pruner
 
     try:

@@ -186,8 +186,8 @@ def cut_head_tensors(model: torch.nn.Module, tensors: list[HeadTensor], removed:
     """Cut each per-head tensor once with its readers' removed heads; the record ``restore`` replays."""
     record = {}
     for tensor in tensors:
-        heads = {tuple(removed[u]) for u in tensor.users if u in removed}
-        if not heads:
+        heads = {tuple(removed.get(u, ())) for u in tensor.users}
+        if heads == {()}:
             continue
         if len(heads) > 1:
             raise ModelpressError(

@@ -20,6 +20,7 @@ import torch
 import torch_pruning as tp
 
 from compress.data import call_model, first_tensor
+from compress.errors import first_line
 
 # Each round excludes at least one more group; a model needing more is not one exclude away from working.
 MAX_ROUNDS = 8
@@ -46,8 +47,8 @@ class Breakage:
         return f"cutting it breaks {self.module!r} in {self.block} ({self.error})"
 
 
-def forward_failure(model: torch.nn.Module, example_inputs: Any) -> tuple[str, str] | None:
-    """The module the forward fails in and the error's first line, or None when it runs."""
+def traced_forward(model: torch.nn.Module, example_inputs: Any) -> tuple[torch.Size | None, tuple[str, str] | None]:
+    """(output shape, None) when the forward runs, else (None, (module it failed in, the error's first line))."""
     entered: list[str] = []
     hooks = [
         m.register_forward_pre_hook(lambda *_, name=name: entered.append(name))
@@ -56,14 +57,17 @@ def forward_failure(model: torch.nn.Module, example_inputs: Any) -> tuple[str, s
     ]
     try:
         with torch.no_grad():
-            first_tensor(call_model(model, example_inputs))
+            return first_tensor(call_model(model, example_inputs)).shape, None
     except Exception as exc:  # noqa: BLE001  (any failure means a layer was cut inconsistently)
-        where = entered[-1] if entered else ""
-        return where, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return None, (entered[-1] if entered else "", first_line(exc))
     finally:
         for hook in hooks:
             hook.remove()
-    return None
+
+
+def forward_failure(model: torch.nn.Module, example_inputs: Any) -> tuple[str, str] | None:
+    """The module the forward fails in and the error's first line, or None when it runs."""
+    return traced_forward(model, example_inputs)[1]
 
 
 def _producers(graph: tp.DependencyGraph, module: torch.nn.Module, prunable: tuple[type, ...]) -> set:

@@ -45,7 +45,12 @@ def rounded_width(keep: int, width: int, multiple: int) -> int:
 
 
 def _is_attention(pruner: tp.pruner.BasePruner, group) -> bool:
-    return any(item.dep.target.module in pruner.num_heads for item in group)
+    """A group cutting a q/k/v projection's outputs (heads). The hidden-size group also reaches
+    q/k/v, through their inputs, and is rounded like any other width."""
+    return any(
+        item.dep.target.module in pruner.num_heads and pruner.DG.is_out_channel_pruning_fn(item.dep.handler)
+        for item in group
+    )
 
 
 def round_group(pruner: tp.pruner.BasePruner, group, multiple: int):

@@ -58,11 +58,22 @@ def hierarchical():
 def prune(model, **params):
     inputs = torch.randn(2, 8, 8, 3)
     ctx = Context(TaskData(eval=[(inputs, None)]), inputs, copy.deepcopy(model), None)
+    params.setdefault("round_to", 1)  # exact widths: both stages are cut
     return structured_prune(model, StructuredPruneConfig(ratio=0.5, **params), ctx), ctx.facts
 
 
 def exclude_from(error: PruneError) -> list[str]:
     return ast.literal_eval(re.search(r"exclude: (\[.*?\])", str(error)).group(1))  # as the user copies it
+
+
+def test_the_plan_is_tried_with_the_real_rounding():
+    """round_to 8 keeps the 8-wide first stage whole, so only the second patch merging breaks."""
+    with pytest.raises(PruneError, match=r"breaks 1 module\(s\): 'merge2.norm' in PatchMerging") as error:
+        prune(hierarchical(), round_to=8, auto_exclude=False)
+    assert exclude_from(error.value) == ["merge1.reduction"]
+    model, record = prune(hierarchical(), round_to=8)
+    assert list(record["auto_excluded"]) == ["merge1.reduction"]
+    assert model(torch.randn(2, 8, 8, 3)).shape == (2, 4)
 
 
 def test_every_breaking_layer_is_listed_once_and_the_list_works():
@@ -95,11 +106,12 @@ def test_models_that_prune_cleanly_are_cut_as_before(arch):
     records = []
     for auto_exclude in (True, False):
         ctx = Context(data, data.eval[0][0], factory(), None)
-        structured_prune(factory(), StructuredPruneConfig(ratio=0.5, auto_exclude=auto_exclude), ctx)
+        structured_prune(factory(), StructuredPruneConfig(ratio=0.5, round_to=1, auto_exclude=auto_exclude), ctx)
         records.append(ctx.facts)
     assert records[0]["auto_excluded"] == records[1]["auto_excluded"] == {}
     assert records[0]["widths"] == records[1]["widths"]
     assert records[0]["pruning_history"] == records[1]["pruning_history"]
+    assert records[0]["params_after"] < records[0]["params_before"]  # a real cut, not two no-ops
 
 
 def test_exclude_takes_a_norm_or_a_whole_block():
