@@ -84,15 +84,16 @@ def _modelpress_rows(model, recipe, data, evaluator, example, work: Path, quick:
 
 
 def _full_pipeline_rows(data: TaskData, work: Path, quick: bool) -> list[Row]:
-    """prune → distill → int8 as ``minilm-full.yaml`` runs it (quick: 20 s of distillation, no budget)."""
+    """prune → distill → int8 as ``minilm-full.yaml`` runs it (quick: 32 distillation steps, no budget)."""
     from compress import api
     from compress.hf import sentence_encoder
 
     recipe = load_recipe(FULL_RECIPE)
     out = Path(os.environ.get("MODELPRESS_BENCH_RUNS", "runs")) / "minilm-full"
     if quick:
-        # 20 s of distillation; no budget, whose verdict on two validation batches is noise.
-        quick_updates = {"distill": {"max_seconds": 20.0}, "quantize": {"max_metric_drop": None}}
+        # 32 steps of distillation (a step bound, so a loaded machine gets the same model); no budget,
+        # whose verdict on two validation batches is noise.
+        quick_updates = {"distill": {"max_steps": 32}, "quantize": {"max_metric_drop": None}}
         passes = [p.model_copy(update=quick_updates.get(p.pass_name, {})) for p in recipe.passes]
         recipe, out = recipe.model_copy(update={"passes": passes}), work / "minilm-full"
     result, export_seconds = timed(lambda: api.run(sentence_encoder(), recipe, data, out_dir=out, report=False))
