@@ -29,6 +29,7 @@ from compress.recipe import ParitySpec, Recipe
 from export.artifacts import artifacts_dir, file_facts, graph_facts, heldout_inputs
 from export.errors import ExportError
 from export.onnx_export import export_onnx
+from export.quantized_artifacts import quantized_parity
 from export.runtime import make_session
 from export.validate import compare_outputs
 
@@ -149,13 +150,8 @@ def output_step(model: torch.nn.Module) -> float:
 
 def qat_parity(recipe: Recipe, spec, model: torch.nn.Module) -> ParitySpec:
     """Fake-quant torch vs ORT: ``parity_steps`` output steps, the quantized cosine and agreement floors."""
-    parity = recipe.export.parity
-    return ParitySpec(
-        atol=spec.parity_steps * output_step(model),
-        min_cosine=parity.quantized_min_cosine,
-        min_top1_agreement=parity.quantized_min_top1_agreement,
-        samples=parity.samples,
-    )
+    floors = quantized_parity(recipe).model_dump(exclude={"atol"})
+    return ParitySpec(atol=spec.parity_steps * output_step(model), **floors)
 
 
 def build_qat_variant(
