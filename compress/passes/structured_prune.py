@@ -11,7 +11,6 @@ holds Torch-Pruning's pruning history, which ``restore`` replays on resume.
 """
 
 import copy
-import math
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -22,14 +21,22 @@ from pydantic import Field
 from compress import log
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor
-from compress.errors import ModelpressError, SelectionError, first_line
+from compress.errors import SelectionError, first_line
 from compress.metrics import count_macs, count_params
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
 from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
 from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
 from compress.pruning.plan_check import CutFailed, groups_cutting, simulate, traced_forward
-from compress.pruning.widths import AUTO, resolve_round_to, round_group, rounded_width
+from compress.pruning.steps import (
+    PruneError,
+    check_no_group_empties,
+    cut_step,
+    failing_layer,
+    keep_output_widths,
+    rounded_cut,
+)
+from compress.pruning.widths import AUTO, resolve_round_to, rounded_width
 from compress.registry import register_pass
 from compress.select import WEIGHT_LAYERS, select_modules
 from compress.training import fit_to_teacher
@@ -89,10 +96,6 @@ class StructuredPruneConfig(PassConfig):
     finetune_steps: int = Field(0, ge=0, le=1_000_000)
     finetune_lr: float = Field(1e-4, gt=0.0, le=1.0)
     gradient_batches: int = Field(4, ge=1, le=10_000)
-
-
-class PruneError(ModelpressError):
-    """The model (or one of its layers) cannot be pruned structurally."""
 
 
 def _execution_order(model: torch.nn.Module, example_inputs: Any) -> tuple[list[str], torch.Size]:
@@ -204,7 +207,7 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
         ) from None
     for name in others:  # a norm or block stands for the groups that cut it or its input
         pruner.ignored_layers.extend(groups_cutting(pruner, model, name, _prunable(model)))
-    _keep_output_widths(pruner)
+    keep_output_widths(pruner)
     return pruner
 
 
@@ -227,87 +230,7 @@ def _split_exclude(model: torch.nn.Module, patterns: list[str]) -> tuple[list[st
     return layers, others
 
 
-def _keep_output_widths(pruner: tp.pruner.BasePruner) -> None:
-    """Leave whole every group that reaches a model output.
-
-    Excluding the last layer keeps a classifier's width, but a backbone returns its residual
-    stream (a transformer's hidden size, a CNN's last stage) directly; cutting that group would
-    change the output and crash Torch-Pruning's output node. Ignoring one root skips the group.
-    """
-    for group in pruner.DG.get_all_groups(
-        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
-    ):
-        if any(dep.target.type == tp.ops.OPTYPE.OUTPUT for dep, _ in group):
-            pruner.ignored_layers.append(group[0].dep.target.module)
-
-
-def _check_no_group_empties(pruner: tp.pruner.BasePruner, model: torch.nn.Module, round_to: int) -> None:
-    """Refuse a ratio that would cut every channel of a group.
-
-    Torch-Pruning skips such a group silently instead of cutting it, so the share removed
-    fell as the ratio rose (0.99 removed less than 0.9). Rounding comes after its choice, so it
-    cannot rescue such a group; a group not wider than ``round_to`` is never cut, so never
-    refused. Head groups are cut by heads, not here; global allocation ranks across groups and
-    is left to the library.
-    """
-    if pruner.global_pruning:
-        return
-    names = {module: name for name, module in model.named_modules()}
-    empty = {}
-    for group in pruner.DG.get_all_groups(
-        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
-    ):
-        module = group[0].dep.target.module
-        width = pruner.DG.get_out_channels(module)
-        if module in pruner.num_heads or not width or (round_to > 1 and width <= round_to):
-            continue
-        ratio = pruner.pruning_ratio_dict.get(module, pruner.per_step_pruning_ratio)[-1]
-        if ratio > 0 and int(width * (1 - ratio)) < 1:
-            empty[names.get(module, "?")] = (width, ratio)
-    if empty:
-        name, (width, ratio) = min(empty.items(), key=lambda item: item[1][0])
-        largest = math.floor((1 - 1 / width) * 1e4) / 1e4
-        raise PruneError(
-            f"structured_prune: ratio {ratio} would remove every channel of {len(empty)} group(s) "
-            f"({', '.join(repr(n) for n in list(empty)[:5])}); the narrowest, {name!r}, has {width} channels, "
-            f"so the largest ratio that keeps one is {largest}; lower the ratio or exclude them"
-        )
-
-
-def _failing_layer(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> str:
-    """The root layer of the first group whose importance cannot be computed (diagnosis only)."""
-    names = {module: name for name, module in model.named_modules()}
-    for group in pruner.DG.get_all_groups(
-        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
-    ):
-        try:
-            pruner.estimate_importance(group)
-        except Exception:  # noqa: BLE001
-            return names.get(group[0].dep.target.module, "?")
-    return "?"
-
-
-def _rounded_cut(pruner: tp.pruner.BasePruner, round_to: int) -> None:
-    """One Torch-Pruning step, each group's cut rounded to ``round_to`` before it is made."""
-    for group in pruner.step(interactive=True):
-        group = round_group(pruner, group, round_to)
-        if group is not None:
-            group.prune()
-
-
-def _step(pruner: tp.pruner.BasePruner, model: torch.nn.Module, round_to: int) -> None:
-    """``_rounded_cut``, a failure named by the layer whose group cannot be cut."""
-    try:
-        _rounded_cut(pruner, round_to)
-    except Exception as exc:  # noqa: BLE001  (failures surface deep inside Torch-Pruning)
-        where = _failing_layer(pruner, model)
-        raise PruneError(
-            f"structured_prune: cannot prune module {where!r} ({first_line(exc)}); "
-            f"its width is probably fixed by a reshape or custom op: add it to exclude: [{where!r}]"
-        ) from None
-
-
-def _ratio_forcount_macs(model, config: StructuredPruneConfig, example_inputs, target: float) -> float:
+def _ratio_for_macs(model, config: StructuredPruneConfig, example_inputs, target: float) -> float:
     """Bisect the ratio whose one-shot pruning removes ``target`` of the MACs (on copies)."""
     base = count_macs(model, example_inputs)
     if base is None:
@@ -320,7 +243,7 @@ def _ratio_forcount_macs(model, config: StructuredPruneConfig, example_inputs, t
         middle = (low + high) / 2
         trial = copy.deepcopy(model)
         trial_config = config.model_copy(update={"steps": 1})
-        _step(_build_pruner(trial, trial_config, example_inputs, middle), trial, resolve_round_to(config.round_to))
+        cut_step(_build_pruner(trial, trial_config, example_inputs, middle), trial, resolve_round_to(config.round_to))
         if 1 - count_macs(trial, example_inputs) / base < target:
             low = middle
         else:
@@ -366,9 +289,9 @@ def _plan_exclusions(model, config: StructuredPruneConfig, inputs, ratio: float)
         update = {"exclude": [*config.exclude, *extra], "steps": 1, "importance": importance}
         pruner = _build_pruner(trial, config.model_copy(update=update), inputs, ratio)
         try:
-            _rounded_cut(pruner, round_to)  # the real cut's widths: a layer rounding keeps whole is not cut
+            rounded_cut(pruner, round_to)  # the real cut's widths: a layer rounding keeps whole is not cut
         except Exception as exc:  # noqa: BLE001  (failures surface deep inside Torch-Pruning)
-            raise CutFailed(_failing_layer(pruner, trial).strip("?"), first_line(exc)) from None
+            raise CutFailed(failing_layer(pruner, trial).strip("?"), first_line(exc)) from None
         return pruner
 
     try:
@@ -410,15 +333,15 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     auto_excluded = _plan_exclusions(model, config, inputs, 0.5 if config.macs_reduction else ratio)
     config = config.model_copy(update={"exclude": [*config.exclude, *auto_excluded]})
     if config.macs_reduction is not None:
-        ratio = _ratio_forcount_macs(model, config, inputs, config.macs_reduction)
+        ratio = _ratio_for_macs(model, config, inputs, config.macs_reduction)
     pruner = _build_pruner(model, config, inputs, ratio)
-    _check_no_group_empties(pruner, model, round_to)
+    check_no_group_empties(pruner, model, round_to)
     custom_widths: dict = {}  # widths of custom-type layers before the first step
     for step in range(config.steps):
         if config.importance in NEEDS_GRADIENTS:
             batches = ctx.data.batches(ctx.data.resolve("calibration"))
             accumulate_task_gradients(model, batches, config.gradient_batches)
-        _step(pruner, model, round_to)
+        cut_step(pruner, model, round_to)
         custom = {m: r for m, r in _layer_ratios(model, config).items() if is_conv1d(m)}
         _prune_custom_layers(pruner, custom, custom_widths, step, config.steps, round_to)
         model.zero_grad(set_to_none=True)
