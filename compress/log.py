@@ -72,6 +72,16 @@ def collect_warnings():
         _state["warnings"] = None
 
 
+def warnings_mark() -> int:
+    """A position in the run's collected warnings, for ``warnings_since``."""
+    return len(_state["warnings"]) if _state["warnings"] is not None else 0
+
+
+def warnings_since(mark: int) -> list[str]:
+    """The warnings collected after ``mark`` (a stage's, kept in its record so a resumed run repeats them)."""
+    return list(_state["warnings"][mark:]) if _state["warnings"] is not None else []
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 

@@ -121,6 +121,8 @@ def run_pipeline(
     barrier()
     for stage in stages:
         log.info(f"[dim]resumed[/dim] {stage.name}: {stage.metric_name} {stage.metric:.4f}")
+        for warning in stage.warnings:  # the report of a resumed run holds them, as a fresh run's does
+            log.warn(warning)
     ctx = Context(
         data,
         example_inputs,
@@ -131,21 +133,23 @@ def run_pipeline(
     )
     ctx.history = [s.record for s in stages[1:]]
     if not stages:
-        start = time.perf_counter()
-        stages.append(_finish_stage(ctx, model, 0, "baseline", None, evaluator, fingerprints[0], start, out_dir))
+        start, mark = time.perf_counter(), log.warnings_mark()
+        stages.append(
+            _finish_stage(ctx, model, 0, "baseline", None, evaluator, fingerprints[0], (start, mark), out_dir)
+        )
     names = _stage_names(recipe)
     for index in range(len(stages), len(fingerprints)):
         config = recipe.passes[index - 1]
         spec = get_pass(config.pass_name)
         log.info(f"stage {index}/{len(recipe.passes)}: {names[index - 1]}")
         torch.manual_seed(recipe.seed + index)
-        start = time.perf_counter()
+        start, mark = time.perf_counter(), log.warnings_mark()
         ctx.facts = {}
         ctx.scratch_dir = out_dir / "scratch" / f"{index:02d}-{fingerprints[index][:16]}" if out_dir else None
         model = spec.apply(model, config, ctx)
         model.eval()
         stage = _finish_stage(
-            ctx, model, index, names[index - 1], config, evaluator, fingerprints[index], start, out_dir
+            ctx, model, index, names[index - 1], config, evaluator, fingerprints[index], (start, mark), out_dir
         )
         ctx.history.append(stage.record)
         stages.append(stage)
@@ -163,7 +167,9 @@ def _macs_or_none(model, example_inputs) -> int | None:
         return None
 
 
-def _finish_stage(ctx, model, index, name, config, evaluator, fingerprint, start, out_dir) -> StageResult:
+def _finish_stage(ctx, model, index, name, config, evaluator, fingerprint, began, out_dir) -> StageResult:
+    """``began``: the stage's start time and its ``log.warnings_mark``."""
+    start, mark = began
     metric = ctx.evaluate(model)
     float_model = float_copy(model)  # quantized layers count (and save) as the float weights they hold
     stage = StageResult(
@@ -181,6 +187,7 @@ def _finish_stage(ctx, model, index, name, config, evaluator, fingerprint, start
         macs=_macs_or_none(float_model, ctx.example_inputs),
         dense_bytes=dense_bytes(float_model),
         layers=layer_table(model),
+        warnings=log.warnings_since(mark),
     )
     if out_dir is not None and is_main():
         save_stage(out_dir, stage, float_model if index > 0 else None)

@@ -37,6 +37,7 @@ class StageResult:
     macs: int | None = None
     dense_bytes: int | None = None
     layers: list = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # printed while the stage ran; repeated on resume
     resumed: bool = False
 
     @property

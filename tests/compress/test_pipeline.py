@@ -107,3 +107,24 @@ def test_different_input_model_does_not_reuse_stages(tmp_path, call_log):
     result = run_pipeline(other, load_recipe(RECIPE), data, EVALUATORS["accuracy"], data.eval[0][0], tmp_path)
     assert not any(s.resumed for s in result.stages)
     assert len(call_log) == 4
+
+
+def test_resumed_stage_repeats_its_warnings(tmp_path, monkeypatch):
+    """A warning printed while a stage ran reaches the report of a run that resumes that stage."""
+    from compress import log
+
+    spec = registry.get_pass("magnitude_prune")
+
+    def warning_pass(model, config, ctx):
+        log.warn(f"pass saw sparsity {config.sparsity}")
+        return spec.apply(model, config, ctx)
+
+    monkeypatch.setitem(registry._PASSES, "magnitude_prune", dataclasses.replace(spec, apply=warning_pass))
+    with log.collect_warnings() as first:
+        run(tmp_path)
+    assert first == ["pass saw sparsity 0.3", "pass saw sparsity 0.6"]
+    assert [s.warnings for s in read_stages(tmp_path)] == [[], ["pass saw sparsity 0.3"], ["pass saw sparsity 0.6"]]
+    with log.collect_warnings() as resumed:
+        second = run(tmp_path)
+    assert all(s.resumed for s in second.stages)
+    assert resumed == first
