@@ -157,6 +157,21 @@ def test_run_exports_onnx_and_the_run_folder_reloads_the_shallow_model(tmp_path)
     assert torch.equal(output(loaded, inputs), output(result.model, inputs))
     dropped = compress.load(tmp_path, "layer_drop", model=bert4())
     assert sum(p.numel() for p in dropped.parameters()) == result.stages[1].params
+    resumed = compress.run(bert4(), recipe, data=data, out_dir=tmp_path, export=False, report=False)
+    assert [s.resumed for s in resumed.stages] == [True, True, True]
+    assert torch.equal(output(resumed.model, inputs), output(result.model, inputs))
+
+
+def test_a_second_drop_records_the_teachers_indices():
+    """kept_layers always name the pipeline input's blocks (what distill maps students to)."""
+    inputs = inputs_for("bert")
+    ctx = Context(None, inputs, bert4(), None)
+    model = layer_drop(bert4(), LayerDropConfig(strategy="every_other"), ctx)
+    ctx.history, ctx.facts = [dict(ctx.facts)], {}
+    model = layer_drop(model, LayerDropConfig(keep=1), ctx)
+    assert ctx.facts["kept_of_input"] == [1]
+    assert ctx.facts["kept_layers"] == [2] and ctx.facts["dropped_layers"] == [0, 1, 3]
+    assert torch.equal(output(model, inputs), output(by_hand(bert4(), "encoder.encoder.layer", [2]), inputs))
 
 
 def identity_blocks(model, indices):
