@@ -159,10 +159,12 @@ def _sensitivity(title: str, budget: dict | None) -> list:
     ]
     measured = budget.get("candidates")
     note = (
-        f"The metric drop (each layer quantized alone) was measured for the {measured} layer(s) of lowest SQNR "
-        f"and {budget.get('evaluations')} evaluations in all."
+        f"SQNR: each layer's output, quantized alone, against float on calibration data (lower: more "
+        f"sensitive). The metric drop with only that layer quantized was measured for the {measured} lowest; "
+        f"{budget.get('evaluations')} metric evaluations in all (the full variant, the candidates, the fallbacks)."
         if measured is not None
-        else f"The metric drop was measured for every layer ({budget.get('evaluations')} evaluations in all)."
+        else f"The metric drop with only that layer quantized was measured for every layer; "
+        f"{budget.get('evaluations')} metric evaluations in all."
     )
     return [("h3", title), ("p", note), ("table", ["layer", "SQNR dB", "measured drop", "kept float"], rows)]
 

@@ -179,6 +179,6 @@ def test_budget_sensitivity_shows_the_cheap_ranking_beside_the_measured_drops():
     quantized = artifact("int8", 0.985, 600_000, {1: 0.1}, scheme="int8_static", budget=budget, float_nodes=["conv2"])
     text = render_markdown(make_report([BASELINE, quantized]))
     assert "### int8: sensitivity of the accuracy budget" in text
-    assert "measured for the 2 layer(s) of lowest SQNR and 4 evaluations in all" in text
+    assert "was measured for the 2 lowest; 4 metric evaluations in all" in text
     table = "| `conv2` | 12.0 | +0.0300 | yes |\n| `conv1` | 31.2 | +0.0000 |  |\n| `fc` | 40.0 | not measured |  |"
     assert table in text
