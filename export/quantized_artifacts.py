@@ -16,7 +16,7 @@ import torch
 
 from compress import log
 from compress.data import TaskData
-from compress.errors import ModelpressError
+from compress.errors import InputError, ModelpressError, first_line
 from compress.evaluate import Evaluator
 from compress.io import write_atomic, write_json_atomic
 from compress.quant.budget import candidate_count, fit_budget
@@ -155,8 +155,12 @@ def build_variant(
         def score(graph_path: Path) -> float:
             return evaluator.score(ort_predictor(make_session(graph_path)), data.batches(split))
 
-        def rank() -> dict[str, float | None]:
-            feeds = CalibrationReader(data, spec.calibration.samples).feeds
+        def rank() -> dict[str, float | None] | None:
+            try:
+                feeds = CalibrationReader(data, spec.calibration.samples).feeds
+            except InputError as exc:
+                log.warn(f"  {name}: no SQNR ranking ({first_line(exc)}); the budget measures every node")
+                return None
             return node_sqnr(prepared, quantize(nodes, work / "ranking.onnx"), nodes, feeds, work)
 
         budget = None

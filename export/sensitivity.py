@@ -17,6 +17,7 @@ import onnx
 from onnx.utils import Extractor
 
 from compress import log
+from compress.errors import first_line
 from compress.quant.sqnr import SqnrMeter
 from export.runtime import make_session
 
@@ -62,14 +63,12 @@ def node_sqnr(
         inputs, output = _probe_inputs(node, initializers), node.output[0]
         if not all(t in types for t in [*inputs, output]):
             continue
-        try:
-            piece = extractor.extract_model(inputs, [output])
-        except Exception as exc:  # noqa: BLE001  (onnx.utils raises bare exceptions)
-            log.info(f"  sqnr: {name} not measured ({type(exc).__name__}: {exc})")
-            continue
         path = work / f"sqnr-piece-{len(pieces)}.onnx"
-        onnx.save(piece, str(path))
-        pieces[name] = (inputs, output, make_session(path))
+        try:
+            onnx.save(extractor.extract_model(inputs, [output]), str(path))
+            pieces[name] = (inputs, output, make_session(path))
+        except Exception as exc:  # noqa: BLE001  (onnx.utils and onnxruntime raise bare exceptions)
+            log.info(f"  sqnr: {name} not measured ({type(exc).__name__}: {first_line(exc)})")
         tensors.update([*inputs, output])
     graph_inputs = {info.name for info in float_model.graph.input}
     probed = work / "sqnr-float.onnx"

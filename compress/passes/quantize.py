@@ -23,7 +23,7 @@ from pydantic import Field, PositiveInt, model_validator
 from compress import log
 from compress.config import PassConfig, StrictModel
 from compress.data import flatten_inputs, training_inputs
-from compress.errors import InputError, SelectionError
+from compress.errors import InputError, SelectionError, first_line
 from compress.quant.bnb import dequantized_weight, quantize_named, replace_module
 from compress.quant.budget import candidate_count, fit_budget
 from compress.quant.sqnr import layer_sqnr
@@ -211,10 +211,15 @@ def _quantize_torch(model: torch.nn.Module, config: QuantizeConfig, ctx) -> torc
             replace_module(model, name, layer)
         return value
 
-    def rank() -> dict[str, float]:
+    def rank() -> dict[str, float] | None:
+        try:
+            batches = ctx.data.batches(ctx.data.resolve("calibration"))
+        except InputError as exc:
+            log.warn(f"quantize: no SQNR ranking ({first_line(exc)}); the budget measures every layer")
+            return None
         shadow = quantize_named(copy.deepcopy(model), names, spec)  # the quantized twins, computed once
         twins = {name: shadow.get_submodule(name) for name in names}
-        return layer_sqnr(model, twins, ctx.data.batches(ctx.data.resolve("calibration")), RANKING_SAMPLES)
+        return layer_sqnr(model, twins, batches, RANKING_SAMPLES)
 
     budget = None
     if config.max_metric_drop is not None:

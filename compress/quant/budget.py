@@ -63,22 +63,24 @@ def fit_budget(
     score: Callable[[list[str]], float],
     reference: float,
     budget: float | None,
-    rank: Callable[[], dict[str, float | None]] | None = None,
+    rank: Callable[[], dict[str, float | None] | None] | None = None,
     candidates: int | None = None,
 ) -> BudgetResult:
     """Quantize ``layers`` within ``budget`` (max metric drop from ``reference``).
 
     ``score(quantized)`` returns the metric with exactly the layers ``quantized`` quantized.
     ``rank()`` returns each layer's output SQNR in dB; with it and ``candidates``, the metric
-    drop is measured only for that many layers of lowest SQNR. Without either, for every layer.
+    drop is measured only for that many layers of lowest SQNR. Without either, or when ``rank``
+    returns None (nothing to rank on), for every layer.
     With no budget, every layer is quantized. When no fallback meets the budget, the best
     variant found is returned with ``met=False``.
     """
     full = score(layers)
     if budget is None or reference - full <= budget or not layers:
         return BudgetResult(reference, full, [], budget is None or reference - full <= budget, budget)
-    cheap = rank is not None and candidates is not None
-    sqnr_db = rank() if cheap else {}
+    sqnr_db = rank() if rank is not None and candidates is not None else None
+    cheap = sqnr_db is not None  # None from rank: no calibration data to rank on; measure every layer
+    sqnr_db = sqnr_db or {}
     measured = cheap_order(sqnr_db, layers)[:candidates] if cheap else list(layers)
     log.info(
         f"  budget: drop {reference - full:.4f} > {budget}; measuring the sensitivity of {len(measured)} "

@@ -92,3 +92,10 @@ def test_a_layer_the_ranking_could_not_measure_is_a_candidate():
 
 def test_candidate_count_reads_the_recipe_value():
     assert candidate_count("all") is None and candidate_count(0) is None and candidate_count(8) == 8
+
+
+def test_a_ranking_with_nothing_to_rank_on_falls_back_to_measuring_every_layer():
+    counted = Counted()
+    result = fit_budget(list(COSTS), counted.score, 1.0, 0.12, lambda: None, candidates=1)
+    assert set(result.sensitivity) == set(COSTS) and result.candidates is None and result.sqnr_db == {}
+    assert result.float_layers == ["b", "c"] and counted.scores == 1 + len(COSTS) + 2
