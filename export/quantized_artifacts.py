@@ -2,8 +2,9 @@
 
 Per variant: export the fp32 source graph (with the variant's exporter and opset), apply
 ONNX Runtime's transformer fusions when asked, quantize, and when a budget is set, keep
-the most sensitive weight nodes in float until the metric drop on the budget split fits.
-The record names the nodes kept in float and says whether the budget was met.
+the most sensitive weight nodes in float until the metric drop on the budget split fits
+(ranked first by output SQNR on calibration data, ``export/sensitivity.py``). The record
+names the nodes kept in float and says whether the budget was met.
 """
 
 import tempfile
@@ -15,10 +16,10 @@ import torch
 
 from compress import log
 from compress.data import TaskData
-from compress.errors import ModelpressError
+from compress.errors import InputError, ModelpressError, first_line
 from compress.evaluate import Evaluator
 from compress.io import write_atomic, write_json_atomic
-from compress.quant.budget import fit_budget
+from compress.quant.budget import candidate_count, fit_budget
 from compress.recipe import ParitySpec, Recipe
 from export.artifacts import artifacts_dir, file_facts, graph_facts, heldout_inputs
 from export.errors import ExportError
@@ -36,6 +37,7 @@ from export.quantize import (
 )
 from export.runtime import make_session, ort_predictor
 from export.scratch import own_cwd
+from export.sensitivity import node_sqnr
 from export.validate import compare_outputs
 
 
@@ -153,11 +155,24 @@ def build_variant(
         def score(graph_path: Path) -> float:
             return evaluator.score(ort_predictor(make_session(graph_path)), data.batches(split))
 
+        def rank() -> dict[str, float | None] | None:
+            try:
+                feeds = CalibrationReader(data, spec.calibration.samples).feeds
+            except InputError as exc:
+                log.warn(f"  {name}: no SQNR ranking ({first_line(exc)}); the budget measures every node")
+                return None
+            return node_sqnr(prepared, quantize(nodes, work / "ranking.onnx"), nodes, feeds, work)
+
         budget = None
         if spec.max_metric_drop is not None:
             reference = score(prepared)
             budget = fit_budget(
-                nodes, lambda q: score(quantize(q, work / "trial.onnx")), reference, spec.max_metric_drop
+                nodes,
+                lambda q: score(quantize(q, work / "trial.onnx")),
+                reference,
+                spec.max_metric_drop,
+                rank,
+                candidate_count(spec.sensitivity_candidates),
             )
         float_nodes = budget.float_layers if budget else []
         write_atomic(path, lambda tmp: quantize([n for n in nodes if n not in float_nodes], tmp))

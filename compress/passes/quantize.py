@@ -9,10 +9,13 @@ int8 model gets an int8 ONNX twin and a 4-bit one a 4-bit twin with the same blo
 size; with neither side given, ``scheme: auto`` picks per model family.
 
 ``max_metric_drop`` is the accuracy budget, in the task metric's units: the most
-sensitive layers fall back to float until the drop on the validation split fits.
+sensitive layers fall back to float until the drop on the validation split fits. Layers
+are ranked first by their output SQNR on calibration data, and the metric drop is measured
+only for the ``sensitivity_candidates`` lowest (``all``: for every layer).
 """
 
-from typing import Literal
+import copy
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field, PositiveInt, model_validator
@@ -20,14 +23,20 @@ from pydantic import Field, PositiveInt, model_validator
 from compress import log
 from compress.config import PassConfig, StrictModel
 from compress.data import flatten_inputs, training_inputs
-from compress.errors import InputError, SelectionError
+from compress.errors import InputError, SelectionError, first_line
 from compress.quant.bnb import dequantized_weight, quantize_named, replace_module
-from compress.quant.budget import fit_budget
+from compress.quant.budget import candidate_count, fit_budget
+from compress.quant.sqnr import layer_sqnr
 from compress.registry import register_pass
 from compress.select import select_modules
 
 BNB_BLOCK_SIZES = Literal[32, 64, 128, 256, 512, 1024, 2048, 4096]  # what bitsandbytes' kernels take
 ORT_BLOCK_SIZES = Literal[16, 32, 64, 128, 256]  # MatMulNBits: a power of two >= 16
+# How many layers the budget measures the metric for, after the cheap SQNR ranking; 0 or "all": every layer.
+Candidates = Annotated[int, Field(ge=0)] | Literal["all"]
+DEFAULT_CANDIDATES = 8
+# Calibration rows the torch side's SQNR ranking runs (the ONNX side uses calibration.samples).
+RANKING_SAMPLES = 256
 
 
 class BitsAndBytesSpec(StrictModel):
@@ -77,6 +86,8 @@ class OnnxQuantSpec(StrictModel):
         whose attention ONNX Runtime can fuse (and then quantize as QAttention); ``auto`` tries
         dynamo and falls back to TorchScript.
     opset: opset of that graph (default: export.opset).
+    max_metric_drop / budget_split / sensitivity_candidates: this variant's accuracy budget
+        (default: the pass's).
     """
 
     scheme: Literal["auto", "int8_dynamic", "int8_static", "int4"] = "auto"
@@ -96,6 +107,7 @@ class OnnxQuantSpec(StrictModel):
     opset: int | None = Field(None, ge=14, le=23)
     max_metric_drop: float | None = Field(None, ge=0.0, description="this variant's budget (default: the pass's)")
     budget_split: Literal["validation", "eval"] = "validation"
+    sensitivity_candidates: Candidates | None = Field(None, description="default: the pass's")
 
     @model_validator(mode="after")
     def _int4_embeddings_scheme(self):
@@ -120,12 +132,15 @@ class QuantizeConfig(PassConfig):
     onnx: quantized ONNX artifacts to export (default: the torch side's twin, or ``auto``).
     max_metric_drop: accuracy budget in metric units (e.g. 0.005 = half a point of accuracy).
     budget_split: split the budget is measured on (``validation`` falls back to ``eval``).
+    sensitivity_candidates: the budget measures the metric drop only for this many layers, those
+        of lowest output SQNR on calibration data; ``all`` (or 0) measures every layer.
     """
 
     bitsandbytes: BitsAndBytesSpec | None = None
     onnx: list[OnnxQuantSpec] | None = None
     max_metric_drop: float | None = Field(None, ge=0.0)
     budget_split: Literal["validation", "eval"] = "validation"
+    sensitivity_candidates: Candidates = DEFAULT_CANDIDATES
 
     def onnx_variants(self) -> list[OnnxQuantSpec]:
         """The quantized ONNX artifacts this pass asks the exporter for, with the pass's budget."""
@@ -138,9 +153,15 @@ class QuantizeConfig(PassConfig):
             twin = ONNX_TWIN[torch_side.scheme]
             opset = 21 if twin == "int4" else None  # int4 Gather tables need opset 21
             variants = [OnnxQuantSpec(scheme=twin, block_size=torch_side.block_size, opset=opset)]
-        return [
+        variants = [
             spec.model_copy(update={"max_metric_drop": self.max_metric_drop, "budget_split": self.budget_split})
             if spec.max_metric_drop is None
+            else spec
+            for spec in variants
+        ]
+        return [
+            spec.model_copy(update={"sensitivity_candidates": self.sensitivity_candidates})
+            if spec.sensitivity_candidates is None
             else spec
             for spec in variants
         ]
@@ -190,7 +211,20 @@ def _quantize_torch(model: torch.nn.Module, config: QuantizeConfig, ctx) -> torc
             replace_module(model, name, layer)
         return value
 
-    budget = fit_budget(names, score, reference, config.max_metric_drop) if config.max_metric_drop is not None else None
+    def rank() -> dict[str, float] | None:
+        try:
+            batches = ctx.data.batches(ctx.data.resolve("calibration"))
+        except InputError as exc:
+            log.warn(f"quantize: no SQNR ranking ({first_line(exc)}); the budget measures every layer")
+            return None
+        shadow = quantize_named(copy.deepcopy(model), names, spec)  # the quantized twins, computed once
+        twins = {name: shadow.get_submodule(name) for name in names}
+        return layer_sqnr(model, twins, batches, RANKING_SAMPLES)
+
+    budget = None
+    if config.max_metric_drop is not None:
+        candidates = candidate_count(config.sensitivity_candidates)
+        budget = fit_budget(names, score, reference, config.max_metric_drop, rank, candidates)
     float_layers = budget.float_layers if budget else []
     quantized = [name for name in names if name not in float_layers]
     quantize_named(model, quantized, spec)

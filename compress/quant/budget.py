@@ -2,20 +2,33 @@
 most sensitive layers to float until the drop fits.
 
 Sensitivity is measured the way users reason about it: the metric drop when only that
-layer is quantized. Layers then fall back one at a time, most sensitive first. The same
-search serves bitsandbytes layers in torch and weight nodes in an ONNX graph; only
-``score`` differs. Metrics are higher-is-better (accuracy, Spearman).
+layer is quantized. That costs one metric evaluation per layer, so a cheap signal ranks the
+layers first (``rank``: each layer's output SQNR in dB on calibration data, quantized alone;
+lower is more sensitive) and the metric is measured only for the ``candidates`` lowest.
+Layers then fall back one at a time in the measured order (largest drop first), and after
+the candidates in the cheap order. The same search serves bitsandbytes layers in torch and
+weight nodes in an ONNX graph; only ``score`` and ``rank`` differ. Metrics are
+higher-is-better (accuracy, Spearman).
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from compress import log
 
+# A layer the cheap signal could not measure ranks as the most sensitive: measure it rather than guess.
+UNMEASURED = -math.inf
+
 
 @dataclass
 class BudgetResult:
-    """Which layers stay float, what the search measured, and whether the budget holds."""
+    """Which layers stay float, what the search measured, and whether the budget holds.
+
+    ``sqnr_db``: the cheap ranking, every layer's output SQNR (None where it could not be
+    measured); ``sensitivity``: the measured metric drop of each candidate; ``candidates``:
+    how many layers the metric was measured for (None: all, without a cheap ranking).
+    """
 
     reference: float
     metric: float
@@ -24,6 +37,8 @@ class BudgetResult:
     budget: float | None
     sensitivity: dict[str, float] = field(default_factory=dict)
     evaluations: int = 1
+    sqnr_db: dict[str, float | None] = field(default_factory=dict)
+    candidates: int | None = None
 
     @property
     def drop(self) -> float:
@@ -33,25 +48,50 @@ class BudgetResult:
         return {**asdict(self), "drop": self.drop}
 
 
+def candidate_count(value: int | str) -> int | None:
+    """A recipe's ``sensitivity_candidates`` as ``fit_budget`` takes it: ``all`` or 0 -> None (every layer)."""
+    return None if value in ("all", 0) else int(value)
+
+
+def cheap_order(sqnr_db: dict[str, float | None], layers: list[str]) -> list[str]:
+    """``layers`` from the lowest SQNR (most sensitive) up; unmeasured first; ties keep graph order."""
+    return sorted(layers, key=lambda layer: UNMEASURED if sqnr_db.get(layer) is None else sqnr_db[layer])
+
+
 def fit_budget(
     layers: list[str],
     score: Callable[[list[str]], float],
     reference: float,
     budget: float | None,
+    rank: Callable[[], dict[str, float | None] | None] | None = None,
+    candidates: int | None = None,
 ) -> BudgetResult:
     """Quantize ``layers`` within ``budget`` (max metric drop from ``reference``).
 
     ``score(quantized)`` returns the metric with exactly the layers ``quantized`` quantized.
+    ``rank()`` returns each layer's output SQNR in dB; with it and ``candidates``, the metric
+    drop is measured only for that many layers of lowest SQNR. Without either, or when ``rank``
+    returns None (nothing to rank on), for every layer.
     With no budget, every layer is quantized. When no fallback meets the budget, the best
     variant found is returned with ``met=False``.
     """
     full = score(layers)
     if budget is None or reference - full <= budget or not layers:
         return BudgetResult(reference, full, [], budget is None or reference - full <= budget, budget)
-    log.info(f"  budget: drop {reference - full:.4f} > {budget}; measuring the sensitivity of {len(layers)} layers")
-    sensitivity = {layer: reference - score([layer]) for layer in layers}
-    ranked = sorted(layers, key=lambda layer: sensitivity[layer], reverse=True)
-    best = BudgetResult(reference, full, [], False, budget, sensitivity, 1 + len(layers))
+    sqnr_db = rank() if rank is not None and candidates is not None else None
+    cheap = sqnr_db is not None  # None from rank: no calibration data to rank on; measure every layer
+    sqnr_db = sqnr_db or {}
+    measured = cheap_order(sqnr_db, layers)[:candidates] if cheap else list(layers)
+    log.info(
+        f"  budget: drop {reference - full:.4f} > {budget}; measuring the sensitivity of {len(measured)} "
+        f"of {len(layers)} layers" + (" (the lowest output SQNR)" if cheap else "")
+    )
+    sensitivity = {layer: reference - score([layer]) for layer in measured}
+    ranked = sorted(measured, key=lambda layer: sensitivity[layer], reverse=True)
+    ranked += [layer for layer in cheap_order(sqnr_db, layers) if layer not in sensitivity]
+    best = BudgetResult(
+        reference, full, [], False, budget, sensitivity, 1 + len(measured), sqnr_db, candidates if cheap else None
+    )
     for count in range(1, len(ranked)):  # all layers float would be no quantization at all
         kept_float = ranked[:count]
         metric = score([layer for layer in layers if layer not in kept_float])

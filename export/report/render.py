@@ -7,6 +7,7 @@ no external URL, it opens offline and can be mailed as one file.
 
 import base64
 import html
+import math
 import re
 from pathlib import Path
 
@@ -126,7 +127,46 @@ def _quantized(artifacts: list[dict], stages: list[dict]) -> list:
             ]
         )
     headers = ["artifact", "scheme", "metric in ORT", "metric in torch (source)", "budget", "quantized nodes"]
-    return [("h2", "Quantized artifacts"), ("table", [*headers, "kept float"], rows)]
+    blocks = [("h2", "Quantized artifacts"), ("table", [*headers, "kept float"], rows)]
+    for a in quantized:
+        blocks += _sensitivity(f"{a['name']}: sensitivity of the accuracy budget", a.get("budget"))
+    for stage in stages:
+        blocks += _sensitivity(f"{stage['name']} (torch): sensitivity of the accuracy budget", _stage_budget(stage))
+    return blocks
+
+
+def _stage_budget(stage: dict) -> dict | None:
+    return (stage.get("record") or {}).get("budget")
+
+
+def _sensitivity(title: str, budget: dict | None) -> list:
+    """Per layer: the cheap ranking (output SQNR alone, on calibration data) beside the measured drop."""
+    if not budget or not (budget.get("sqnr_db") or budget.get("sensitivity")):
+        return []
+    sqnr, drops = budget.get("sqnr_db") or {}, budget.get("sensitivity") or {}
+    kept = budget.get("float_layers") or []
+    layers = sorted(
+        {*sqnr, *drops}, key=lambda n: (sqnr.get(n) is not None, sqnr.get(n) or 0.0, -drops.get(n, -math.inf))
+    )
+    rows = [
+        [
+            f"`{name}`",
+            "–" if sqnr.get(name) is None else f"{sqnr[name]:.1f}",
+            f"{drops[name]:+.4f}" if name in drops else "not measured",
+            "yes" if name in kept else "",
+        ]
+        for name in layers
+    ]
+    measured = budget.get("candidates")
+    note = (
+        f"SQNR: each layer's output, quantized alone, against float on calibration data (lower: more "
+        f"sensitive). The metric drop with only that layer quantized was measured for the {measured} lowest; "
+        f"{budget.get('evaluations')} metric evaluations in all (the full variant, the candidates, the fallbacks)."
+        if measured is not None
+        else f"The metric drop with only that layer quantized was measured for every layer; "
+        f"{budget.get('evaluations')} metric evaluations in all."
+    )
+    return [("h3", title), ("p", note), ("table", ["layer", "SQNR dB", "measured drop", "kept float"], rows)]
 
 
 def _measurement(entry: dict) -> tuple:
@@ -250,6 +290,7 @@ def blocks(report: dict) -> list:
 MARKDOWN = {
     "h1": lambda b: f"# {b[1]}",
     "h2": lambda b: f"## {b[1]}",
+    "h3": lambda b: f"### {b[1]}",
     "p": lambda b: b[1],
     "list": lambda b: "\n".join(f"- {item}" for item in b[1]),
     "table": lambda b: "\n".join(
@@ -300,6 +341,7 @@ def render_html(report: dict, out_dir: Path) -> str:
     tags = {
         "h1": lambda b: f"<h1>{_inline(b[1])}</h1>",
         "h2": lambda b: f"<h2>{_inline(b[1])}</h2>",
+        "h3": lambda b: f"<h3>{_inline(b[1])}</h3>",
         "p": lambda b: f"<p>{_inline(b[1])}</p>",
         "list": lambda b: "<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>",
         "table": _html_table,

@@ -108,11 +108,14 @@ def fidelity(reference: torch.nn.Module) -> Evaluator:
 
 
 def test_budget_keeps_the_most_sensitive_nodes_in_float(tmp_path):
+    """Exhaustive mode (``sensitivity_candidates: all``): the metric is measured for every node."""
     make_model, _ = TINY_ARCHS["tiny_bert"]
     evaluator = fidelity(make_model())
     spec = {"scheme": "int8_dynamic", "per_channel": False}
     unbounded, _ = quantized("tiny_bert", tmp_path / "all", [spec], evaluator)
-    artifacts, _ = quantized("tiny_bert", tmp_path / "budget", [spec], evaluator, max_metric_drop=1e-9)
+    artifacts, _ = quantized(
+        "tiny_bert", tmp_path / "budget", [spec], evaluator, max_metric_drop=1e-9, sensitivity_candidates="all"
+    )
     record = artifacts["compressed-int8_dynamic"]
     budget = record["budget"]
     assert record["float_nodes"] and budget["float_layers"] == record["float_nodes"]
@@ -124,6 +127,46 @@ def test_budget_keeps_the_most_sensitive_nodes_in_float(tmp_path):
     assert record["quantized_nodes"] == unbounded["compressed-int8_dynamic"]["quantized_nodes"] - len(
         record["float_nodes"]
     )
+    assert len(budget["sensitivity"]) == record["quantized_nodes"] + len(record["float_nodes"])
+    assert budget["sqnr_db"] == {} and budget["candidates"] is None
+
+
+def outlier_cnn():
+    """The tiny residual CNN whose second conv has one weight 200x its largest: one per-tensor int8
+    scale then flattens the rest of that conv's weights to a few codes."""
+    make_model, _ = TINY_ARCHS["residual_cnn"]
+    model = make_model()
+    with torch.no_grad():
+        model.conv.weight[0, 0, 0, 0] = 200 * model.conv.weight.abs().max()
+    return model
+
+
+def test_cheap_ranking_puts_the_large_range_conv_first_and_measures_only_the_candidates(tmp_path):
+    reference = outlier_cnn()
+    evaluator = Evaluator(
+        "fidelity",
+        lambda predict, batches: (
+            -1e6 * float(torch.stack([(predict(x) - reference(x)).pow(2).mean() for x, _ in batches]).mean())
+        ),
+    )
+    spec = {"scheme": "int8_static", "per_channel": False, "calibration": {"samples": 16}}
+    recipe = {"passes": [{"pass": "quantize", "onnx": [spec], "max_metric_drop": 1e-9, "sensitivity_candidates": 1}]}
+    make_data = TINY_ARCHS["residual_cnn"][1]
+    with torch.no_grad():
+        result = compress.run(outlier_cnn(), recipe, make_data(), out_dir=tmp_path, evaluator=evaluator, report=False)
+    record = next(a for a in result.artifacts if a["name"] == "compressed-int8_static")
+    budget = record["budget"]
+    sqnr = budget["sqnr_db"]
+    assert len(sqnr) == 3 and all(value is not None for value in sqnr.values())  # stem conv, conv, head
+    conv = min(sqnr, key=sqnr.get)
+    graph = onnx.load(str(tmp_path / record["path"]))
+    assert conv in {n.name for n in graph.graph.node if n.op_type == "Conv"}  # kept float, so still a Conv
+    assert sqnr[conv] < min(v for name, v in sqnr.items() if name != conv) - 10.0  # by a wide margin
+    assert list(budget["sensitivity"]) == [conv] and budget["candidates"] == 1
+    # the candidate first, then the next lowest SQNR; a budget of 1e-9 is out of reach, so every trial runs:
+    # the full variant, one candidate, two fallback trials (of three layers, one stays quantized)
+    assert budget["float_layers"] == sorted(sqnr, key=sqnr.get)[:2] and not budget["met"]
+    assert budget["evaluations"] == 1 + 1 + 2
 
 
 def test_a_quantizer_failure_is_recorded_not_raised(tmp_path, monkeypatch):

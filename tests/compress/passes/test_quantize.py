@@ -88,7 +88,25 @@ def test_budget_falls_back_the_sensitive_layer(scheme, tmp_path):
     record = result.stages[-1].record
     assert record["budget"]["met"] is True and record["budget"]["drop"] <= budget
     assert record["budget"]["sensitivity"]["fc1"] > record["budget"]["sensitivity"]["fc2"]
+    # the cheap ranking (output SQNR, each layer alone on calibration data) agrees by a wide margin
+    sqnr = record["budget"]["sqnr_db"]
+    assert sqnr["fc1"] < sqnr["fc2"] - 10.0 and record["budget"]["candidates"] == 8
     assert record["bitsandbytes"]["float_layers"] == ["fc1"] and quantized_layers(result.model) == ["fc2"]
+
+
+def test_budget_measures_only_the_lowest_sqnr_candidate(tmp_path):
+    evaluator = fidelity(wide_mlp("fc1"))
+    result, _ = quantize_run(
+        wide_mlp("fc1"),
+        tmp_path,
+        evaluator,
+        bitsandbytes={"scheme": "nf4"},
+        max_metric_drop=0.0,
+        sensitivity_candidates=1,
+    )
+    budget = result.stages[-1].record["budget"]
+    assert list(budget["sensitivity"]) == ["fc1"] and set(budget["sqnr_db"]) == {"fc1", "fc2"}
+    assert budget["float_layers"] == ["fc1"] and budget["evaluations"] == 1 + 1 + 1
 
 
 def test_budget_that_cannot_be_met_keeps_the_best_variant_and_says_so(tmp_path):

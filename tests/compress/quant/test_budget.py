@@ -1,6 +1,6 @@
 """fit_budget: the search over layers kept in float, on a known additive sensitivity."""
 
-from compress.quant.budget import fit_budget
+from compress.quant.budget import candidate_count, fit_budget
 
 # Each layer, when quantized, costs this much metric; costs add up.
 COSTS = {"a": 0.05, "b": 0.5, "c": 0.1, "d": 0.01}
@@ -33,3 +33,69 @@ def test_unreachable_budget_keeps_the_best_variant_with_one_layer_quantized():
     result = fit_budget(list(COSTS), additive_score, 1.0, 0.0)
     assert not result.met
     assert result.float_layers == ["b", "c", "a"] and abs(result.drop - 0.01) < 1e-12
+
+
+# The cheap signal: output SQNR in dB per layer (lower = more sensitive). It misjudges "a" (ranks it
+# below "d"), as a cheap proxy can; the measured drops then decide the fallback order.
+SQNR_DB = {"a": 30.0, "b": 10.0, "c": 20.0, "d": 25.0}
+
+
+class Counted:
+    """``additive_score`` that counts its calls, and a ranking that counts its own."""
+
+    def __init__(self):
+        self.scores = self.ranks = 0
+
+    def score(self, quantized: list[str]) -> float:
+        self.scores += 1
+        return additive_score(quantized)
+
+    def rank(self) -> dict[str, float]:
+        self.ranks += 1
+        return dict(SQNR_DB)
+
+
+def test_metric_is_measured_only_for_the_lowest_sqnr_candidates():
+    counted = Counted()
+    result = fit_budget(list(COSTS), counted.score, 1.0, 0.12, counted.rank, candidates=2)
+    assert counted.ranks == 1
+    assert set(result.sensitivity) == {"b", "c"}  # the two lowest SQNR, measured
+    assert result.sqnr_db == SQNR_DB and result.candidates == 2
+    assert result.float_layers == ["b", "c"] and result.met and abs(result.drop - 0.06) < 1e-12
+    # one full evaluation, k=2 candidates, two fallback trials
+    assert counted.scores == result.evaluations == 1 + 2 + 2
+
+
+def test_after_the_candidates_layers_fall_back_in_the_cheap_order():
+    counted = Counted()
+    result = fit_budget(list(COSTS), counted.score, 1.0, 0.0, counted.rank, candidates=1)
+    assert set(result.sensitivity) == {"b"}
+    # b (measured), then c, d, a by SQNR; the best variant keeps one layer quantized
+    assert result.float_layers == ["b", "c", "d"] and not result.met
+    assert counted.scores == result.evaluations == 1 + 1 + 3
+
+
+def test_exhaustive_mode_never_ranks_and_measures_every_layer():
+    counted = Counted()
+    result = fit_budget(list(COSTS), counted.score, 1.0, 0.12, counted.rank, candidates=None)
+    assert counted.ranks == 0 and result.sqnr_db == {} and result.candidates is None
+    assert set(result.sensitivity) == set(COSTS) and result.float_layers == ["b", "c"]
+    assert counted.scores == result.evaluations == 1 + len(COSTS) + 2
+
+
+def test_a_layer_the_ranking_could_not_measure_is_a_candidate():
+    counted = Counted()
+    ranking = {**SQNR_DB, "d": None}
+    result = fit_budget(list(COSTS), counted.score, 1.0, 0.12, lambda: ranking, candidates=1)
+    assert set(result.sensitivity) == {"d"}
+
+
+def test_candidate_count_reads_the_recipe_value():
+    assert candidate_count("all") is None and candidate_count(0) is None and candidate_count(8) == 8
+
+
+def test_a_ranking_with_nothing_to_rank_on_falls_back_to_measuring_every_layer():
+    counted = Counted()
+    result = fit_budget(list(COSTS), counted.score, 1.0, 0.12, lambda: None, candidates=1)
+    assert set(result.sensitivity) == set(COSTS) and result.candidates is None and result.sqnr_db == {}
+    assert result.float_layers == ["b", "c"] and counted.scores == 1 + len(COSTS) + 2

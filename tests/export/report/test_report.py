@@ -160,3 +160,25 @@ def test_a_stale_row_is_shown_as_such_and_compared_with_no_fresh_one():
     old_fast = {**FAST, "latency": [{**e, **stale} for e in FAST["latency"]]}
     assert recommend([BASELINE, FAST], 0.01, CPU)["name"] == "fast"
     assert recommend([BASELINE, old_fast], 0.01, CPU)["name"] == "baseline"
+
+
+def test_budget_sensitivity_shows_the_cheap_ranking_beside_the_measured_drops():
+    budget = {
+        "reference": 0.99,
+        "metric": 0.985,
+        "float_layers": ["conv2"],
+        "met": True,
+        "budget": 0.005,
+        "sensitivity": {"conv2": 0.03, "conv1": 0.0},
+        "evaluations": 4,
+        "sqnr_db": {"conv1": 31.25, "conv2": 12.04, "fc": 40.0},
+        "candidates": 2,
+        "drop": 0.005,
+        "split": "validation",
+    }
+    quantized = artifact("int8", 0.985, 600_000, {1: 0.1}, scheme="int8_static", budget=budget, float_nodes=["conv2"])
+    text = render_markdown(make_report([BASELINE, quantized]))
+    assert "### int8: sensitivity of the accuracy budget" in text
+    assert "was measured for the 2 lowest; 4 metric evaluations in all" in text
+    table = "| `conv2` | 12.0 | +0.0300 | yes |\n| `conv1` | 31.2 | +0.0000 |  |\n| `fc` | 40.0 | not measured |  |"
+    assert table in text
