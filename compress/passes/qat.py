@@ -27,6 +27,7 @@ from compress.quant.fake_quant import (
     conv_bn_pairs,
     fold_batchnorms,
     insert_fake_quant,
+    learn_ranges,
     observe,
     quantized_layers,
     refresh_activation_qparams,
@@ -53,6 +54,8 @@ class QatConfig(DistillConfig):
     fold_batchnorm: fold BatchNorm into the Conv before it first (as ORT's pre-processing does).
     calibration_samples: rows of the calibration split that set the initial activation ranges.
     averaging_constant: the activation observers' moving-average weight per training step.
+    learn_ranges: after calibration, train each activation scale (LSQ) instead of tracking min/max:
+        for tensors whose range a few outlier channels dominate, where min/max ranges cannot recover.
     name: name of the int8 ONNX artifact.
     parity_steps: ORT vs fake-quant torch tolerance, in quantization steps of the last quantized
         layer's output.
@@ -66,6 +69,7 @@ class QatConfig(DistillConfig):
     fold_batchnorm: bool = True
     calibration_samples: PositiveInt = Field(256, le=100_000)
     averaging_constant: float = Field(0.01, gt=0.0, le=1.0)
+    learn_ranges: bool = False
     name: str = Field(DEFAULT_ARTIFACT, pattern=r"^[A-Za-z0-9_.-]+$")
     parity_steps: float = Field(1.0, gt=0.0, le=100.0)
     opset: int = Field(17, ge=13, le=20)
@@ -118,6 +122,8 @@ def _prepare(model, pairs: list, names: list, averaging_constant: float) -> None
 def restore(model, record: dict, example_inputs) -> None:
     """On resume: the same folds and wrappers, so the saved weights and quantizer state load again."""
     _prepare(model, record["folded_batchnorms"], record["quantized_layers"], record["averaging_constant"])
+    if record.get("learn_ranges"):
+        learn_ranges(model)
 
 
 @register_pass("qat", QatConfig, restore=restore)
@@ -129,6 +135,8 @@ def qat(model, config: QatConfig, ctx):
     names = list(select_modules(model, ["re:.*"], config.exclude, QUANTIZED_LAYERS, owner="qat"))
     _prepare(model, pairs, names, config.averaging_constant)
     rows = _calibrate(model, ctx.data, config.calibration_samples)
+    if config.learn_ranges:
+        learn_ranges(model)
     split = ctx.data.resolve("validation")
     before = ctx.evaluate(model, split)
     log.info(f"  qat: {len(names)} layers fake-quantized, {len(pairs)} BatchNorms folded; {split} {before:.4f}")
@@ -138,6 +146,7 @@ def qat(model, config: QatConfig, ctx):
         folded_batchnorms=[list(pair) for pair in pairs],
         quantized_layers=names,
         averaging_constant=config.averaging_constant,
+        learn_ranges=config.learn_ranges,
         calibration_rows=rows,
         metric_before_training=before,
         activation_qparams={

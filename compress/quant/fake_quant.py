@@ -10,7 +10,11 @@ The scheme is the one ``quantize`` asks ``onnxruntime.quantization.quantize_stat
 
 Activations use torch's own ``torch.ao.quantization.FakeQuantize`` with a moving-average min/max
 observer: its scale and zero point are ORT's (range widened to hold 0, round half to even), and
-torch.onnx exports it as QuantizeLinear/DequantizeLinear. Weights use a small module of ours,
+torch.onnx exports it as QuantizeLinear/DequantizeLinear. With ``learn_range`` the scale, set by
+the observer on calibration data, becomes a parameter trained by LSQ's gradient (Esser et al.
+2020, torch's ``_fake_quantize_learnable_per_tensor_affine``; the zero point stays the observer's):
+a tensor whose range a few outlier channels dominate can then trade clipping them for a finer step
+on the rest, which a min/max range never does. Weights use a small module of ours,
 because torch's per-channel weight observers keep a running min/max over every step of training
 (ORT scales the final weights) and torch.onnx refuses the symmetric [-127, 127] range; ours takes
 the scale from the current weights and rounds on [-128, 127], where -128 is never reached.
@@ -44,14 +48,32 @@ class ActivationFakeQuant(FakeQuantize):
             averaging_constant=averaging_constant,
         )
 
+    def learn_range(self) -> None:
+        """From now on the scale is a trained parameter (starting from the observed one); the observer stops."""
+        self.learned_scale = nn.Parameter(self.scale.detach().clone())
+
+    def _learned(self) -> bool:
+        return "learned_scale" in self._parameters
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        learned = self._learned()
         if not torch.onnx.is_in_onnx_export():
-            self.observer_enabled.fill_(int(self.training))
-        return super().forward(x)
+            self.observer_enabled.fill_(int(self.training and not learned))
+        if not learned or torch.onnx.is_in_onnx_export():
+            return super().forward(x)  # exported as QDQ with the ``scale`` buffer
+        scale = self.learned_scale.abs().clamp_min(torch.finfo(torch.float32).eps)
+        self.scale.copy_(scale.detach())  # the buffer the export, the bias step and the record read
+        grad_factor = 1.0 / (x.numel() * self.quant_max) ** 0.5  # LSQ's step-size gradient scale
+        return torch._fake_quantize_learnable_per_tensor_affine(
+            x, scale, self.zero_point.float(), self.quant_min, self.quant_max, grad_factor
+        )
 
     def refresh_qparams(self) -> None:
-        """Scale and zero point from the observer's range (after its float buffers were restored)."""
+        """Scale and zero point from the observer's range (after its float buffers were restored), or
+        the learned scale with the observer's zero point."""
         scale, zero_point = self.calculate_qparams()
+        if self._learned():
+            scale = self.learned_scale.detach().abs().clamp_min(torch.finfo(torch.float32).eps)
         self.scale.copy_(scale.reshape(self.scale.shape))
         self.zero_point.copy_(zero_point.reshape(self.zero_point.shape))
 
@@ -155,6 +177,13 @@ def refresh_activation_qparams(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, ActivationFakeQuant):
             module.refresh_qparams()
+
+
+def learn_ranges(model: nn.Module) -> None:
+    """Every activation quantizer's scale becomes a trained parameter (``ActivationFakeQuant.learn_range``)."""
+    for module in model.modules():
+        if isinstance(module, ActivationFakeQuant):
+            module.learn_range()
 
 
 def observe(model: nn.Module, enabled: bool) -> None:

@@ -114,6 +114,29 @@ def test_excluded_layer_stays_float(tmp_path):
     assert isinstance(result.model.get_submodule("head"), torch.nn.Linear)
 
 
+def test_learned_ranges_train_the_scales_and_the_artifact_still_matches(tmp_path):
+    """LSQ: the activation scales move away from the calibrated ones, and ORT reproduces the result."""
+    observed, _ = qat_run(tmp_path / "observed", export=False, lr=1e-2, max_steps=4)
+    learned, data = qat_run(tmp_path / "learned", lr=1e-2, max_steps=4, learn_ranges=True)
+    assert learned.stages[-1].record["learn_ranges"] is True
+    layers = quantized_layers(learned.model)
+    assert all(layer.input_quant.learned_scale.requires_grad for layer in layers.values())
+    calibrated = observed.stages[-1].record["activation_qparams"]
+    trained = learned.stages[-1].record["activation_qparams"]
+    moved = [abs(trained[n]["output"][0] / calibrated[n]["output"][0] - 1) for n in layers]
+    assert max(moved) > 0.01, f"learned scales did not move from the observed ones: {moved}"
+    for name, layer in layers.items():  # the buffer the export reads is the learned scale
+        assert float(layer.output_quant.scale) == pytest.approx(float(layer.output_quant.learned_scale.abs()))
+        assert trained[name]["output"][0] == pytest.approx(float(layer.output_quant.scale))
+    record = next(a for a in learned.artifacts if a["name"] == "compressed-int8_qat")
+    step = float(list(layers.values())[-1].output_quant.scale)
+    assert record["status"] == "passed" and record["parity"]["max_abs_diff"] <= step + 1e-6
+    again, _ = qat_run(tmp_path / "learned", export=False, lr=1e-2, max_steps=4, learn_ranges=True)
+    assert again.stages[-1].resumed
+    with torch.no_grad():
+        assert torch.equal(learned.model(data.eval[0][0]), again.model(data.eval[0][0]))
+
+
 @pytest.mark.parametrize(
     ("params", "error", "message"),
     [
