@@ -117,7 +117,7 @@ def _quantized(artifacts: list[dict], stages: list[dict]) -> list:
         rows.append(
             [
                 a["name"],
-                a["scheme"],
+                a["scheme"] + (f" ({a['int4']['algorithm']})" if a.get("int4") else ""),
                 f"{a['metric']['value']:.4f}" if "metric" in a else "–",
                 torch_metric.get(a.get("source_stage"), "–"),
                 verdict,
