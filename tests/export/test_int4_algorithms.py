@@ -170,3 +170,11 @@ def test_gptq_without_calibration_rows_is_refused(tmp_path):
 def test_an_algorithm_applies_to_int4_only():
     with pytest.raises(ValueError, match="algorithm hqq applies to scheme int4, not int8_dynamic"):
         OnnxQuantSpec(scheme="int8_dynamic", algorithm="hqq")
+
+
+def test_the_report_names_a_non_default_algorithm():
+    from export.report.render import _scheme
+
+    assert _scheme({"scheme": "int4", "int4": {"algorithm": "hqq"}}) == "int4 (hqq)"
+    assert _scheme({"scheme": "int4", "int4": {"algorithm": "default"}}) == "int4"
+    assert _scheme({"scheme": "int8_dynamic"}) == "int8_dynamic"
