@@ -38,7 +38,8 @@ def run(out_dir: Path, work: Path, quick: bool = False) -> Path:
     evaluator = EVALUATORS["embedding_similarity"]
     full = stsb_data(_stsb_path())
     eval_batches = list(full.eval)[:4] if quick else list(full.eval)
-    data = TaskData(eval=eval_batches, validation=list(full.validation)[:2], calibration=full.calibration)
+    calibration = list(full.calibration)[:1] if quick else full.calibration  # quick: GPTQ on one batch
+    data = TaskData(eval=eval_batches, validation=list(full.validation)[:2], calibration=calibration)
     model = sentence_encoder().eval()
     example = take_rows(eval_batches[0][0], 2)
     recipe = load_recipe(RECIPE)

@@ -27,5 +27,5 @@ def test_quick_suite_writes_a_row_per_algorithm(tmp_path, monkeypatch):
         if name != "fp32 (ONNX)":
             assert row["size_bytes"] <= 0.16 * fp32["size_bytes"], name  # matmuls and the word table in 4 bits
             assert f"MatMul by {name.removeprefix('int4-')}, Gather by default" in row["note"]
-    assert "calibrated on 256 rows" in rows["int4-gptq"]["note"]
+    assert "calibrated on 32 rows" in rows["int4-gptq"]["note"]  # quick mode: one calibration batch
     assert "load per core" in (tmp_path / "int4-algos-quick.md").read_text()
