@@ -17,6 +17,8 @@ each row's rounding error forward through a column of the upper Cholesky factor,
 below the diagonal, so later rows never receive it and the result is round-to-nearest on GPTQ's
 grid (a random 256x128 layer on correlated inputs: 21.8 dB output SQNR, as rtn; 25.3 dB with the
 error fed forward along the factor's row). modelpress runs it as shipped.
+``hqq``'s float zero points take a slower MatMulNBits kernel path: one 384x1536 matmul on one
+thread ran 2.45 ms vs 0.47 ms for ``default`` at 16 rows, 13.9 vs 10.4 ms at 512.
 """
 
 import contextlib
