@@ -9,6 +9,7 @@ from pathlib import Path
 # Suite name -> module with ``run(out_dir, work, quick) -> Path``.
 SUITES = {
     "digits-cnn": "benchmarks.digits_cnn",
+    "int4-algos": "benchmarks.int4_algos",
     "minilm-sts": "benchmarks.minilm_sts",
     "pruned-cnns": "benchmarks.pruned_cnns",
     "qat-digits": "benchmarks.qat_digits",

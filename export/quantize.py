@@ -140,6 +140,10 @@ class CalibrationReader:
     def rewind(self) -> None:
         self._iterator = None
 
+    def __iter__(self) -> Iterator[dict]:
+        """GPTQ (int4) iterates the reader instead of calling ``get_next``."""
+        return iter(self.feeds)
+
 
 def _int8_dynamic(src: Path, dst: Path, spec, excluded: list[str], data: TaskData) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -187,30 +191,31 @@ def _int8_static(src: Path, dst: Path, spec, excluded: list[str], data: TaskData
     )
 
 
-def _int4(src: Path, dst: Path, spec, excluded: list[str], data: TaskData) -> None:
+def int4_ops(spec) -> tuple[str, ...]:
+    """The weight ops an int4 variant packs."""
     ops = ("MatMul", "Gather") if spec.quantize_embeddings else ("MatMul",)
-    _weight_only_int4(src, dst, spec, excluded, tuple(op for op in ops if op not in spec.exclude_ops))
+    return tuple(op for op in ops if op not in spec.exclude_ops)
 
 
-def _weight_only_int4(src: Path, dst: Path, spec, excluded: list[str], ops: tuple[str, ...]) -> None:
-    """MatMulNBits / GatherBlockQuantized blocks of ``spec.block_size``. int4 tensors need IR 10 and
-    opset 21: ONNX Runtime's quantizer raises a lower opset to 21 itself (and warns); parity and the
-    metric, measured on the result, are what vouch for the file."""
+def _int4(src: Path, dst: Path, spec, excluded: list[str], data: TaskData) -> None:
+    _weight_only_int4(src, dst, spec, excluded, int4_ops(spec), data)
+
+
+def _weight_only_int4(src: Path, dst: Path, spec, excluded: list[str], ops: tuple[str, ...], data=None) -> None:
+    """MatMulNBits / GatherBlockQuantized blocks of ``spec.block_size``, by the variant's ``algorithm``
+    (``export/int4_algorithms.py``). int4 tensors need IR 10 and opset 21: ONNX Runtime's quantizer
+    raises a lower opset to 21 itself (and warns); parity and the metric, measured on the result, are
+    what vouch for the file."""
     import logging
 
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from export import int4_algorithms
 
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=spec.block_size,
-        is_symmetric=spec.symmetric,
-        accuracy_level=spec.accuracy_level,
-        op_types_to_quantize=ops,
-        quant_axes=(("MatMul", 0), ("Gather", 1)),
-    )
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), nodes_to_exclude=excluded, algo_config=config)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(dst), False)
+    for name in ("onnxruntime.quantization.matmul_nbits_quantizer", "neural_compressor"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    algorithm = int4_algorithms.require(spec.algorithm)
+    calibration = CalibrationReader(data, spec.calibration.samples) if algorithm.needs_calibration else None
+    quantized = int4_algorithms.quantize(onnx.load(str(src)), spec, excluded, ops, calibration)
+    quantized.save_model_to_file(str(dst), False)
 
 
 SCHEMES: dict[str, Callable[[Path, Path, Any, list[str], TaskData], None]] = {

@@ -21,6 +21,7 @@ from compress.evaluate import Evaluator
 from compress.io import write_atomic, write_json_atomic
 from compress.quant.budget import candidate_count, fit_budget
 from compress.recipe import ParitySpec, Recipe
+from export import int4_algorithms
 from export.artifacts import artifacts_dir, file_facts, graph_facts, heldout_inputs
 from export.errors import ExportError
 from export.onnx_export import export_onnx
@@ -30,6 +31,7 @@ from export.quantize import (
     CalibrationReader,
     auto_scheme_of_module,
     check_tables,
+    int4_ops,
     name_nodes,
     resolve_scheme,
     scheme_advice,
@@ -100,6 +102,13 @@ def _prepare(spec, torch_model, recipe: Recipe, example_inputs, work: Path) -> P
     return prepared
 
 
+def _calibrates(spec, scheme: str) -> bool:
+    """Whether the variant read calibration rows: int8 static, and int4 algorithms that calibrate (GPTQ)."""
+    return scheme == "int8_static" or (
+        scheme == "int4" and int4_algorithms.ALGORITHMS[spec.algorithm].needs_calibration
+    )
+
+
 def quantized_parity(recipe: Recipe) -> ParitySpec:
     """Quantization is lossy by design: its parity bounds the damage instead of the difference. No
     ``atol`` (recorded as null: not checked, by design); a recipe cannot ask for that, hence
@@ -134,7 +143,9 @@ def build_variant(
         if advice:
             log.warn(f"  {name}: {advice}", collect=False)  # the guardrail decides whether the report keeps it
         check_tables(graph, spec)  # once, on the prepared graph, not in every budget trial
-        nodes = [n for n in weight_nodes(graph, scheme, spec.exclude_ops) if n not in spec.exclude_nodes]
+        # int4 without quantize_embeddings leaves the tables alone: they are no candidates either
+        skipped = [*spec.exclude_ops, *(["Gather"] if scheme == "int4" and "Gather" not in int4_ops(spec) else [])]
+        nodes = [n for n in weight_nodes(graph, scheme, skipped) if n not in spec.exclude_nodes]
         split = data.resolve(spec.budget_split)
 
         def quantize(quantized: list[str], target: Path) -> Path:
@@ -189,8 +200,9 @@ def build_variant(
         "budget": {**budget.to_dict(), "split": split} if budget else None,
         "source_artifact": "compressed",
         "calibration_samples": (
-            CalibrationReader(data, spec.calibration.samples).provenance() if scheme == "int8_static" else None
+            CalibrationReader(data, spec.calibration.samples).provenance() if _calibrates(spec, scheme) else None
         ),
+        **({"int4": int4_algorithms.facts(onnx.load(str(path)), spec, int4_ops(spec))} if scheme == "int4" else {}),
         **graph_facts(path),
         **file_facts(path),
     }

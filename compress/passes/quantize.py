@@ -65,6 +65,14 @@ class CalibrationSpec(StrictModel):
     percentile: float = Field(99.999, gt=50.0, le=100.0)
 
 
+class GptqSpec(StrictModel):
+    """int4 ``algorithm: gptq``: dampening and column order of ORT's GPTQ (rows: ``calibration.samples``)."""
+
+    damp: float = Field(0.01, gt=0.0, le=1.0, description="share of the mean Hessian diagonal added to it")
+    act_order: bool = False
+    mse: bool = False
+
+
 class OnnxQuantSpec(StrictModel):
     """One quantized ONNX artifact.
 
@@ -77,6 +85,10 @@ class OnnxQuantSpec(StrictModel):
     calibration: static int8 calibration.
     exclude_nodes / exclude_ops: ONNX node names / op types left in float.
     block_size / symmetric / accuracy_level: int4 (accuracy_level 4 = int8 compute, fastest on CPU).
+    algorithm: int4 weight-only algorithm of ONNX Runtime: ``default`` (blockwise round-to-nearest),
+        ``rtn``, ``k_quant``, ``hqq``, ``gptq`` (calibrated on ``calibration.samples`` rows); which the
+        installed ONNX Runtime ships is checked when the pass runs (``export/int4_algorithms.py``).
+    gptq: GPTQ's settings.
     quantize_embeddings: int4 also packs Gather tables (embeddings); needs export.opset >= 21.
     int4_embeddings: int8_dynamic packs Gather tables (embeddings) as int4 blocks of ``block_size``
         (GatherBlockQuantized) instead of int8, halving a transformer's largest tensor; the graph's
@@ -100,6 +112,8 @@ class OnnxQuantSpec(StrictModel):
     block_size: ORT_BLOCK_SIZES = 64
     symmetric: bool = False
     accuracy_level: Literal[0, 1, 2, 3, 4] = 4
+    algorithm: str = Field("default", pattern=r"^[a-z0-9_]+$")
+    gptq: GptqSpec = Field(default_factory=GptqSpec)
     quantize_embeddings: bool = True
     int4_embeddings: bool = False
     optimize: Literal["none", "bert", "vit", "gpt2"] = "none"
@@ -113,6 +127,12 @@ class OnnxQuantSpec(StrictModel):
     def _int4_embeddings_scheme(self):
         if self.int4_embeddings and self.scheme not in ("int8_dynamic", "auto"):
             raise ValueError(f"int4_embeddings applies to scheme int8_dynamic, not {self.scheme}; remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _algorithm_scheme(self):
+        if self.algorithm != "default" and self.scheme != "int4":
+            raise ValueError(f"algorithm {self.algorithm} applies to scheme int4, not {self.scheme}; remove it")
         return self
 
     @model_validator(mode="after")
@@ -245,9 +265,20 @@ def requantize(model: torch.nn.Module, record: dict, config: dict) -> torch.nn.M
     return model
 
 
-def _check_calibration(config: QuantizeConfig, data) -> None:
-    """Static int8 needs calibration rows; find out now, not after training and export."""
-    static = [spec for spec in config.onnx_variants() if spec.scheme == "int8_static"]
+def _check_int4_algorithms(config: QuantizeConfig) -> list[OnnxQuantSpec]:
+    """Each int4 variant's algorithm against the installed ONNX Runtime; the variants that calibrate."""
+    int4 = [spec for spec in config.onnx_variants() if spec.scheme == "int4"]
+    if not int4:
+        return []
+    from export import int4_algorithms  # onnxruntime, only when a recipe asks for int4
+
+    for spec in int4:
+        int4_algorithms.check_spec(spec)
+    return [spec for spec in int4 if int4_algorithms.ALGORITHMS[spec.algorithm].needs_calibration]
+
+
+def _check_calibration(static: list[OnnxQuantSpec], data) -> None:
+    """Static int8 and GPTQ (``static``) need calibration rows; find out now, not after training and export."""
     if not static:
         return
     split = data.resolve("calibration")
@@ -255,9 +286,12 @@ def _check_calibration(config: QuantizeConfig, data) -> None:
     batches = source() if callable(source) else source
     rows = sum(int(flatten_inputs(training_inputs(batch))[1][0].shape[0]) for batch in batches or [])
     if rows == 0:
+        static_int8 = any(spec.scheme == "int8_static" for spec in static)
+        what = "int8_static calibrates activation ranges" if static_int8 else "int4 gptq calibrates weights"
+        instead = "scheme int8_dynamic" if static_int8 else "another int4 algorithm"
         raise InputError(
-            f"quantize: int8_static calibrates activation ranges on the {split!r} split, which is empty; "
-            "return calibration batches from the data factory, or use scheme int8_dynamic"
+            f"quantize: {what} on the {split!r} split, which is empty; "
+            f"return calibration batches from the data factory, or use {instead}"
         )
     wanted = max(spec.calibration.samples for spec in static)
     if rows < wanted:
@@ -266,7 +300,8 @@ def _check_calibration(config: QuantizeConfig, data) -> None:
 
 @register_pass("quantize", QuantizeConfig, after_load=requantize)
 def quantize(model: torch.nn.Module, config: QuantizeConfig, ctx) -> torch.nn.Module:
-    _check_calibration(config, ctx.data)
+    calibrating = [spec for spec in config.onnx_variants() if spec.scheme == "int8_static"]
+    _check_calibration(calibrating + _check_int4_algorithms(config), ctx.data)
     if config.bitsandbytes is not None:
         model = _quantize_torch(model, config, ctx)
     ctx.record(onnx_variants=[spec.model_dump(mode="json") for spec in config.onnx_variants()])

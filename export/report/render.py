@@ -102,6 +102,12 @@ def _artifacts(report: dict) -> list:
     return blocks + _quantized(artifacts, report["stages"])
 
 
+def _scheme(artifact: dict) -> str:
+    """The scheme, with the int4 algorithm when it is not the default one: ``int4 (hqq)``."""
+    algorithm = (artifact.get("int4") or {}).get("algorithm", "default")
+    return artifact["scheme"] + (f" ({algorithm})" if algorithm != "default" else "")
+
+
 def _quantized(artifacts: list[dict], stages: list[dict]) -> list:
     quantized = [a for a in artifacts if "scheme" in a]
     if not quantized:
@@ -118,7 +124,7 @@ def _quantized(artifacts: list[dict], stages: list[dict]) -> list:
         rows.append(
             [
                 a["name"],
-                a["scheme"],
+                _scheme(a),
                 f"{a['metric']['value']:.4f}" if "metric" in a else "–",
                 torch_metric.get(a.get("source_stage"), "–"),
                 verdict,
