@@ -62,8 +62,6 @@ def _rows(model, data, work: Path, quick: bool) -> list[dict]:
             passes = [{**passes[0], "epochs": 1}]
         out = work / name.replace(" ", "-").replace(",", "")
         result = api.run(model, _recipe(artifact, passes), data, out_dir=out, report=False)
-        if result.failures:
-            raise RuntimeError(f"qat-digits row {name!r} failed: {result.failures}")
         if fp32 is None:
             fp32 = _ort_accuracy(out / "artifacts" / "baseline.onnx", data)
             rows.append({"name": "fp32 (ONNX)", "accuracy": fp32})
@@ -73,6 +71,7 @@ def _rows(model, data, work: Path, quick: bool) -> list[dict]:
                 "name": name,
                 "accuracy": _ort_accuracy(out / "artifacts" / f"{artifact}.onnx", data),
                 "torch_accuracy": result.stages[-1].metric,
+                "status": record["status"],  # a PTQ artifact far from fp32 fails its checks: the row says so
                 "parity": record["parity"],
                 "size_bytes": record["size_bytes"],
                 "op_counts": record["op_counts"],
@@ -117,15 +116,16 @@ def run(out_dir: Path, work: Path, quick: bool = False) -> Path:
 
 def _table(rows: list[dict]) -> list[str]:
     lines = [
-        "| row | accuracy (ORT) | points vs fp32 | accuracy (torch) | parity vs source: max abs diff |",
-        "|---|---|---|---|---|",
+        "| row | accuracy (ORT) | points vs fp32 | accuracy (torch) | parity vs source: max abs diff | checks |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
         parity = row.get("parity", {}).get("max_abs_diff")
         torch_accuracy = "–" if row.get("torch_accuracy") is None else f"{row['torch_accuracy']:.4f}"
         parity = "–" if parity is None else f"{parity:.4g}"
         lines.append(
-            f"| {row['name']} | {row['accuracy']:.4f} | {row['points_vs_fp32']:+.2f} | {torch_accuracy} | {parity} |"
+            f"| {row['name']} | {row['accuracy']:.4f} | {row['points_vs_fp32']:+.2f} | {torch_accuracy} | {parity} "
+            f"| {row.get('status', '–')} |"
         )
     return lines
 

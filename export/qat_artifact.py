@@ -151,7 +151,8 @@ def output_step(model: torch.nn.Module) -> float:
 def qat_parity(recipe: Recipe, spec, model: torch.nn.Module) -> ParitySpec:
     """Fake-quant torch vs ORT: ``parity_steps`` output steps, the quantized cosine and agreement floors."""
     floors = quantized_parity(recipe).model_dump(exclude={"atol"})
-    return ParitySpec(atol=spec.parity_steps * output_step(model), **floors)
+    # a value one step off lands a float rounding above the step (0.00886440 vs 0.00886434 seen): 1e-4 slack
+    return ParitySpec(atol=spec.parity_steps * output_step(model) * (1 + 1e-4), **floors)
 
 
 def build_qat_variant(
