@@ -295,7 +295,7 @@ def test_integer_weights_with_zero_codes_are_not_masked():
     assert torch.equal(student.fc1.weight, frozen)
 
 
-def bert_encoder(layers=2, seed=0):
+def bert_encoder(layers=2, seed=0, hidden=32):
     """A tiny BERT sentence encoder without dropout, so runs compare exactly."""
     from transformers import BertConfig, BertModel
 
@@ -304,7 +304,7 @@ def bert_encoder(layers=2, seed=0):
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=50,
-        hidden_size=32,
+        hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=64,
