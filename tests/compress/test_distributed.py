@@ -86,7 +86,7 @@ from compress.distributed import rank
 from tests.compress.passes.test_distill import bert_encoder
 from tests.tiny_models import token_data
 
-student = bert_encoder(layers=2, seed=1, hidden=16)  # half the depth and width: projections train too
+student = bert_encoder(layers=2, seed=1)  # half the teacher's depth
 teacher = {"factory": "tests.compress.passes.test_distill:bert_encoder", "kwargs": {"layers": 4}}
 recipe = {"name": "ddp-layerwise", "export": {"enabled": False}, "passes": [{"pass": "distill", "epochs": 2,
           "loss": "embedding_mse", "lr": 3.0e-3, "teacher": teacher}]}
@@ -105,7 +105,7 @@ def test_layerwise_distillation_under_two_gloo_processes_keeps_ranks_equal(tmp_p
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     record = json.loads(next((tmp_path / "stages").glob("01-*/stage.json")).read_text())["record"]
     assert record["layer_map"] == [1, 3] and record["processes"] == 2
-    assert record["layerwise"]["relation_blocks"] == 2
+    assert record["layerwise"]["relation_blocks"] == 2 and record["layerwise"]["map_source"] == "uniform"
 
 
 def test_cli_under_torchrun_writes_once(tmp_path):
