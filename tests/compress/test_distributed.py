@@ -78,6 +78,36 @@ def test_two_gloo_processes_agree_and_match_one_process(tmp_path):
     assert single >= 0.95 and trained(rank0) >= single - 0.03
 
 
+LAYERWISE_SCRIPT = """
+import sys, torch
+import compress
+from compress.data import TaskData
+from compress.distributed import rank
+from tests.compress.passes.test_distill import bert_encoder
+from tests.tiny_models import token_data
+
+student = bert_encoder(layers=2, seed=1)  # half the teacher's depth
+teacher = {"factory": "tests.compress.passes.test_distill:bert_encoder", "kwargs": {"layers": 4}}
+recipe = {"name": "ddp-layerwise", "export": {"enabled": False}, "passes": [{"pass": "distill", "epochs": 2,
+          "loss": "embedding_mse", "lr": 3.0e-3, "teacher": teacher}]}
+data = token_data(batches=4)
+result = compress.run(student, recipe, TaskData(eval=data.eval, train=data.train), out_dir=sys.argv[1])
+torch.save(result.model.state_dict(), f"{sys.argv[1]}/final-rank{rank()}.pt")
+"""
+
+
+def test_layerwise_distillation_under_two_gloo_processes_keeps_ranks_equal(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(LAYERWISE_SCRIPT)
+    result = launch(2, script, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"final-rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    record = json.loads(next((tmp_path / "stages").glob("01-*/stage.json")).read_text())["record"]
+    assert record["layer_map"] == [1, 3] and record["processes"] == 2
+    assert record["layerwise"]["relation_blocks"] == 2 and record["layerwise"]["map_source"] == "uniform"
+
+
 def test_cli_under_torchrun_writes_once(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
