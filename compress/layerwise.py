@@ -1,7 +1,7 @@
 """Layer-wise distillation for transformers: which student block learns from which teacher block.
 
-The blocks are found by structure, not by model name: the largest ``nn.ModuleList`` whose
-entries are all of one class (BERT's ``encoder.layer``, Llama's ``layers``, GPT-2's ``h``).
+The blocks are found by structure, not by model name: the largest list of repeated blocks
+(``compress.blocks``: BERT's ``encoder.layer``, Llama's ``layers``, GPT-2's ``h``).
 The map sends student block i to teacher block i when the depths are equal, to teacher block
 ``round((i + 1) * T / S) - 1`` when they differ (uniform, as TinyBERT), or follows the
 ``kept_layers`` of the most recent pass that recorded them (``layer_drop``), which names the
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from compress.blocks import largest_block_list
 from compress.errors import InputError
 from compress.feature_distill import FeatureMatch
 from compress.pruning.attention import attention_modules
@@ -38,14 +39,8 @@ MASKED = -1e9  # a score no softmax gives weight to, finite so that KL terms sta
 
 
 def find_blocks(model: torch.nn.Module) -> str | None:
-    """Name of the largest (by parameters) ModuleList of same-class blocks, None when there is none."""
-    best, best_size = None, 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) and len({type(b) for b in module}) == 1:
-            size = sum(p.numel() for p in module.parameters())
-            if size > best_size:
-                best, best_size = name, size
-    return best
+    """The trunk's list of blocks (``compress.blocks``), None when the model has none."""
+    return largest_block_list(model)
 
 
 def has_attention(block: torch.nn.Module) -> bool:

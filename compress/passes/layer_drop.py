@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, model_validator
 
+from compress.blocks import block_lists
 from compress.config import PassConfig
 from compress.data import call_model, first_tensor, model_device, to_device, training_inputs
 from compress.errors import InputError, first_line
@@ -110,28 +111,6 @@ CHOOSERS = {
 MEASURED = {Strategy.importance.value}
 
 
-def _parameter_names(module: torch.nn.Module) -> tuple[str, ...]:
-    return tuple(name for name, _ in module.named_parameters())
-
-
-def block_lists(model: torch.nn.Module) -> dict[str, torch.nn.ModuleList]:
-    """Lists of repeated blocks: ModuleLists of >= 2 composite modules of one class and one parameter layout.
-
-    A list inside another one's blocks (experts of a mixture-of-experts layer) is left out.
-    """
-    found: dict[str, torch.nn.ModuleList] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.ModuleList) or len(module) < 2:
-            continue
-        if any(name.startswith(f"{outer}.") for outer in found):
-            continue
-        children = list(module)
-        composite = all(any(True for _ in child.children()) for child in children)
-        if composite and len({(type(c), _parameter_names(c)) for c in children}) == 1:
-            found[name] = module
-    return found
-
-
 def _describe(lists: Mapping[str, torch.nn.ModuleList]) -> str:
     return ", ".join(f"{name!r} ({len(m)} x {type(m[0]).__name__})" for name, m in lists.items())
 
@@ -150,7 +129,7 @@ def find_blocks(model: torch.nn.Module, path: str | None) -> tuple[str, torch.nn
                 f"its ModuleLists are: {', '.join(repr(n) for n in lists[:8]) or 'none'}"
             )
         return path, named
-    found = block_lists(model)
+    found = block_lists(model, min_length=2)
     if len(found) == 1:
         return next(iter(found.items()))
     if not found:

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 import compress
+from compress.blocks import block_lists
 from compress.context import Context
 from compress.data import TaskData
 from compress.errors import InputError, RecipeError
-from compress.passes.layer_drop import LayerDropConfig, block_lists, layer_drop
+from compress.passes.layer_drop import LayerDropConfig, layer_drop
 from compress.recipe import load_recipe
 from tests.tiny_models import MLP, TinyTransformer, tiny_gpt2, tiny_vit, token_data
 
