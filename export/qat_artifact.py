@@ -26,12 +26,10 @@ from compress.evaluate import Evaluator
 from compress.io import write_atomic
 from compress.quant.fake_quant import quantized_layers
 from compress.recipe import ParitySpec, Recipe
-from export.artifacts import artifacts_dir, file_facts, graph_facts, heldout_inputs
+from export.artifacts import artifacts_dir
 from export.errors import ExportError
 from export.onnx_export import export_onnx
-from export.quantized_artifacts import quantized_parity
-from export.runtime import make_session
-from export.validate import compare_outputs
+from export.quantized_artifacts import artifact_basics, checked, quantized_parity
 
 INT8_RANGE = (-128, 127)
 BIASED_OPS = ("Conv", "Gemm")
@@ -185,29 +183,27 @@ def build_qat_variant(
         graph = fold_weight_quantizers(onnx.load(str(source)))
         onnx.checker.check_model(graph)
         write_atomic(path, lambda tmp: onnx.save(graph, str(tmp)))
-    facts = graph_facts(path)
     record = {
-        "name": name,
-        "path": str(path.relative_to(out_dir)),
-        "format": "onnx",
+        **artifact_basics(name, path, out_dir),
         "precision": "int8",
         "scheme": spec.scheme,
         "quantization": spec.model_dump(mode="json"),
-        "quantized_nodes": facts["initializer_dtypes"].get("int8", 0),
-        "float_nodes": [],
+        "quantized_nodes": len(quantized_layers(fake_quant_model)),
+        "float_nodes": float_layer_nodes(onnx.load(str(path)).graph),
         "budget": None,
-        "source_artifact": "compressed",
         "calibration_samples": None,
         "exporter": "torchscript",
-        **facts,
-        **file_facts(path),
     }
-    parity = compare_outputs(
-        fake_quant_model, make_session(path), heldout_inputs(evaluator, data), tolerance, evaluator.is_classifier
-    )
-    record["parity"] = {**parity.to_dict(), "reference": "fake-quant torch model"}
-    record["status"] = "passed" if parity.passed else "failed"
-    if not parity.passed:
-        record["error"] = "int8 QAT artifact differs from the fake-quant torch model: " + "; ".join(parity.failures)
+    why = "int8 QAT artifact differs from the fake-quant torch model"
+    record = checked(record, path, fake_quant_model, tolerance, evaluator, data, why)
+    record["parity"]["reference"] = "fake-quant torch model"
     fake_quant_model.train(was_training)
     return record
+
+
+def float_layer_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Conv / Gemm / MatMul nodes whose weight is a float initializer, not a dequantized int8 one."""
+    initializers = {init.name for init in graph.initializer}
+    return [
+        node.name for node in graph.node if node.op_type in (*BIASED_OPS, "MatMul") and node.input[1] in initializers
+    ]

@@ -188,9 +188,7 @@ def build_variant(
         float_nodes = budget.float_layers if budget else []
         write_atomic(path, lambda tmp: quantize([n for n in nodes if n not in float_nodes], tmp))
     record = {
-        "name": name,
-        "path": str(path.relative_to(out_dir)),
-        "format": "onnx",
+        **artifact_basics(name, path, out_dir),
         "precision": PRECISION[scheme],
         "scheme": scheme,
         "quantization": spec.model_dump(mode="json"),
@@ -198,25 +196,34 @@ def build_variant(
         **({"scheme_advice": advice} if advice else {}),
         "float_nodes": float_nodes,
         "budget": {**budget.to_dict(), "split": split} if budget else None,
-        "source_artifact": "compressed",
         "calibration_samples": (
             CalibrationReader(data, spec.calibration.samples).provenance() if _calibrates(spec, scheme) else None
         ),
         **({"int4": int4_algorithms.facts(onnx.load(str(path)), spec, int4_ops(spec))} if scheme == "int4" else {}),
-        **graph_facts(path),
-        **file_facts(path),
     }
+    return checked(
+        record, path, torch_model, quantized_parity(recipe), evaluator, data, "quantized output too far from fp32"
+    )
+
+
+def artifact_basics(name: str, path: Path, out_dir: Path) -> dict:
+    """The fields every quantized artifact record starts with; its source is the ``compressed`` fp32 artifact."""
+    return {"name": name, "path": str(path.relative_to(out_dir)), "format": "onnx", "source_artifact": "compressed"}
+
+
+def checked(
+    record: dict, path: Path, reference: torch.nn.Module, tolerance, evaluator: Evaluator, data: TaskData, why: str
+) -> dict:
+    """``record`` completed with the facts read from the written file and its parity against ``reference``
+    on the held-out inputs; failed, with ``why`` and the failures, when that parity does not hold."""
+    record = {**record, **graph_facts(path), **file_facts(path)}
     parity = compare_outputs(
-        torch_model,
-        make_session(path),
-        heldout_inputs(evaluator, data),
-        quantized_parity(recipe),
-        evaluator.is_classifier,
+        reference, make_session(path), heldout_inputs(evaluator, data), tolerance, evaluator.is_classifier
     )
     record["parity"] = parity.to_dict()
     record["status"] = "passed" if parity.passed else "failed"
     if not parity.passed:
-        record["error"] = "quantized output too far from fp32: " + "; ".join(parity.failures)
+        record["error"] = f"{why}: " + "; ".join(parity.failures)
     return record
 
 

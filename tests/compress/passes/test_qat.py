@@ -49,6 +49,7 @@ def test_ort_int8_artifact_matches_the_fake_quant_model_within_one_output_step(r
     assert record["status"] == "passed"
     assert record["parity"]["max_abs_diff"] <= step + 1e-6
     assert record["parity"]["reference"] == "fake-quant torch model"
+    assert record["quantized_nodes"] == LAYERS and record["float_nodes"] == []
 
 
 def test_artifact_holds_int8_weights_and_the_qdq_layout_of_quantize_static(run_with_artifact):
@@ -110,8 +111,11 @@ def test_resume_restores_folds_and_quantizers(tmp_path):
 
 
 def test_excluded_layer_stays_float(tmp_path):
-    result, _ = qat_run(tmp_path, export=False, exclude=["head"])
+    result, _ = qat_run(tmp_path, exclude=["head"])
     assert isinstance(result.model.get_submodule("head"), torch.nn.Linear)
+    record = next(a for a in result.artifacts if a["name"] == "compressed-int8_qat")
+    assert record["quantized_nodes"] == LAYERS - 1
+    assert len(record["float_nodes"]) == 1 and record["op_counts"]["Gemm"] == 1
 
 
 def test_learned_ranges_train_the_scales_and_the_artifact_still_matches(tmp_path):
