@@ -83,7 +83,9 @@ def _cmd_search(args) -> int:
     from compress.search.driver import search_recipe
 
     options = {key: getattr(args, key) for key in SEARCH_OPTIONS}
-    result = search_recipe(args.recipe, trust_checkpoint=args.trust_checkpoint, out_dir=args.out, force=args.force, **options)
+    result = search_recipe(
+        args.recipe, trust_checkpoint=args.trust_checkpoint, out_dir=args.out, force=args.force, **options
+    )
     print(result.recipe_path)
     print(result.report_path)
     return 0

@@ -65,7 +65,8 @@ def _front_table(points: list[dict], objective: str) -> list[str]:
 
 def _trial_rows(trials: list[dict]) -> list[str]:
     lines = [
-        "| # | trial | validation batches | stages computed / reused | seconds | points: metric (drop pt, speed-up, MB) |",
+        "| # | trial | validation batches | stages computed / reused | seconds "
+        "| points: metric (drop pt, speed-up, MB) |",
         "|---|---|---|---|---|---|",
     ]
     for index, trial in enumerate(trials, 1):
@@ -108,21 +109,18 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
     environment = {**collect_environment(), "load_average": list(os.getloadavg())}
     write_json_atomic(out / "environment.json", environment)
     chosen, baseline, metric = summary["chosen"], summary["baseline"], summary["metric"]
-    complete = [
-        p
-        for t in trials
-        if t["validation_complete"]
-        for p in t["points"]
-        if "speedup" in p
-    ]
+    complete = [p for t in trials if t["validation_complete"] for p in t["points"] if "speedup" in p]
     final = chosen["final"]
     computed = [t for t in trials if not t["resumed"]]
     lines = [
         f"# modelpress search: {summary['identity']['run']['name']}",
         "",
         f"- objective: {spec.objective}"
-        + (f" at batch {spec.batch_size} (p50, ONNX Runtime {final['provider']}, {final['threads']} threads)"
-           if spec.objective == "latency" else " (ONNX file on disk)"),
+        + (
+            f" at batch {spec.batch_size} (p50, ONNX Runtime {final['provider']}, {final['threads']} threads)"
+            if spec.objective == "latency"
+            else " (ONNX file on disk)"
+        ),
         f"- budget: {spec.max_drop:g} points of {metric} below fp32 on the validation split"
         f" ({spec.max_drop * strategy.point_size(metric):g} in metric units)",
         f"- time: {summary['elapsed_seconds'] / 60:.1f} min of {spec.budget_minutes:g}"
@@ -135,12 +133,14 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
         "",
         "## Chosen point",
         "",
-        f"| | {metric} validation | drop (pt) | {metric} eval | p50 at batch {spec.batch_size} (ms) | speed-up | size (MB) |",
+        f"| | {metric} validation | drop (pt) | {metric} eval | p50 at batch {spec.batch_size} (ms) "
+        "| speed-up | size (MB) |",
         "|---|---|---|---|---|---|---|",
         f"| fp32 baseline | {baseline['validation_metric']:.4f} | +0.00 | {baseline['eval_metric']:.4f} "
         f"| {baseline['final']['p50_ms']:.3f} | 1.00x | – |",
         f"| {chosen['label']} | {chosen['validation_metric']:.4f} | {-chosen['drop']:+.2f} "
-        f"| {chosen['eval_metric']:.4f} | {final['p50_ms']:.3f} | {final['speedup']:.2f}x | {_mb(chosen['size_bytes'])} |",
+        f"| {chosen['eval_metric']:.4f} | {final['p50_ms']:.3f} | {final['speedup']:.2f}x "
+        f"| {_mb(chosen['size_bytes'])} |",
         "",
         "Chosen on the validation split only; the eval split's figure is reported, never used to choose. "
         "The finalists and the fp32 baseline were timed together, taking turns. `modelpress run recipe.yaml` "

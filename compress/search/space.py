@@ -6,6 +6,7 @@ for plain MLPs. Quantization schemes default per kind (int8 static for convoluti
 ONNX Runtime fuses into QLinearConv; int8 dynamic elsewhere). The recipe's own passes give the
 settings of each axis (importance, rounding, distillation loss and length, calibration), so a
 candidate is the recipe with other ratios, and its trials are plain ``compress.run`` calls.
+On the cheap rungs distillation is shortened and quantization keeps no layer float (see ``passes``).
 """
 
 import itertools
@@ -32,6 +33,7 @@ DEFAULT_AXES = {
 # The first Linear of a transformer block's FFN, by family (BERT, torch.nn, GPT-2, ViT-style MLPs).
 FFN_PATTERNS = (r"re:.*intermediate\.dense$", r"re:.*\.linear1$", r"re:.*mlp\.c_fc$", r"re:.*mlp\.fc1$")
 SEARCHED_PASSES = ("structured_prune", "distill", "quantize")
+AXES = ("prune_ratios", "head_ratios", "ffn_ratios", "quantize")  # the section's keys that replace a default axis
 CONVOLUTIONS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 
@@ -96,7 +98,12 @@ class Space:
                 prune["layer_ratios"] = {**prune.get("layer_ratios", {}), self.ffn_pattern: candidate.ffn_ratio}
             passes += [prune, scaled_distill(self.base["distill"], self.fractions[rung])]
         if self.variants:
-            passes.append({**self.base["quantize"], "onnx": self.variants})
+            quantize = {**self.base["quantize"], "onnx": self.variants}
+            if rung < len(self.fractions) - 1:
+                # A cheap rung quantizes every layer: the per-layer float fallback of a budget costs one
+                # quantization per layer, and is left to the finalists.
+                quantize["max_metric_drop"] = None
+            passes.append(quantize)
         return passes
 
     def describe(self) -> list[str]:
@@ -181,9 +188,6 @@ def build_space(model: torch.nn.Module, recipe: Recipe, spec: SearchSpec, metric
         base=_recipe_settings(recipe, metric_budget),
         ffn_pattern=pattern,
     )
-
-
-AXES = ("prune_ratios", "head_ratios", "ffn_ratios", "quantize")
 
 
 def trial_recipe(recipe: Recipe, passes: list[dict[str, Any]], name: str | None = None) -> dict:

@@ -218,4 +218,3 @@ class TrialRunner:
     def eval_metric(self, path: str) -> float:
         """The metric of one artifact on the eval split: reported for the chosen point, never used to choose."""
         return self.score_path(path, self.data.batches("eval"))
-

@@ -29,7 +29,9 @@ def _tradeoff(report: dict, cost_of, xlabel: str, title: str, path: Path) -> boo
     return plot_front(points, names, xlabel, f"{metric} (ONNX Runtime)", title, path)
 
 
-def plot_front(points: list[tuple[float, float]], names: list[str], xlabel: str, ylabel: str, title: str, path: Path) -> bool:
+def plot_front(
+    points: list[tuple[float, float]], names: list[str], xlabel: str, ylabel: str, title: str, path: Path
+) -> bool:
     """Scatter of ``(cost, metric)`` points, named, the Pareto front dashed; False when there are none.
     Shared by the run report (one point per artifact) and ``modelpress search`` (one per trial's artifact)."""
     import matplotlib
