@@ -142,8 +142,10 @@ class Search:
             self.runner.baseline_path = fp32["path"]
 
     def _time_left(self, rung: int | None) -> bool:
-        """Whether another trial fits: the time spent plus the mean of this rung's computed trials."""
-        done = [t["seconds"] for t in self.trials if t.get("rung") == rung and not t["resumed"]]
+        """Whether another trial fits: the time spent plus the mean of this rung's computed trials (of
+        all computed trials before the rung's first one finished)."""
+        computed = [t for t in self.trials if not t["resumed"]]
+        done = [t["seconds"] for t in computed if t.get("rung") == rung] or [t["seconds"] for t in computed]
         estimate = sum(done) / len(done) if done else 0.0
         return self.elapsed() + estimate <= self.spec.budget_minutes * 60
 
@@ -179,7 +181,9 @@ class Search:
         )
 
     def run_rungs(self) -> None:
-        candidates = self.space.candidates
+        # The most compressed first: the objective prefers them, and a time budget that runs out
+        # then cuts the candidates least likely to win.
+        candidates = sorted(self.space.candidates, key=lambda c: -(c.ratio + c.head_ratio + c.ffn_ratio))
         rungs = len(self.space.fractions)
         for rung in range(rungs):
             last = rung == rungs - 1

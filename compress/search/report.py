@@ -54,28 +54,30 @@ def _mb(size: int) -> str:
 
 
 def _front_table(points: list[dict], objective: str) -> list[str]:
-    lines = ["| point | validation | drop (pt) | speed-up vs fp32 | size (MB) |", "|---|---|---|---|---|"]
+    lines = ["| point | validation | Δ vs fp32 (pt) | speed-up vs fp32 | size (MB) |", "|---|---|---|---|---|"]
     for p in strategy.front(points, objective):
         lines.append(
-            f"| {p['label']} | {p['validation_metric']:.4f} | {p['drop']:+.2f} | {p['speedup']:.2f}x "
+            f"| {p['label']} | {p['validation_metric']:.4f} | {-p['drop']:+.2f} | {p['speedup']:.2f}x "
             f"| {_mb(p['size_bytes'])} |"
         )
     return lines
 
 
+def _point_text(p: dict) -> str:
+    if "speedup" not in p:
+        return f"{p['name']}: {p.get('error', p['status'])}"
+    figures = f"{-p['drop']:+.2f}, {p['speedup']:.2f}x, {_mb(p['size_bytes'])}"
+    return f"{p['name']}: {p['validation_metric']:.4f} ({figures})"
+
+
 def _trial_rows(trials: list[dict]) -> list[str]:
     lines = [
         "| # | trial | validation batches | stages computed / reused | seconds "
-        "| points: metric (drop pt, speed-up, MB) |",
+        "| points: metric (Δ vs fp32 pt, speed-up, MB) |",
         "|---|---|---|---|---|---|",
     ]
     for index, trial in enumerate(trials, 1):
-        points = "; ".join(
-            f"{p['name']}: {p['validation_metric']:.4f} ({p['drop']:+.2f}, {p['speedup']:.2f}x, {_mb(p['size_bytes'])})"
-            if "speedup" in p
-            else f"{p['name']}: {p.get('error', p['status'])}"
-            for p in trial["points"]
-        )
+        points = "; ".join(_point_text(p) for p in trial["points"])
         seconds = "resumed" if trial["resumed"] else f"{trial['seconds']:.1f}"
         complete = "all " if trial["validation_complete"] else ""
         lines.append(
@@ -83,6 +85,18 @@ def _trial_rows(trials: list[dict]) -> list[str]:
             f"{trial['stages_reused']} | {seconds} | {points} |"
         )
     return lines
+
+
+def _timing_note(chosen: dict, baseline: dict) -> str:
+    """The load the final timing ran under; figures on a machine busier than its cores are flagged."""
+    loads = [x for e in (chosen, baseline) for x in (e.get("load_before"), e.get("load_after")) if x is not None]
+    load = f"load per core {min(loads):.2f} to {max(loads):.2f}" if loads else "load not known on this OS"
+    if chosen.get("unreliable") or baseline.get("unreliable"):
+        return (
+            f"**Timing unreliable**: {load}, or calls varying by more than a quarter of their mean; other work "
+            "on the machine slows the larger fp32 model the most, so speed-ups read high. Rerun on an idle machine."
+        )
+    return f"Timing: {load}; calls vary by {max(chosen.get('cv', 0), baseline.get('cv', 0)):.0%} of their mean at most."
 
 
 def _plots(out: Path, points: list[dict], metric: str) -> list[str]:
@@ -133,7 +147,7 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
         "",
         "## Chosen point",
         "",
-        f"| | {metric} validation | drop (pt) | {metric} eval | p50 at batch {spec.batch_size} (ms) "
+        f"| | {metric} validation | Δ (pt) | {metric} eval | p50 at batch {spec.batch_size} (ms) "
         "| speed-up | size (MB) |",
         "|---|---|---|---|---|---|---|",
         f"| fp32 baseline | {baseline['validation_metric']:.4f} | +0.00 | {baseline['eval_metric']:.4f} "
@@ -145,6 +159,8 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
         "Chosen on the validation split only; the eval split's figure is reported, never used to choose. "
         "The finalists and the fp32 baseline were timed together, taking turns. `modelpress run recipe.yaml` "
         "reproduces the point.",
+        "",
+        _timing_note(final, baseline["final"]),
         "",
         "## Pareto front: metric vs latency",
         "",
