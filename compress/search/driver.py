@@ -17,14 +17,14 @@ import torch
 from compress import folder, log
 from compress.api import run_identity
 from compress.data import as_task_data
-from compress.errors import OutputError
+from compress.errors import ModelpressError, OutputError, first_line
 from compress.evaluate import resolve_evaluator
 from compress.io import ensure_writable, read_json, set_active_folder, write_json_atomic
 from compress.recipe import Recipe, load_recipe
 from compress.search import report, strategy
 from compress.search.space import Space, build_space
 from compress.search.spec import SearchSpec, parse_search_spec
-from compress.search.trials import TrialLog, TrialRunner, validation_subset
+from compress.search.trials import TrialLog, TrialRunner, trial_key, validation_subset
 
 STATE = "search.json"
 # What a search folder holds, all written by the search: a folder holding these without our
@@ -106,8 +106,6 @@ class Search:
 
     def trial(self, passes: list[dict], batches: int | None, label: str, rung: int | None) -> dict | None:
         """The trial's record: from trials.jsonl when it finished before, else run now; None past the budget."""
-        from compress.search.trials import trial_key
-
         effective = None if batches is None or batches >= self.validation_total else batches
         record = self.log.get(trial_key(passes, effective, self.runner.recipe.seed))
         if record is None:
@@ -118,7 +116,7 @@ class Search:
             if earlier is not None:
                 record = self.runner.rescore(earlier, effective)
             else:
-                record = self.runner.run(passes, effective, self.scheme_of)
+                record = self._run(passes, effective)
             record.update(label=label, rung=rung, resumed=False)
             self._note_baseline(passes, record)
             for point in record["points"]:
@@ -132,6 +130,26 @@ class Search:
         self.trials.append(record)
         log.info(self._progress(record))
         return record
+
+    def _run(self, passes: list[dict], batches: int | None) -> dict:
+        """Run a trial; a candidate the passes refuse (a ratio a model cannot take) is recorded as failed."""
+        try:
+            return self.runner.run(passes, batches, self.scheme_of)
+        except ModelpressError as exc:
+            if not passes:
+                raise
+            log.warn(f"search: trial failed: {first_line(exc)}")
+            key = trial_key(passes, batches, self.runner.recipe.seed)
+            return {
+                "key": key,
+                "passes": passes,
+                "validation_batches": 0,
+                "validation_complete": False,
+                "points": [{"name": "compressed", "scheme": "none", "status": "failed", "error": first_line(exc)}],
+                "stages_computed": 0,
+                "stages_reused": 0,
+                "seconds": 0.0,
+            }
 
     def _note_baseline(self, passes: list[dict], record: dict) -> None:
         """The trial without passes is the fp32 baseline: its file is the reference every trial is timed beside."""

@@ -152,7 +152,9 @@ def _variants(recipe: Recipe, schemes: list[str]) -> list[dict]:
         if scheme == "none":
             continue
         own = [dict(v) for v in recipe_variants if v["scheme"] == scheme]
-        for variant in own or [{"scheme": scheme}]:
+        # 4-bit tables (Gather) need opset 21, as a torch-side twin gets it (see ``ONNX_TWIN``).
+        default = {"scheme": scheme, **({"opset": 21} if scheme == "int4" else {})}
+        for variant in own or [default]:
             variant["name"] = variant.get("name") or scheme
             variant.pop("max_metric_drop", None)  # the quantize pass's budget applies
             variant.pop("budget_split", None)
