@@ -43,7 +43,8 @@ def write_recipe(out: Path, recipe: Recipe, space: Space, trial: dict, chosen: d
         f"(artifact {chosen['name']}).\n"
         f"# Validation {chosen['validation_metric']:.4f} ({-chosen['drop']:+.2f} points vs fp32), eval "
         f"{chosen['eval_metric']:.4f}; {chosen['final']['speedup']:.2f}x faster than fp32 ONNX at batch "
-        f"{chosen['final']['batch_size']} on {chosen['final']['device_name']}.\n"
+        f"{chosen['final']['batch_size']} on {chosen['final']['device_name']}"
+        f"{' (timed on a busy machine: unreliable, see report.md)' if chosen['final'].get('unreliable') else ''}.\n"
         "# Reproduce: modelpress run recipe.yaml\n"
     )
     return write_text_atomic(out / "recipe.yaml", header + yaml.safe_dump(document, sort_keys=False))
