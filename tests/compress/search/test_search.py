@@ -185,3 +185,28 @@ def test_the_command_line_maps_flags_onto_the_search_section():
         ["none", "int8_static"],
         None,
     )
+
+
+def test_a_trial_the_passes_refuse_is_recorded_as_failed_and_not_run_again(tmp_path):
+    from types import SimpleNamespace
+
+    from compress.errors import SelectionError
+    from compress.recipe import load_recipe
+    from compress.search.driver import Search
+    from compress.search.space import build_space
+    from compress.search.spec import SearchSpec
+
+    calls = []
+
+    def refuse(passes, batches, scheme_of):
+        calls.append(passes)
+        raise SelectionError("structured_prune: layer 'x' matches nothing")
+
+    recipe = load_recipe({})
+    runner = SimpleNamespace(out=tmp_path, data=task_data(), recipe=recipe, run=refuse, baseline_path=None)
+    space = build_space(model(), recipe, SearchSpec(), 1.0)
+    passes = space.passes(space.candidates[1], 0)
+    for _ in range(2):  # the second search reads the failure back from trials.jsonl
+        record = Search(runner, space, SearchSpec(), "neg_cross_entropy").trial(passes, 1, "prune 0.25", 0)
+        assert record["points"][0]["status"] == "failed" and "matches nothing" in record["points"][0]["error"]
+    assert len(calls) == 1
