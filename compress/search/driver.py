@@ -185,7 +185,7 @@ class Search:
 
     def _progress(self, trial: dict) -> str:
         figures = [
-            f"{p['name']} {p['validation_metric']:.4f} ({-p['drop']:+.2f} pt, {p['speedup']:.2f}x)"
+            f"{p['name']} {p['validation_metric']:.4f} ({-p['drop'] + 0.0:+.2f} pt, {p['speedup']:.2f}x)"
             for p in trial["points"]
             if "speedup" in p
         ]
@@ -322,7 +322,7 @@ def _search(runner: TrialRunner, space: Space, spec: SearchSpec, identity: dict,
     speedup = chosen["final"]["speedup"]
     log.info(
         f"[bold]search[/bold] chose {chosen['label']}: {metric_name} {chosen['validation_metric']:.4f} "
-        f"on validation ({-chosen['drop']:+.2f} pt), {chosen['eval_metric']:.4f} on eval (fp32 "
+        f"on validation ({-chosen['drop'] + 0.0:+.2f} pt), {chosen['eval_metric']:.4f} on eval (fp32 "
         f"{baseline['eval_metric']:.4f}), {speedup:.2f}x faster than fp32 at batch {spec.batch_size}; "
         f"recipe: {recipe_path}; report: {report_path}"
     )

@@ -41,13 +41,18 @@ def write_recipe(out: Path, recipe: Recipe, space: Space, trial: dict, chosen: d
     header = (
         f"# Chosen by `modelpress search` ({datetime.date.today().isoformat()}): {chosen['label']} "
         f"(artifact {chosen['name']}).\n"
-        f"# Validation {chosen['validation_metric']:.4f} ({-chosen['drop']:+.2f} points vs fp32), eval "
+        f"# Validation {chosen['validation_metric']:.4f} ({_delta(chosen):+.2f} points vs fp32), eval "
         f"{chosen['eval_metric']:.4f}; {chosen['final']['speedup']:.2f}x faster than fp32 ONNX at batch "
         f"{chosen['final']['batch_size']} on {chosen['final']['device_name']}"
         f"{' (timed on a busy machine: unreliable, see report.md)' if chosen['final'].get('unreliable') else ''}.\n"
         "# Reproduce: modelpress run recipe.yaml\n"
     )
     return write_text_atomic(out / "recipe.yaml", header + yaml.safe_dump(document, sort_keys=False))
+
+
+def _delta(point: dict) -> float:
+    """The point's change vs fp32 in points (+ is better); never printed as -0.00."""
+    return -point["drop"] + 0.0
 
 
 def _mb(size: int) -> str:
@@ -58,7 +63,7 @@ def _front_table(points: list[dict], objective: str) -> list[str]:
     lines = ["| point | validation | Δ vs fp32 (pt) | speed-up vs fp32 | size (MB) |", "|---|---|---|---|---|"]
     for p in strategy.front(points, objective):
         lines.append(
-            f"| {p['label']} | {p['validation_metric']:.4f} | {-p['drop']:+.2f} | {p['speedup']:.2f}x "
+            f"| {p['label']} | {p['validation_metric']:.4f} | {_delta(p):+.2f} | {p['speedup']:.2f}x "
             f"| {_mb(p['size_bytes'])} |"
         )
     return lines
@@ -67,7 +72,7 @@ def _front_table(points: list[dict], objective: str) -> list[str]:
 def _point_text(p: dict) -> str:
     if "speedup" not in p:
         return f"{p['name']}: {p.get('error', p['status'])}"
-    figures = f"{-p['drop']:+.2f}, {p['speedup']:.2f}x, {_mb(p['size_bytes'])}"
+    figures = f"{_delta(p):+.2f}, {p['speedup']:.2f}x, {_mb(p['size_bytes'])}"
     return f"{p['name']}: {p['validation_metric']:.4f} ({figures})"
 
 
@@ -153,7 +158,7 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
         "|---|---|---|---|---|---|---|",
         f"| fp32 baseline | {baseline['validation_metric']:.4f} | +0.00 | {baseline['eval_metric']:.4f} "
         f"| {baseline['final']['p50_ms']:.3f} | 1.00x | – |",
-        f"| {chosen['label']} | {chosen['validation_metric']:.4f} | {-chosen['drop']:+.2f} "
+        f"| {chosen['label']} | {chosen['validation_metric']:.4f} | {_delta(chosen):+.2f} "
         f"| {chosen['eval_metric']:.4f} | {final['p50_ms']:.3f} | {final['speedup']:.2f}x "
         f"| {_mb(chosen['size_bytes'])} |",
         "",
