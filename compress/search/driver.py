@@ -31,6 +31,7 @@ STATE = "search.json"
 # search.json is someone else's, and is refused.
 OURS = (STATE, "trials.jsonl", "report.md", "recipe.yaml", "environment.json", "trials", "work", "plots")
 MAX_FINALISTS = 8  # timed together at the end: bounded, as each row costs the report's timing budget
+TIE_TOLERANCE = {"latency": 0.05, "size": 0.0}  # finalists this close to the best count as equally good
 
 
 @dataclass
@@ -165,10 +166,21 @@ class Search:
         computed = [t for t in self.trials if not t["resumed"]]
         done = [t["seconds"] for t in computed if t.get("rung") == rung] or [t["seconds"] for t in computed]
         estimate = sum(done) / len(done) if done else 0.0
-        return self.elapsed() + estimate <= self.spec.budget_minutes * 60
+        return self.elapsed() + estimate + self._final_timing_seconds() <= self.spec.budget_minutes * 60
+
+    def _final_timing_seconds(self) -> float:
+        """What the last timing will take: every finalist and the baseline, the report's seconds each."""
+        from export.benchmark import ROUNDS, TURN_WARMUP_SECONDS
+
+        rows = min(len(self.finalists()), MAX_FINALISTS) + 1
+        return rows * (self.runner.recipe.report.max_seconds + ROUNDS * TURN_WARMUP_SECONDS)
 
     def points(self, trial: dict) -> list[dict]:
         return strategy.scored(trial["points"], self.schemes)
+
+    @property
+    def rung_of(self) -> dict[str, int]:
+        return {t["key"]: -1 if t.get("rung") is None else t["rung"] for t in self.trials}
 
     def finalists(self) -> list[dict]:
         """Points scored on the whole validation split and within the budget, each with its trial."""
@@ -231,7 +243,11 @@ class Search:
             point["final"] = {**figures[key], "speedup": round(base_p50 / figures[key]["p50_ms"], 4)}
         objective = self.spec.objective
         by_final = {"latency": lambda p: 1.0 / p["final"]["speedup"], "size": lambda p: p["size_bytes"]}[objective]
-        chosen = min(rows.values(), key=by_final)
+        fastest = min(by_final(p) for p in rows.values())
+        # Within timing noise of the best (two distillation lengths of one architecture time alike), the
+        # better validation metric wins, then the longer distillation: speed alone would pick by noise.
+        tied = [p for p in rows.values() if by_final(p) <= fastest * (1 + TIE_TOLERANCE[objective])]
+        chosen = max(tied, key=lambda p: (p["validation_metric"], self.rung_of[p["trial"]], -by_final(p)))
         baseline = {"path": self.runner.baseline_path, "final": figures["baseline"]}
         return chosen, baseline
 

@@ -210,3 +210,27 @@ def test_a_trial_the_passes_refuse_is_recorded_as_failed_and_not_run_again(tmp_p
         record = Search(runner, space, SearchSpec(), "neg_cross_entropy").trial(passes, 1, "prune 0.25", 0)
         assert record["points"][0]["status"] == "failed" and "matches nothing" in record["points"][0]["error"]
     assert len(calls) == 1
+
+
+def test_finalists_within_timing_noise_are_told_apart_by_metric_then_distillation_length(tmp_path):
+    from types import SimpleNamespace
+
+    from compress.recipe import load_recipe
+    from compress.search.driver import Search
+    from compress.search.space import build_space
+    from compress.search.spec import SearchSpec
+
+    p50 = {"baseline": 10.0, "short/compressed": 1.00, "long/compressed": 1.03, "slow/compressed": 2.0}
+
+    def time_points(paths, timing):
+        return {name: {"p50_ms": p50[name]} for name in paths}
+
+    recipe = load_recipe({})
+    runner = SimpleNamespace(out=tmp_path, data=task_data(), recipe=recipe, time_points=time_points, baseline_path="b")
+    search = Search(runner, build_space(model(), recipe, SearchSpec(), 1.0), SearchSpec(max_drop=1.0), "accuracy")
+    point = {"name": "compressed", "scheme": "none", "status": "passed", "speedup": 5.0, "size_bytes": 1, "drop": 0.0}
+    for key, rung, metric in (("short", 0, 0.99), ("long", 1, 0.99), ("slow", 1, 0.999)):
+        trial = {"key": key, "rung": rung, "validation_complete": True, "label": key, "resumed": True}
+        search.trials.append({**trial, "points": [{**point, "path": f"{key}.onnx", "validation_metric": metric}]})
+    chosen, _ = search.choose({})
+    assert chosen["trial"] == "long"  # 3% slower than "short": noise; same metric, longer distillation
