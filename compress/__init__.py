@@ -4,6 +4,7 @@
     result = compress.run(model, "recipe.yaml", data=compress.TaskData(eval=loader))
     result.model, result.metrics, result.report_path
     model = compress.load("runs/my-model")  # later: the compressed nn.Module, from the run folder
+    found = compress.search(model, "recipe.yaml", data, objective="latency", max_drop=0.5)  # the best recipe
 
 Importing this package loads torch and pydantic only; ONNX Runtime and transformers
 are imported when a step needs them.
@@ -17,6 +18,7 @@ from compress.evaluate import EVALUATORS, Evaluator
 from compress.recipe import Recipe, load_recipe
 from compress.registry import list_passes, register_pass
 from compress.reload import load
+from compress.search import search  # the function: compress.search(model, recipe, data, ...)
 
 __all__ = [
     "EVALUATORS",
@@ -36,4 +38,5 @@ __all__ = [
     "report_run",
     "run",
     "run_recipe",
+    "search",
 ]

@@ -73,7 +73,7 @@ def _claim_folder(out_dir: Path, recipe: Recipe, identity: dict, force: bool) ->
     folder.remove_ours(out_dir, (*folder.FOLDERS, *folder.TOP_FILES))
 
 
-def _identity(recipe: Recipe, model: torch.nn.Module, data: TaskData) -> dict:
+def run_identity(recipe: Recipe, model: torch.nn.Module, data: TaskData) -> dict:
     """The recipe's identity; for an in-memory model (no model section) also its structure and initial
     weights, and the first eval batch, so two different models never share one run folder."""
     identity = recipe.identity()
@@ -136,7 +136,7 @@ def run(
         if example_inputs is None:
             example_inputs = _example_inputs(evaluator, data, recipe)
         out = Path(out_dir or Path("runs") / recipe.name)
-        identity = _identity(recipe, model, data)
+        identity = run_identity(recipe, model, data)
         if not inplace:
             try:
                 model = copy.deepcopy(model)  # the caller's module keeps its weights, layers and mode

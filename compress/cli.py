@@ -24,6 +24,8 @@ EXAMPLES = {
     "  modelpress passes distill",
     "schema": "example:\n  modelpress schema > recipe.schema.json   # point your editor's YAML schema setting at it",
     "bench": "example:\n  modelpress bench minilm-sts --out reports/benchmarks   # needs: pip install -e '.[bench]'",
+    "search": "example:\n  modelpress search recipe.yaml --objective latency --batch-size 32 --max-drop 0.5 "
+    "--budget-minutes 10 --out searches/my-model\n  modelpress run searches/my-model/recipe.yaml   # the chosen point",
 }
 
 
@@ -64,6 +66,29 @@ def _cmd_report(args) -> int:
     from compress.api import report_run
 
     return _finish(report_run(args.run_dir, trust_run=args.trust_run))
+
+
+def _ratios(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ratios like 0.5,0.75; got {text!r}") from None
+
+
+def _schemes(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _cmd_search(args) -> int:
+    from compress.search.driver import search_recipe
+
+    options = {key: getattr(args, key) for key in SEARCH_OPTIONS}
+    result = search_recipe(
+        args.recipe, trust_checkpoint=args.trust_checkpoint, out_dir=args.out, force=args.force, **options
+    )
+    print(result.recipe_path)
+    print(result.report_path)
+    return 0
 
 
 def _cmd_passes(args) -> int:
@@ -120,6 +145,16 @@ COMMANDS = {
     "passes": (_cmd_passes, "list the registered passes; --verbose or NAME: every key with type, default, range"),
     "schema": (_cmd_schema, "print the JSON Schema of a recipe (every pass's keys included)"),
     "bench": (_cmd_bench, "run a benchmark suite beside the peer tools; write reports/benchmarks/<suite>.md/.json"),
+    "search": (_cmd_search, "search pruning, distillation and quantization for the fastest model within a budget"),
+}
+# The search's flags, each overriding the key of the recipe's ``search:`` section with its name.
+SEARCH_OPTIONS = {
+    "objective": dict(choices=["latency", "size"], help="minimize p50 latency at --batch-size, or the ONNX file size"),
+    "batch_size": dict(type=int, help="batch size latency is measured at (default 32)"),
+    "max_drop": dict(type=float, help="accuracy budget in points below fp32 on validation (default 1.0)"),
+    "budget_minutes": dict(type=float, help="no trial starts after this many minutes (default 60)"),
+    "prune_ratios": dict(type=_ratios, help="structured pruning ratios to try, e.g. 0.5,0.625,0.75"),
+    "quantize": dict(type=_schemes, help="quantization schemes to try, e.g. none,int8_static"),
 }
 
 
@@ -144,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         # SUPPRESS: a subcommand's default must not overwrite "-v" given before the subcommand.
         _add_verbosity(cmd, argparse.SUPPRESS)
         cmd.set_defaults(handler=handler)
-        if name in ("run", "export"):
+        if name in ("run", "export", "search"):
             cmd.add_argument("recipe", help="recipe YAML file")
         if name == "report":
             cmd.add_argument("run_dir", help="folder of an earlier run or export")
@@ -156,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name in ("run", "demo", "export"):
             cmd.add_argument("--out", help="run folder (default: runs/<recipe name>); rerunning into it resumes")
-        if name in ("run", "export"):
+        if name == "search":
+            for key, settings in SEARCH_OPTIONS.items():
+                cmd.add_argument(f"--{key.replace('_', '-')}", dest=key, **settings)
+            cmd.add_argument("--out", help="search folder (default: searches/<recipe name>); rerunning into it resumes")
+        if name in ("run", "export", "search"):
             cmd.add_argument("--force", action="store_true", help="replace a run of another recipe in --out")
             cmd.add_argument(
                 "--trust-checkpoint",

@@ -24,6 +24,18 @@ def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
     _state["quiet"], _state["verbose"] = quiet, verbose
 
 
+@contextlib.contextmanager
+def quieted():
+    """Progress printed while inside goes to run.log only (warnings still print): the search's
+    trials are whole runs, whose stage lines would bury the search's own progress lines."""
+    previous = _state["quiet"]
+    _state["quiet"] = True
+    try:
+        yield
+    finally:
+        _state["quiet"] = previous
+
+
 def _main_process() -> bool:
     from compress.distributed import is_main
 

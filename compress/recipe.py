@@ -28,6 +28,7 @@ from compress import log
 from compress.config import PassConfig, StrictModel
 from compress.errors import RecipeError
 from compress.registry import get_pass
+from compress.search.spec import SearchSpec
 from compress.validation import describe_errors
 from compress.yaml_safe import read_yaml
 
@@ -131,6 +132,7 @@ class Recipe(StrictModel):
     passes: list[SerializeAsAny[PassConfig]] = Field(default_factory=list, max_length=100)
     export: ExportSpec = Field(default_factory=ExportSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
+    search: SearchSpec | None = Field(None, description="what `modelpress search` tries; `modelpress run` ignores it")
 
     @field_validator("name")
     @classmethod
@@ -142,6 +144,8 @@ class Recipe(StrictModel):
 
     def to_dict(self) -> dict[str, Any]:
         body = self.model_dump(mode="json", exclude={"passes"})
+        if body["search"] is None:  # absent unless given: recipes (and their hashes) stay as they were
+            del body["search"]
         return {**body, "passes": [p.to_dict() for p in self.passes]}
 
     def sha256(self) -> str:

@@ -19,14 +19,26 @@ def _save(figure, path: Path) -> None:
 
 def _tradeoff(report: dict, cost_of, xlabel: str, title: str, path: Path) -> bool:
     """Metric against a cost per artifact, the Pareto front as a dashed line; False when nothing to plot."""
-    import matplotlib.pyplot as plt
-
     points, names = [], []
     for artifact in report["artifacts"]:
         cost = cost_of(artifact)
         if artifact.get("status") == "passed" and "metric" in artifact and cost is not None:
             points.append((cost, artifact["metric"]["value"]))
             names.append(artifact["name"])
+    metric = report["artifacts"][0].get("metric", {}).get("name", "metric") if report["artifacts"] else "metric"
+    return plot_front(points, names, xlabel, f"{metric} (ONNX Runtime)", title, path)
+
+
+def plot_front(
+    points: list[tuple[float, float]], names: list[str], xlabel: str, ylabel: str, title: str, path: Path
+) -> bool:
+    """Scatter of ``(cost, metric)`` points, named, the Pareto front dashed; False when there are none.
+    Shared by the run report (one point per artifact) and ``modelpress search`` (one per trial's artifact)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     if not points:
         return False
     front = sorted(pareto_front(points), key=lambda i: points[i][0])
@@ -38,8 +50,7 @@ def _tradeoff(report: dict, cost_of, xlabel: str, title: str, path: Path) -> boo
     )
     for index, ((x, y), name) in enumerate(zip(points, names)):  # alternate sides: close points stay legible
         axes.annotate(name, (x, y), textcoords="offset points", xytext=(5, 6 if index % 2 else -12), fontsize=8)
-    metric = report["artifacts"][0].get("metric", {}).get("name", "metric")
-    axes.set(xlabel=xlabel, ylabel=f"{metric} (ONNX Runtime)", title=title)
+    axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
     _save(figure, path)

@@ -1,0 +1,188 @@
+"""What a search leaves: the chosen point's ``recipe.yaml``, ``report.md`` (the chosen point, the
+Pareto fronts, every trial), the plots and the machine record (``environment.json``).
+
+The fronts hold the points scored on the whole validation split, with the speed-up measured
+beside the fp32 baseline in their trial; the chosen point's figures come from the final timing,
+where the finalists and the baseline took turns.
+"""
+
+import copy
+import datetime
+import os
+from pathlib import Path
+
+import yaml
+
+from compress.io import write_json_atomic, write_text_atomic
+from compress.recipe import Recipe
+from compress.search import strategy
+from compress.search.space import Space, trial_recipe
+from compress.search.spec import SearchSpec
+
+
+def chosen_passes(trial: dict, chosen: dict) -> list[dict]:
+    """The chosen trial's passes with its quantize pass asking for the chosen artifact only."""
+    passes = copy.deepcopy(trial["passes"])
+    quantize = next((p for p in passes if p["pass"] == "quantize"), None)
+    if quantize is None:
+        return passes
+    if chosen["scheme"] != "none":
+        quantize["onnx"] = [v for v in quantize["onnx"] if v["name"] == chosen["name"]]
+    elif quantize.get("bitsandbytes"):
+        quantize["onnx"] = []  # the torch side stays; no quantized ONNX artifact
+    else:
+        passes.remove(quantize)
+    return passes
+
+
+def write_recipe(out: Path, recipe: Recipe, space: Space, trial: dict, chosen: dict) -> Path:
+    """``recipe.yaml``: the recipe with the chosen point's passes; ``modelpress run`` reproduces the point."""
+    document = trial_recipe(recipe, chosen_passes(trial, chosen), name=f"{recipe.name}-searched")
+    header = (
+        f"# Chosen by `modelpress search` ({datetime.date.today().isoformat()}): {chosen['label']} "
+        f"(artifact {chosen['name']}).\n"
+        f"# Validation {chosen['validation_metric']:.4f} ({_delta(chosen):+.2f} points vs fp32), eval "
+        f"{chosen['eval_metric']:.4f}; {chosen['final']['speedup']:.2f}x faster than fp32 ONNX at batch "
+        f"{chosen['final']['batch_size']} on {chosen['final']['device_name']}"
+        f"{' (timed on a busy machine: unreliable, see report.md)' if chosen['final'].get('unreliable') else ''}.\n"
+        "# Reproduce: modelpress run recipe.yaml\n"
+    )
+    return write_text_atomic(out / "recipe.yaml", header + yaml.safe_dump(document, sort_keys=False))
+
+
+def _delta(point: dict) -> float:
+    """The point's change vs fp32 in points (+ is better); never printed as -0.00."""
+    return -point["drop"] + 0.0
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.3f}"
+
+
+def _front_table(points: list[dict], objective: str) -> list[str]:
+    lines = ["| point | validation | Δ vs fp32 (pt) | speed-up vs fp32 | size (MB) |", "|---|---|---|---|---|"]
+    for p in strategy.front(points, objective):
+        lines.append(
+            f"| {p['label']} | {p['validation_metric']:.4f} | {_delta(p):+.2f} | {p['speedup']:.2f}x "
+            f"| {_mb(p['size_bytes'])} |"
+        )
+    return lines
+
+
+def _point_text(p: dict) -> str:
+    if "speedup" not in p:
+        return f"{p['name']}: {p.get('error', p['status'])}"
+    figures = f"{_delta(p):+.2f}, {p['speedup']:.2f}x, {_mb(p['size_bytes'])}"
+    return f"{p['name']}: {p['validation_metric']:.4f} ({figures})"
+
+
+def _trial_rows(trials: list[dict]) -> list[str]:
+    lines = [
+        "| # | trial | validation batches | stages computed / reused | seconds "
+        "| points: metric (Δ vs fp32 pt, speed-up, MB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for index, trial in enumerate(trials, 1):
+        points = "; ".join(_point_text(p) for p in trial["points"])
+        seconds = "resumed" if trial["resumed"] else f"{trial['seconds']:.1f}"
+        complete = "all " if trial["validation_complete"] else ""
+        lines.append(
+            f"| {index} | {trial['label']} | {complete}{trial['validation_batches']} | {trial['stages_computed']} / "
+            f"{trial['stages_reused']} | {seconds} | {points} |"
+        )
+    return lines
+
+
+def _timing_note(chosen: dict, baseline: dict) -> str:
+    """The load the final timing ran under; figures on a machine busier than its cores are flagged."""
+    loads = [x for e in (chosen, baseline) for x in (e.get("load_before"), e.get("load_after")) if x is not None]
+    load = f"load per core {min(loads):.2f} to {max(loads):.2f}" if loads else "load not known on this OS"
+    if chosen.get("unreliable") or baseline.get("unreliable"):
+        return (
+            f"**Timing unreliable**: {load}, or calls varying by more than a quarter of their mean; other work "
+            "on the machine slows the larger fp32 model the most, so speed-ups read high. Rerun on an idle machine."
+        )
+    return f"Timing: {load}; calls vary by {max(chosen.get('cv', 0), baseline.get('cv', 0)):.0%} of their mean at most."
+
+
+def _plots(out: Path, points: list[dict], metric: str) -> list[str]:
+    from export.report.plots import plot_front
+
+    names = [p["label"] for p in points]
+    ylabel = f"{metric} on validation (ONNX Runtime)"
+    drawn = []
+    plots = {
+        "metric_vs_latency": ([1.0 / p["speedup"] for p in points], "latency relative to fp32 (lower is faster)"),
+        "metric_vs_size": ([p["size_bytes"] / 1e6 for p in points], "size on disk, MB"),
+    }
+    for name, (costs, xlabel) in plots.items():
+        path = out / "plots" / f"{name}.png"
+        if plot_front(list(zip(costs, [p["validation_metric"] for p in points])), names, xlabel, ylabel, name, path):
+            drawn.append(f"![{name}](plots/{name}.png)")
+    return drawn
+
+
+def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec) -> Path:
+    """report.md, the plots and environment.json of a finished search."""
+    from export.report.environment import collect_environment
+
+    environment = {**collect_environment(), "load_average": list(os.getloadavg())}
+    write_json_atomic(out / "environment.json", environment)
+    chosen, baseline, metric = summary["chosen"], summary["baseline"], summary["metric"]
+    complete = [p for t in trials if t["validation_complete"] for p in t["points"] if "speedup" in p]
+    final = chosen["final"]
+    computed = [t for t in trials if not t["resumed"]]
+    lines = [
+        f"# modelpress search: {summary['identity']['run']['name']}",
+        "",
+        f"- objective: {spec.objective}"
+        + (
+            f" at batch {spec.batch_size} (p50, ONNX Runtime {final['provider']}, {final['threads']} threads)"
+            if spec.objective == "latency"
+            else " (ONNX file on disk)"
+        ),
+        f"- budget: {spec.max_drop:g} points of {metric} below fp32 on the validation split"
+        f" ({spec.max_drop * strategy.point_size(metric):g} in metric units)",
+        f"- time: {summary['elapsed_seconds'] / 60:.1f} min of {spec.budget_minutes:g}"
+        + (" (stopped by the time budget)" if summary["stopped_by_budget"] else ""),
+        f"- trials: {len(trials)} ({len(computed)} run, {len(trials) - len(computed)} resumed); stages computed "
+        f"{sum(t['stages_computed'] for t in computed)}, reused {sum(t['stages_reused'] for t in computed)}",
+        f"- machine: {environment['cpu']}, {environment['usable_cores']} usable cores; load average "
+        f"{', '.join(f'{x:.2f}' for x in environment['load_average'])} at the end. The choice holds for this "
+        "machine: latency was measured here, not estimated, and may rank differently elsewhere",
+        "",
+        "## Chosen point",
+        "",
+        f"| | {metric} validation | Δ (pt) | {metric} eval | p50 at batch {spec.batch_size} (ms) "
+        "| speed-up | size (MB) |",
+        "|---|---|---|---|---|---|---|",
+        f"| fp32 baseline | {baseline['validation_metric']:.4f} | +0.00 | {baseline['eval_metric']:.4f} "
+        f"| {baseline['final']['p50_ms']:.3f} | 1.00x | – |",
+        f"| {chosen['label']} | {chosen['validation_metric']:.4f} | {_delta(chosen):+.2f} "
+        f"| {chosen['eval_metric']:.4f} | {final['p50_ms']:.3f} | {final['speedup']:.2f}x "
+        f"| {_mb(chosen['size_bytes'])} |",
+        "",
+        "Chosen on the validation split only; the eval split's figure is reported, never used to choose. "
+        "The finalists and the fp32 baseline were timed together, taking turns. `modelpress run recipe.yaml` "
+        "reproduces the point.",
+        "",
+        _timing_note(final, baseline["final"]),
+        "",
+        "## Pareto front: metric vs latency",
+        "",
+        *_front_table(complete, "latency"),
+        "",
+        "## Pareto front: metric vs size",
+        "",
+        *_front_table(complete, "size"),
+        "",
+        *_plots(out, complete, metric),
+        "",
+        "## Trials",
+        "",
+        "Speed-ups of a trial were timed beside the fp32 baseline in that trial, the rows taking turns.",
+        "",
+        *_trial_rows(trials),
+        "",
+    ]
+    return write_text_atomic(out / "report.md", "\n".join(lines))

@@ -1,0 +1,71 @@
+"""Successive halving over the candidates: cheap rungs first, full distillation for the finalists.
+
+Every candidate runs on the first rung (a short distillation, a few validation batches). Each
+rung passes on the ``promote`` share of its candidates, ranked by their best point that stays
+within the budget plus ``promote_slack`` (shorter distillation recovers less), cheapest first;
+when too few stay within it, those closest to the budget fill the places. The last rung's points,
+scored on the whole validation split, are the finalists. Only the validation split decides.
+
+Plain functions over trial records (see ``compress.search.trials``): a point is a dict with its
+``validation_metric``, ``speedup`` (over fp32, timed beside it) and ``size_bytes``.
+"""
+
+import math
+
+from export.report.summary import pareto_front
+
+# A point of each built-in metric, in its units: accuracy is a share, Spearman is already x100.
+POINT_SIZE = {"accuracy": 0.01, "spearman": 1.0}
+
+
+def point_size(metric_name: str) -> float:
+    """How much of the metric one point of ``max_drop`` is (a custom metric: one unit)."""
+    return POINT_SIZE.get(metric_name, 1.0)
+
+
+def point_label(trial_label: str, artifact: str, prunes_or_quantizes: bool) -> str:
+    """How a point is named in progress lines and the report: its trial, then which artifact."""
+    if not prunes_or_quantizes:
+        return "fp32 baseline"
+    return f"{trial_label} (fp32)" if artifact == "compressed" else f"{trial_label} + {artifact}"
+
+
+def drop(point: dict, reference: float, size: float) -> float:
+    """How many points ``point`` lies below the fp32 reference (negative: above it)."""
+    return (reference - point["validation_metric"]) / size
+
+
+def cost(point: dict, objective: str) -> float:
+    """What the objective minimizes: latency relative to fp32, or bytes on disk."""
+    return 1.0 / point["speedup"] if objective == "latency" else float(point["size_bytes"])
+
+
+def scored(points: list[dict], schemes: set[str]) -> list[dict]:
+    """The points that count: passed, scored, and of a scheme the space offers."""
+    return [p for p in points if p["status"] == "passed" and "speedup" in p and p["scheme"] in schemes]
+
+
+def best_within(points: list[dict], allowed: float, objective: str) -> dict | None:
+    """The cheapest point whose ``drop`` is within ``allowed`` points, or None."""
+    fitting = [p for p in points if p["drop"] <= allowed + 1e-9]
+    return min(fitting, key=lambda p: cost(p, objective)) if fitting else None
+
+
+def promote(entries: list[tuple], allowed: float, share: float, objective: str) -> list:
+    """The candidates of ``entries`` (``(candidate, points)``) passed on to the next rung."""
+    keep = max(1, math.ceil(len(entries) * share))
+
+    def rank(entry) -> tuple:
+        _, points = entry
+        best = best_within(points, allowed, objective)
+        if best is not None:
+            return (0, cost(best, objective))
+        return (1, min((p["drop"] for p in points), default=math.inf))
+
+    return [candidate for candidate, _ in sorted(entries, key=rank)[:keep]]
+
+
+def front(points: list[dict], objective: str) -> list[dict]:
+    """The points no other point beats on both the objective and the validation metric."""
+    indices = pareto_front([(cost(p, objective), p["validation_metric"]) for p in points])
+    return sorted((points[i] for i in indices), key=lambda p: cost(p, objective))

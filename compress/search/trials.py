@@ -1,0 +1,220 @@
+"""Trials: one ``compress.run`` of a candidate's passes, its artifacts scored and timed beside fp32.
+
+Trials whose passes begin alike run in one work folder (``work/<first pass>``), so the pipeline's
+stage fingerprints reuse the stages they share: a candidate promoted to a longer distillation
+loads its pruned stage instead of pruning again. Each finished trial is recorded in
+``trials.jsonl`` (the whole file rewritten atomically), and a rerun of the same search skips
+every trial recorded there.
+
+A trial's points are its passed artifacts (the fp32 ``compressed`` one and each quantized
+variant), each scored in ONNX Runtime on the validation split (a bounded number of batches on
+the cheap rungs) and timed at the search's batch size with the fp32 baseline, the rows taking
+turns, so a speed-up is a ratio of two figures taken under the same load.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress import log
+from compress.data import TaskData
+from compress.evaluate import Evaluator
+from compress.io import write_text_atomic
+from compress.recipe import Recipe
+from compress.search.space import trial_recipe
+
+TRIALS_FILE = "trials.jsonl"
+# Timing of a trial's rows: enough calls for a stable median of small models, bounded for large ones.
+TRIAL_TIMING = {"warmup": 5, "iterations": 60, "max_seconds": 2.0}
+BASELINE_ROW = "fp32 baseline"
+
+
+def trial_key(passes: list[dict], validation_batches: int | None, seed: int) -> str:
+    """What makes two trials the same: passes, how much validation scores them, the seed."""
+    body = json.dumps({"passes": passes, "validation_batches": validation_batches, "seed": seed}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def work_folder_name(passes: list[dict]) -> str:
+    """Trials sharing their first pass share a work folder, hence its stages."""
+    if not passes:
+        return "baseline"
+    digest = hashlib.sha256(json.dumps(passes[0], sort_keys=True).encode()).hexdigest()[:12]
+    return f"{passes[0]['pass']}-{digest}"
+
+
+class TrialLog:
+    """``trials.jsonl``: one JSON line per finished trial, read back on resume."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / TRIALS_FILE
+        self.records: dict[str, dict] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a crash outside our atomic rewrite (edited by hand): skipped
+                if isinstance(record, dict) and "key" in record:
+                    self.records[record["key"]] = record
+
+    def get(self, key: str) -> dict | None:
+        return self.records.get(key)
+
+    def add(self, record: dict) -> None:
+        self.records[record["key"]] = record
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values())
+        write_text_atomic(self.path, text)  # the file is whole or absent: a kill never leaves half a trial
+
+
+def validation_subset(data: TaskData, batches: int | None) -> tuple[list, int, bool]:
+    """The first ``batches`` validation batches (all when None), how many, and whether that is all of them."""
+    split = data.resolve("validation")
+    every = list(data.batches(split))
+    chosen = every if batches is None else every[:batches]
+    return chosen, len(chosen), len(chosen) == len(every)
+
+
+def _keep(source: Path, target: Path) -> None:
+    """Keep an artifact out of the work folder (the next trial there drops its artifacts): a hard link."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)
+
+
+@dataclass
+class TrialRunner:
+    """Runs trials of one search: the model, recipe, data and metric stay; passes and rung change."""
+
+    model: torch.nn.Module
+    recipe: Recipe
+    data: TaskData
+    evaluator: Evaluator
+    metric: Any  # what compress.run scores with: the recipe's metric name or the caller's evaluator
+    out: Path
+    batch_size: int
+    search_dir: Path | None = None
+    baseline_path: str | None = None  # the fp32 ONNX file every trial is timed beside (None: this is it)
+
+    def run(self, passes: list[dict], validation_batches: int | None, scheme_of: dict[str, str]) -> dict:
+        """Run ``passes`` (resuming shared stages), score and time the artifacts; the trial's record."""
+        from compress.api import run
+
+        start = time.perf_counter()
+        key = trial_key(passes, validation_batches, self.recipe.seed)
+        document = trial_recipe(self.recipe, passes)
+        # The search times the artifacts itself; the fp32 baseline is the trial without passes.
+        document["export"] = {**document["export"], "baseline": False, "ort_format": False}
+        work = self.out / "work" / work_folder_name(passes)
+        with log.quieted():
+            result = run(
+                self.model,
+                document,
+                self.data,
+                out_dir=work,
+                evaluator=self.metric,
+                report=False,
+                search_dir=self.search_dir,
+            )
+        points = []
+        for artifact in result.artifacts:
+            point = {"name": artifact["name"], "scheme": scheme_of.get(artifact["name"], "none")}
+            point["status"] = artifact.get("status", "failed")
+            if point["status"] != "passed":
+                point["error"] = artifact.get("error", "failed")
+                points.append(point)
+                continue
+            kept = self.out / "trials" / key / f"{artifact['name']}.onnx"
+            _keep(work / artifact["path"], kept)
+            external = (work / artifact["path"]).with_name(Path(artifact["path"]).name + ".data")
+            if external.is_file():
+                _keep(external, kept.with_name(kept.name + ".data"))
+            point.update(path=str(kept.relative_to(self.out)), size_bytes=artifact["size_bytes"])
+            points.append(point)
+        batches, used, complete = validation_subset(self.data, validation_batches)
+        self.score(points, batches)
+        self.time_beside_baseline(points)
+        return {
+            "key": key,
+            "passes": passes,
+            "validation_batches": used,
+            "validation_complete": complete,
+            "points": points,
+            "stages_computed": sum(not s.resumed for s in result.stages),
+            "stages_reused": sum(s.resumed for s in result.stages),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+
+    def rescore(self, previous: dict, validation_batches: int | None) -> dict:
+        """A trial whose passes ran before, scored on more validation batches: its artifacts are
+        kept, so nothing is run or exported again (a candidate without distillation on a later rung)."""
+        start = time.perf_counter()
+        points = [dict(p) for p in previous["points"]]
+        batches, used, complete = validation_subset(self.data, validation_batches)
+        self.score(points, batches)
+        key = trial_key(previous["passes"], validation_batches, self.recipe.seed)
+        return {
+            **previous,
+            "key": key,
+            "points": points,
+            "validation_batches": used,
+            "validation_complete": complete,
+            "stages_computed": 0,
+            "stages_reused": 0,
+            "rescored_from": previous["key"],
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+
+    def score(self, points: list[dict], batches: list) -> None:
+        """The metric of every passed point, in ONNX Runtime, on ``batches``."""
+        for point in points:
+            if point["status"] == "passed":
+                point["validation_metric"] = self.score_path(point["path"], batches)
+
+    def score_path(self, path: str, batches) -> float:
+        """The metric of one ONNX file of the search folder, in ONNX Runtime, on ``batches``."""
+        from export.runtime import make_session, ort_predictor
+
+        return self.evaluator.score(ort_predictor(make_session(self.out / path, self.threads)), batches)
+
+    def time_beside_baseline(self, points: list[dict]) -> None:
+        """Each passed point's p50 at the search's batch size and its speed-up over fp32, timed together."""
+        passed = {p["name"]: p["path"] for p in points if p["status"] == "passed"}
+        rows = {BASELINE_ROW: self.baseline_path, **passed} if self.baseline_path else passed
+        figures = self.time_points(rows, TRIAL_TIMING)
+        for point in points:
+            if point["name"] in passed:
+                p50 = figures[point["name"]]["p50_ms"]
+                base = figures[BASELINE_ROW]["p50_ms"] if self.baseline_path else p50
+                point.update(p50_ms=p50, baseline_p50_ms=base, speedup=round(base / p50, 4))
+
+    @property
+    def threads(self) -> int:
+        from export.runtime import default_threads
+
+        return self.recipe.report.threads or default_threads()
+
+    def time_points(self, paths: dict[str, Path], timing: dict[str, float]) -> dict[str, dict]:
+        """p50 latency of each ONNX file at the search's batch size, the rows taking turns."""
+        from export.artifacts import heldout_inputs
+        from export.benchmark import benchmark_sessions
+        from export.runtime import make_session
+
+        sample = next(heldout_inputs(self.evaluator, self.data))
+        sessions = {name: make_session(self.out / path, self.threads) for name, path in paths.items()}
+        figures = benchmark_sessions(sessions, sample, [self.batch_size], self.threads, **timing)
+        return {name: entries[0].to_dict() for name, entries in figures.items()}
+
+    def eval_metric(self, path: str) -> float:
+        """The metric of one artifact on the eval split: reported for the chosen point, never used to choose."""
+        return self.score_path(path, self.data.batches("eval"))

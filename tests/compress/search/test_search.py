@@ -1,0 +1,236 @@
+"""A whole search on a tiny CNN: interrupted mid-trial, resumed, stages reused, the recipe reproduces.
+
+One search (two rungs of one pruning candidate, int8 static, objective size so that no timing
+decides) is interrupted while its last trial distills, then run again into the same folder; the
+tests read what the two runs did. A continuous metric (negative cross-entropy) makes any change of
+weights show in the figures the reproduction must match exactly.
+"""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import compress
+from compress import registry
+from compress.api import run
+from compress.cli import build_parser
+from compress.data import TaskData
+from compress.errors import OutputError
+from compress.search import trials as trials_module  # compress.search itself is the function
+from compress.search.trials import TrialRunner
+from export.runtime import make_session, ort_predictor
+from tests.tiny_models import residual_cnn
+
+RECIPE = {
+    "name": "tiny-search",
+    "passes": [
+        {"pass": "structured_prune", "round_to": 1},
+        {"pass": "distill", "epochs": 2, "lr": 0.01, "alpha": 1.0},
+        {
+            "pass": "quantize",
+            "onnx": [
+                {"scheme": "int8_static", "name": "int8", "exporter": "torchscript", "calibration": {"samples": 8}}
+            ],
+        },
+    ],
+    "export": {"exporter": "torchscript", "parity": {"atol": 1e-3, "quantized_min_cosine": 0.5}},
+    "report": {"warmup": 1, "iterations": 4, "max_seconds": 0.2},
+    "search": {
+        "objective": "size",
+        "batch_size": 4,
+        "max_drop": 100.0,
+        "prune_ratios": [0.5],
+        "distill_fractions": [0.5, 1.0],
+        "validation_batches": 1,
+    },
+}
+
+
+def neg_cross_entropy(predict, batches) -> float:
+    """Higher is better, and it moves with every weight (accuracy on tiny data would not)."""
+    total = count = 0
+    for inputs, labels in batches:
+        total += float(F.cross_entropy(predict(inputs).float(), labels, reduction="sum"))
+        count += len(labels)
+    return -total / count
+
+
+def batches(count: int, seed: int) -> list:
+    generator = torch.Generator().manual_seed(seed)
+    made = []
+    for _ in range(count):
+        images = torch.randn(8, 1, 8, 8, generator=generator)
+        labels = (images[:, :, :4].mean(dim=(1, 2, 3)) > 0).long() + 2 * (images[:, :, :, :4].mean(dim=(1, 2, 3)) > 0)
+        made.append((images, labels.long()))
+    return made
+
+
+def task_data() -> TaskData:
+    return TaskData(eval=batches(2, 1), train=batches(2, 2), validation=batches(2, 3), calibration=batches(1, 4))
+
+
+def model():
+    return residual_cnn(channels=64)
+
+
+def counting(monkeypatch, name: str, calls: list, interrupt_at: int | None = None):
+    """Wrap pass ``name`` so its applications are counted (and the ``interrupt_at``-th is a Ctrl-C)."""
+    spec = registry.get_pass(name)
+
+    def spy(model, config, ctx):
+        calls.append(name)
+        if interrupt_at is not None and len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return spec.apply(model, config, ctx)
+
+    monkeypatch.setitem(registry._PASSES, name, dataclasses.replace(spec, apply=spy))
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """The search interrupted in its third trial's distillation, then resumed; what each run did."""
+    out = tmp_path_factory.mktemp("search")
+    counts = {"first": {"prune": [], "distill": [], "trials": []}, "second": {"prune": [], "distill": [], "trials": []}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("export.benchmark.ROUNDS", 2)
+        patch.setattr(trials_module, "TRIAL_TIMING", {"warmup": 1, "iterations": 4, "max_seconds": 0.2})
+        real_run = TrialRunner.run
+        for attempt, interrupt in (("first", 2), ("second", None)):
+            counting(patch, "structured_prune", counts[attempt]["prune"])
+            counting(patch, "distill", counts[attempt]["distill"], interrupt)
+
+            def run_counted(self, passes, *args, calls=counts[attempt]["trials"]):
+                calls.append(passes)
+                return real_run(self, passes, *args)
+
+            patch.setattr(TrialRunner, "run", run_counted)
+            try:
+                result = compress.search(model(), RECIPE, task_data(), out_dir=out, evaluator=neg_cross_entropy)
+            except KeyboardInterrupt:
+                assert attempt == "first"
+    return out, result, counts
+
+
+def test_an_interrupted_search_resumes_without_rerunning_finished_trials(searched):
+    out, result, counts = searched
+    first, second = counts["first"], counts["second"]
+    assert len(first["trials"]) == 3  # baseline, prune 0.5 on rung 1, prune 0.5 on rung 2 (interrupted)
+    assert second["trials"] == first["trials"][2:]  # only the interrupted trial runs again
+    assert [t["resumed"] for t in result.trials] == [True, True, False]
+    lines = (out / "trials.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["key"] for line in lines)
+
+
+def test_trials_reuse_the_stages_they_share(searched):
+    out, result, counts = searched
+    # structured_prune ran once for both rungs and both runs: the later trial loaded its stage.
+    assert counts["first"]["prune"] == ["structured_prune"] and counts["second"]["prune"] == []
+    assert len(counts["second"]["distill"]) == 1
+    rung_two = result.trials[-1]
+    assert (rung_two["stages_reused"], rung_two["stages_computed"]) == (2, 2)  # baseline, prune | distill, quantize
+    assert result.trials[-1]["passes"][0] == result.trials[1]["passes"][0]
+
+
+def test_the_chosen_point_is_the_smallest_scored_on_all_of_validation(searched):
+    _, result, _ = searched
+    chosen = result.chosen
+    assert chosen["name"] == "int8" and chosen["trial"] == result.trials[-1]["key"]
+    assert result.trials[-1]["validation_complete"] and not result.trials[1]["validation_complete"]
+    assert chosen["size_bytes"] < min(p["size_bytes"] for p in result.trials[0]["points"])
+    assert chosen["final"]["batch_size"] == 4 and chosen["final"]["speedup"] > 0
+
+
+def test_the_written_recipe_reproduces_the_chosen_point(searched, tmp_path):
+    out, result, _ = searched
+    written = compress.load_recipe(result.recipe_path)
+    assert [p.pass_name for p in written.passes] == ["structured_prune", "distill", "quantize"]
+    assert [v.name for v in written.passes[2].onnx_variants()] == ["int8"] and written.search is None
+    data = task_data()
+    again = run(
+        model(), result.recipe_path, data, out_dir=tmp_path / "again", evaluator=neg_cross_entropy, report=False
+    )
+    artifact = next(a for a in again.artifacts if a["name"] == "int8")
+    predict = ort_predictor(make_session(tmp_path / "again" / artifact["path"]))
+    assert neg_cross_entropy(predict, data.validation) == result.chosen["validation_metric"]
+    assert neg_cross_entropy(predict, data.eval) == result.chosen["eval_metric"]
+
+
+def test_the_folder_holds_the_report_fronts_plots_and_machine(searched):
+    out, result, _ = searched
+    text = result.report_path.read_text()
+    for section in ("## Chosen point", "## Pareto front: metric vs latency", "## Pareto front: metric vs size"):
+        assert section in text
+    assert text.count("\n| ") >= 3 + 2 + 2 + 3  # chosen + baseline, two fronts, three trials (with headers)
+    assert (out / "plots" / "metric_vs_latency.png").is_file() and (out / "plots" / "metric_vs_size.png").is_file()
+    assert json.loads((out / "environment.json").read_text())["usable_cores"] >= 1
+    assert json.loads((out / "search.json").read_text())["status"] == "finished"
+
+
+def test_a_folder_of_another_search_is_refused(searched):
+    out, _, _ = searched
+    with pytest.raises(OutputError, match="holds a search of other inputs"):
+        compress.search(residual_cnn(channels=16), RECIPE, task_data(), out_dir=out, evaluator=neg_cross_entropy)
+
+
+def test_the_command_line_maps_flags_onto_the_search_section():
+    args = build_parser().parse_args(
+        ["search", "r.yaml", "--max-drop", "0.5", "--prune-ratios", "0.5,0.75", "--quantize", "none,int8_static"]
+    )
+    assert (args.max_drop, args.prune_ratios, args.quantize, args.objective) == (
+        0.5,
+        [0.5, 0.75],
+        ["none", "int8_static"],
+        None,
+    )
+
+
+def test_a_trial_the_passes_refuse_is_recorded_as_failed_and_not_run_again(tmp_path):
+    from types import SimpleNamespace
+
+    from compress.errors import SelectionError
+    from compress.recipe import load_recipe
+    from compress.search.driver import Search
+    from compress.search.space import build_space
+    from compress.search.spec import SearchSpec
+
+    calls = []
+
+    def refuse(passes, batches, scheme_of):
+        calls.append(passes)
+        raise SelectionError("structured_prune: layer 'x' matches nothing")
+
+    recipe = load_recipe({})
+    runner = SimpleNamespace(out=tmp_path, data=task_data(), recipe=recipe, run=refuse, baseline_path=None)
+    space = build_space(model(), recipe, SearchSpec(), 1.0)
+    passes = space.passes(space.candidates[1], 0)
+    for _ in range(2):  # the second search reads the failure back from trials.jsonl
+        record = Search(runner, space, SearchSpec(), "neg_cross_entropy").trial(passes, 1, "prune 0.25", 0)
+        assert record["points"][0]["status"] == "failed" and "matches nothing" in record["points"][0]["error"]
+    assert len(calls) == 1
+
+
+def test_finalists_within_timing_noise_are_told_apart_by_metric_then_distillation_length(tmp_path):
+    from types import SimpleNamespace
+
+    from compress.recipe import load_recipe
+    from compress.search.driver import Search
+    from compress.search.space import build_space
+    from compress.search.spec import SearchSpec
+
+    p50 = {"baseline": 10.0, "short/compressed": 1.00, "long/compressed": 1.03, "slow/compressed": 2.0}
+
+    def time_points(paths, timing):
+        return {name: {"p50_ms": p50[name]} for name in paths}
+
+    recipe = load_recipe({})
+    runner = SimpleNamespace(out=tmp_path, data=task_data(), recipe=recipe, time_points=time_points, baseline_path="b")
+    search = Search(runner, build_space(model(), recipe, SearchSpec(), 1.0), SearchSpec(max_drop=1.0), "accuracy")
+    point = {"name": "compressed", "scheme": "none", "status": "passed", "speedup": 5.0, "size_bytes": 1, "drop": 0.0}
+    for key, rung, metric in (("short", 0, 0.99), ("long", 1, 0.99), ("slow", 1, 0.999)):
+        trial = {"key": key, "rung": rung, "validation_complete": True, "label": key, "resumed": True}
+        search.trials.append({**trial, "points": [{**point, "path": f"{key}.onnx", "validation_metric": metric}]})
+    chosen, _ = search.choose({})
+    assert chosen["trial"] == "long"  # 3% slower than "short": noise; same metric, longer distillation

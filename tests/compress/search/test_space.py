@@ -1,0 +1,92 @@
+"""The search space: built from what structured_prune can cut in the model, narrowed by the recipe."""
+
+import pytest
+
+from compress.errors import RecipeError
+from compress.recipe import load_recipe
+from compress.search.space import DEFAULT_AXES, build_space, scaled_distill
+from compress.search.spec import SearchSpec, parse_search_spec
+from tests.tiny_models import mlp, residual_cnn, tiny_bert
+
+
+def test_a_cnn_gets_channel_ratios_not_heads():
+    space = build_space(residual_cnn(), load_recipe({}), SearchSpec(), 0.01)
+    assert space.kind == "cnn"
+    assert [c.ratio for c in space.candidates] == DEFAULT_AXES["cnn"]["prune_ratios"]
+    assert {(c.head_ratio, c.ffn_ratio) for c in space.candidates} == {(0.0, 0.0)}
+    assert [v["scheme"] for v in space.variants] == ["int8_static"] and space.keep_fp32
+
+
+def test_a_transformer_gets_heads_and_ffn_ratios_not_hidden_channels():
+    space = build_space(tiny_bert(), load_recipe({}), SearchSpec(), 0.01)
+    assert space.kind == "transformer"
+    assert {c.ratio for c in space.candidates} == {0.0}
+    assert {(c.head_ratio, c.ffn_ratio) for c in space.candidates} == {
+        (h, f) for h in (0.0, 0.25, 0.5) for f in (0.0, 0.25, 0.5)
+    }
+    pruned = space.passes(next(c for c in space.candidates if c.ffn_ratio == 0.5 and c.head_ratio == 0.25), 0)
+    assert pruned[0]["layer_ratios"] == {r"re:.*intermediate\.dense$": 0.5} and pruned[0]["head_ratio"] == 0.25
+    assert [v["scheme"] for v in space.variants] == ["int8_dynamic"]
+
+
+def test_a_plain_mlp_gets_neuron_ratios():
+    space = build_space(mlp(), load_recipe({}), SearchSpec(), 0.01)
+    assert space.kind == "mlp" and [c.ratio for c in space.candidates] == DEFAULT_AXES["mlp"]["prune_ratios"]
+
+
+def test_the_recipe_narrows_the_space_and_lends_its_pass_settings():
+    recipe = load_recipe(
+        {
+            "passes": [
+                {"pass": "structured_prune", "ratio": 0.5, "importance": "l1", "round_to": 1},
+                {"pass": "distill", "epochs": 10, "max_steps": 100, "lr": 0.01},
+                {"pass": "quantize", "max_metric_drop": 0.02, "onnx": [{"scheme": "int8_static", "name": "int8"}]},
+            ],
+            "search": {"prune_ratios": [0.0, 0.75], "distill_fractions": [0.3, 1.0]},
+        }
+    )
+    space = build_space(residual_cnn(), recipe, parse_search_spec(recipe.search), 0.01)
+    assert [c.ratio for c in space.candidates] == [0.0, 0.75]
+    assert [v["name"] for v in space.variants] == ["int8"]  # the recipe's own variant, by its name
+    no_prune, prune = (space.passes(c, 0) for c in space.candidates)
+    assert [p["pass"] for p in no_prune] == ["quantize"]  # nothing cut, nothing to recover
+    assert [p["pass"] for p in prune] == ["structured_prune", "distill", "quantize"]
+    assert prune[0]["ratio"] == 0.75 and prune[0]["importance"] == "l1" and prune[0]["round_to"] == 1
+    assert (prune[1]["epochs"], prune[1]["max_steps"], prune[1]["lr"]) == (3, 30, 0.01)
+    assert space.passes(space.candidates[1], 1)[1]["epochs"] == 10
+    # The per-layer float fallback of the quantize budget is left to the last rung: it costs a quantization per layer.
+    assert prune[2]["max_metric_drop"] is None and space.passes(space.candidates[1], 1)[2]["max_metric_drop"] == 0.02
+
+
+def test_flags_override_the_section_and_quantize_none_drops_variants():
+    spec = parse_search_spec({"max_drop": 2.0, "quantize": ["int8_static"]}, {"max_drop": 0.5, "quantize": ["none"]})
+    space = build_space(residual_cnn(), load_recipe({}), spec, 0.005)
+    assert spec.max_drop == 0.5 and space.variants == [] and space.keep_fp32
+    assert all(p["pass"] != "quantize" for c in space.candidates for p in space.passes(c, 0))
+
+
+def test_distillation_is_scaled_never_below_one_epoch():
+    assert scaled_distill({"pass": "distill", "epochs": 15}, 0.2)["epochs"] == 3
+    assert scaled_distill({"pass": "distill", "epochs": 2}, 0.1)["epochs"] == 1
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"prune_ratio": [0.5]}, "search.prune_ratio: unknown key 'prune_ratio'; did you mean 'prune_ratios'?"),
+        ({"prune_ratios": [1.5]}, "search.prune_ratios[0]: 1.5 is out of range"),
+        ({"distill_fractions": [1.0, 0.5]}, "distill_fractions must be strictly ascending"),
+        ({"quantize": ["int3"]}, "search.quantize[0]:"),
+        ({"prune_ratios": [0.5, 0.5]}, "lists a value twice"),
+        ({"objective": "speed"}, "search.objective:"),
+    ],
+)
+def test_a_bad_search_section_is_one_clear_line(section, message):
+    with pytest.raises(RecipeError) as caught:
+        load_recipe({"search": section})
+    assert len(caught.value.problems) == 1 and message in caught.value.problems[0]
+
+
+def test_run_ignores_the_search_section_and_its_dump_leaves_it_out_when_absent():
+    assert "search" not in load_recipe({}).to_dict()
+    assert load_recipe({"search": {"max_drop": 0.5}}).to_dict()["search"]["max_drop"] == 0.5

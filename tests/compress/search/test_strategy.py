@@ -1,0 +1,40 @@
+"""Successive halving's ranking and the Pareto front, on hand-made points."""
+
+from compress.search import strategy
+
+
+def point(metric, speedup, size=1000, scheme="none", reference=0.9):
+    p = {"status": "passed", "scheme": scheme, "validation_metric": metric, "speedup": speedup, "size_bytes": size}
+    return {**p, "drop": strategy.drop(p, reference, 0.01)}
+
+
+def test_drop_is_in_points_of_the_metric():
+    assert round(point(0.885, 1.0)["drop"], 6) == 1.5
+    assert strategy.point_size("accuracy") == 0.01 and strategy.point_size("spearman") == 1.0
+    assert strategy.point_size("my_metric") == 1.0
+
+
+def test_promote_ranks_the_fastest_within_budget_first_then_the_closest_to_it():
+    entries = [
+        ("slow but exact", [point(0.9, 1.5)]),
+        ("fast, within", [point(0.89, 4.0)]),
+        ("fastest, far off", [point(0.70, 9.0)]),
+        ("fast, just over", [point(0.86, 6.0), point(0.855, 7.0, scheme="int8_static")]),
+    ]
+    assert strategy.promote(entries, allowed=2.0, share=0.5, objective="latency") == ["fast, within", "slow but exact"]
+    # Fewer within the budget than places: the closest to it fill them.
+    assert strategy.promote(entries, allowed=2.0, share=0.75, objective="latency")[2] == "fast, just over"
+    assert strategy.promote(entries, allowed=4.5, share=0.25, objective="latency") == ["fast, just over"]
+    assert len(strategy.promote(entries[:1], allowed=0.0, share=0.1, objective="latency")) == 1
+
+
+def test_the_front_keeps_points_nothing_beats_on_both_axes():
+    points = [point(0.9, 1.0), point(0.89, 3.0), point(0.88, 2.0), point(0.85, 5.0)]
+    assert [p["speedup"] for p in strategy.front(points, "latency")] == [5.0, 3.0, 1.0]
+    sized = [point(0.9, 1.0, size=100), point(0.8, 9.0, size=50), point(0.85, 1.0, size=200)]
+    assert [p["size_bytes"] for p in strategy.front(sized, "size")] == [50, 100]
+
+
+def test_only_passed_timed_points_of_offered_schemes_count():
+    failed = {"status": "failed", "scheme": "none"}
+    assert strategy.scored([failed, point(0.9, 1.0), point(0.9, 2.0, scheme="int4")], {"none"}) == [point(0.9, 1.0)]
