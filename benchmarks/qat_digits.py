@@ -66,6 +66,8 @@ def _rows(model, data, work: Path, quick: bool) -> list[dict]:
             fp32 = _ort_accuracy(out / "artifacts" / "baseline.onnx", data)
             rows.append({"name": "fp32 (ONNX)", "accuracy": fp32})
         record = next(a for a in result.artifacts if a["name"] == artifact)
+        if "parity" not in record:  # not written at all: nothing to score (a parity failure is scored and shown)
+            raise RuntimeError(f"qat-digits row {name!r}: {artifact} was not made: {record.get('error')}")
         rows.append(
             {
                 "name": name,

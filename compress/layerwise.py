@@ -51,9 +51,21 @@ def _shapes(blocks: torch.nn.ModuleList) -> list[tuple]:
     return [tuple(p.shape) for p in blocks.parameters()]
 
 
-def layer_map(student_depth: int, teacher_depth: int, history: list[dict]) -> tuple[list[int], str]:
-    """Teacher block index for each student block, and where the map came from."""
-    kept = next((record["kept_layers"] for record in reversed(history) if "kept_layers" in record), None)
+def layer_map(
+    student_depth: int, teacher_depth: int, history: list[dict], blocks: str | None = None
+) -> tuple[list[int], str]:
+    """Teacher block index for each student block, and where the map came from. A ``kept_layers`` record
+    counts only for the same block list (``blocks``) and a teacher of the depth it was cut from."""
+    kept = next(
+        (
+            record["kept_layers"]
+            for record in reversed(history)
+            if "kept_layers" in record
+            and record.get("blocks", blocks) == blocks
+            and record.get("teacher_depth", teacher_depth) == teacher_depth
+        ),
+        None,
+    )
     if kept is not None:
         kept = [int(i) for i in kept]
         if len(kept) != student_depth or not all(0 <= i < teacher_depth for i in kept):
@@ -128,7 +140,7 @@ def plan(student, teacher, history: list[dict], hidden_weight: float, relation_w
             "set layerwise: off, or name features: by hand"
         )
     s_blocks, t_blocks = student.get_submodule(name), teacher.get_submodule(name)
-    mapping, source = layer_map(len(s_blocks), len(t_blocks), history)
+    mapping, source = layer_map(len(s_blocks), len(t_blocks), history, name)
     pairs = [(f"{name}.{i}", f"{name}.{t}") for i, t in enumerate(mapping)]
     # FeatureLoss sums its matches: each block gets 1/depth of the weight, so the weight is that of the mean
     share = hidden_weight / len(pairs)

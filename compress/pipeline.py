@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 
 from compress import log
 from compress.context import Context
@@ -122,7 +123,7 @@ def run_pipeline(
     for stage in stages:
         log.info(f"[dim]resumed[/dim] {stage.name}: {stage.metric_name} {stage.metric:.4f}")
         for warning in stage.warnings:  # the report of a resumed run holds them, as a fresh run's does
-            log.warn(warning)
+            log.warn(escape(warning))  # kept as printed (plain): brackets in it are text, not markup
     ctx = Context(
         data,
         example_inputs,

@@ -78,7 +78,12 @@ def node_sqnr(
     for feed in feeds:
         values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
         values.update(feed)
-        for name, (inputs, output, piece) in pieces.items():
-            (quantized_output,) = piece.run([output], {t: values[t] for t in inputs})
+        for name, (inputs, output, piece) in list(pieces.items()):
+            try:
+                (quantized_output,) = piece.run([output], {t: values[t] for t in inputs})
+            except Exception as exc:  # noqa: BLE001  (onnxruntime raises bare exceptions)
+                log.info(f"  sqnr: {name} not measured ({type(exc).__name__}: {first_line(exc)})")
+                del pieces[name], meters[name]  # measured by the metric instead
+                continue
             meters[name].add(values[output], quantized_output)
     return {name: meters[name].db() if name in meters else None for name in nodes}

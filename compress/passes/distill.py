@@ -217,7 +217,9 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
         raise InputError("distill: the model has no trainable parameters (all requires_grad=False)")
     probe = to_device(training_inputs(first_epoch[0]), device)
     weights = (config.hidden_weight, config.relation_weight)
-    layers, why = choose(config.layerwise, model, teacher, ctx.history, weights, bool(config.features))
+    # kept_layers index the pipeline's input model: a teacher named by the recipe is another model
+    history = ctx.history if config.teacher is None else []
+    layers, why = choose(config.layerwise, model, teacher, history, weights, bool(config.features))
     # hand-named features first, so their projections keep the indices the record names them by
     feature_loss = FeatureLoss(config.features + (layers.hidden if layers else []), model, teacher, probe).to(device)
     relations = RelationLoss(layers.attention if layers else [], layers.relation_heads if layers else 0, weights[1])

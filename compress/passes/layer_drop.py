@@ -19,6 +19,7 @@ KV cache) follow, so the model still runs, generates, saves and reloads. The rec
 maps student blocks to; ``restore`` replays the drop on resume and ``compress.load``.
 """
 
+import math
 from collections.abc import Mapping
 from enum import Enum
 from typing import Any
@@ -155,7 +156,7 @@ def _count_to_keep(config: LayerDropConfig, depth: int, where: str) -> int:
     elif config.strategy == Strategy.every_other.value:
         keep = (depth + 1) // 2
     elif config.ratio is not None:
-        keep = depth - round(config.ratio * depth)
+        keep = depth - math.floor(config.ratio * depth + 0.5)  # halves up: round() would go to even
     else:
         keep = config.keep
     if not 1 <= keep < depth:

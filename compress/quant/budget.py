@@ -81,7 +81,12 @@ def fit_budget(
     sqnr_db = rank() if rank is not None and candidates is not None else None
     cheap = sqnr_db is not None  # None from rank: no calibration data to rank on; measure every layer
     sqnr_db = sqnr_db or {}
-    measured = cheap_order(sqnr_db, layers)[:candidates] if cheap else list(layers)
+    if cheap:  # every layer the ranking could not measure, then the lowest SQNR up to ``candidates``
+        unmeasured = [layer for layer in layers if sqnr_db.get(layer) is None]
+        measured = unmeasured + [layer for layer in cheap_order(sqnr_db, layers) if layer not in unmeasured]
+        measured = measured[: max(candidates, len(unmeasured))]
+    else:
+        measured = list(layers)
     log.info(
         f"  budget: drop {reference - full:.4f} > {budget}; measuring the sensitivity of {len(measured)} "
         f"of {len(layers)} layers" + (" (the lowest output SQNR)" if cheap else "")
@@ -90,7 +95,7 @@ def fit_budget(
     ranked = sorted(measured, key=lambda layer: sensitivity[layer], reverse=True)
     ranked += [layer for layer in cheap_order(sqnr_db, layers) if layer not in sensitivity]
     best = BudgetResult(
-        reference, full, [], False, budget, sensitivity, 1 + len(measured), sqnr_db, candidates if cheap else None
+        reference, full, [], False, budget, sensitivity, 1 + len(measured), sqnr_db, len(measured) if cheap else None
     )
     for count in range(1, len(ranked)):  # all layers float would be no quantization at all
         kept_float = ranked[:count]

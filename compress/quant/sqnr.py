@@ -25,19 +25,24 @@ class SqnrMeter:
 
     def __init__(self):
         self.signal = self.noise = 0.0
+        self.values = 0
 
     def add(self, signal, quantized) -> None:
         signal, quantized = np.asarray(signal, dtype=np.float64), np.asarray(quantized, dtype=np.float64)
         self.signal += float(np.sum(signal * signal))
         self.noise += float(np.sum((signal - quantized) ** 2))
+        self.values += signal.size
 
-    def db(self) -> float:
+    def db(self) -> float | None:
+        """None when nothing was measured (no calibration rows): not a figure of 0 dB."""
+        if not self.values:
+            return None
         return 20 * math.log10(max(math.sqrt(self.signal), EPSILON) / max(math.sqrt(self.noise), EPSILON))
 
 
 def layer_sqnr(
     model: torch.nn.Module, quantized: dict[str, torch.nn.Module], batches: Iterable, samples: int
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Output SQNR (dB) of ``quantized[name]`` against ``model``'s layer ``name``, on its float inputs.
 
     Runs ``model`` on up to ``samples`` rows of ``batches``.

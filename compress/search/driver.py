@@ -191,6 +191,19 @@ class Search:
                     found[point["path"]] = {**point, "trial": trial["key"]}
         return list(found.values())
 
+    def _closest(self) -> str:
+        scored = [p for trial in self.trials if trial["validation_complete"] for p in self.points(trial)]
+        if not scored:
+            return (
+                f"search: no trial was scored on the whole validation split within {self.spec.budget_minutes:g} "
+                "minutes; raise --budget-minutes"
+            )
+        closest = min(scored, key=lambda p: p["drop"])
+        return (
+            f"search: no point is within --max-drop {self.spec.max_drop:g}: the closest, {closest['name']}, loses "
+            f"{closest['drop']:.2f} points; raise --max-drop, or add none to --quantize so that the fp32 points count"
+        )
+
     def best_so_far(self) -> dict | None:
         finalists = self.finalists()
         return min(finalists, key=lambda p: strategy.cost(p, self.spec.objective)) if finalists else None
@@ -234,6 +247,8 @@ class Search:
     def choose(self, timing: dict) -> tuple[dict, dict]:
         """The finalists timed together with the baseline; the cheapest one, and the baseline's figures."""
         finalists = sorted(self.finalists(), key=lambda p: strategy.cost(p, self.spec.objective))[:MAX_FINALISTS]
+        if not finalists:
+            raise NothingWithinBudget(self._closest())
         rows = {f"{p['trial']}/{p['name']}": p for p in finalists}
         figures = self.runner.time_points(
             {"baseline": self.runner.baseline_path, **{k: p["path"] for k, p in rows.items()}}, timing
@@ -250,6 +265,12 @@ class Search:
         chosen = max(tied, key=lambda p: (p["validation_metric"], self.rung_of[p["trial"]], -by_final(p)))
         baseline = {"path": self.runner.baseline_path, "final": figures["baseline"]}
         return chosen, baseline
+
+
+class NothingWithinBudget(ModelpressError):
+    """The search found no point within the accuracy budget (a result, not bad input: exit status 1)."""
+
+    exit_code = 1
 
 
 def run_search(

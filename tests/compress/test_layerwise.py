@@ -34,6 +34,15 @@ def test_kept_layers_of_the_latest_record_are_the_map():
         layer_map(2, 2, history)
 
 
+def test_kept_layers_of_another_block_list_or_teacher_are_not_the_map():
+    """layer_drop on a decoder, or from a deeper model than this teacher: its indices do not apply here."""
+    history = [{"kept_layers": [0, 2], "blocks": "decoder.block", "teacher_depth": 4}]
+    assert layer_map(2, 4, history, "encoder.block") == ([1, 3], "uniform")
+    assert layer_map(2, 4, history, "decoder.block") == ([0, 2], "kept_layers")
+    deeper = [{"kept_layers": [0, 2], "blocks": "layers", "teacher_depth": 12}]
+    assert layer_map(2, 4, deeper, "layers") == ([1, 3], "uniform")
+
+
 def test_plan_taps_qkv_of_mapped_blocks_and_weighs_hidden_states_as_a_mean():
     layers = plan(tiny_bert(), tiny_bert(), [], hidden_weight=1.0, relation_weight=0.1)
     assert layers.layer_map == [0, 1] and layers.blocks == "encoder.encoder.layer"

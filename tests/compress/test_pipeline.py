@@ -116,14 +116,14 @@ def test_resumed_stage_repeats_its_warnings(tmp_path, monkeypatch):
     spec = registry.get_pass("magnitude_prune")
 
     def warning_pass(model, config, ctx):
-        log.warn(f"pass saw sparsity {config.sparsity}")
+        log.warn(f"pass saw sparsity {config.sparsity} in \\[/encoder/MatMul]")
         return spec.apply(model, config, ctx)
 
     monkeypatch.setitem(registry._PASSES, "magnitude_prune", dataclasses.replace(spec, apply=warning_pass))
     with log.collect_warnings() as first:
         run(tmp_path)
-    assert first == ["pass saw sparsity 0.3", "pass saw sparsity 0.6"]
-    assert [s.warnings for s in read_stages(tmp_path)] == [[], ["pass saw sparsity 0.3"], ["pass saw sparsity 0.6"]]
+    assert first == ["pass saw sparsity 0.3 in [/encoder/MatMul]", "pass saw sparsity 0.6 in [/encoder/MatMul]"]
+    assert [s.warnings for s in read_stages(tmp_path)] == [[], first[:1], first[1:]]
     with log.collect_warnings() as resumed:
         second = run(tmp_path)
     assert all(s.resumed for s in second.stages)

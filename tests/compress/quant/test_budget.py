@@ -99,3 +99,25 @@ def test_a_ranking_with_nothing_to_rank_on_falls_back_to_measuring_every_layer()
     result = fit_budget(list(COSTS), counted.score, 1.0, 0.12, lambda: None, candidates=1)
     assert set(result.sensitivity) == set(COSTS) and result.candidates is None and result.sqnr_db == {}
     assert result.float_layers == ["b", "c"] and counted.scores == 1 + len(COSTS) + 2
+
+
+def test_layers_the_ranking_could_not_measure_are_all_measured_by_the_metric():
+    """Unmeasured layers are candidates beyond ``candidates``; the record counts what was measured."""
+    layers = [f"l{i}" for i in range(6)]
+    ranks = {"l0": None, "l1": None, "l2": None, "l3": 10.0, "l4": 30.0, "l5": 20.0}
+    calls = []
+
+    def score(quantized):
+        calls.append(list(quantized))
+        return 1.0 - 0.1 * len(quantized)
+
+    result = fit_budget(layers, score, 1.0, 0.25, rank=lambda: ranks, candidates=2)
+    singles = [c[0] for c in calls if len(c) == 1]
+    assert singles == ["l0", "l1", "l2"]  # every unmeasured layer, which already fill the 2 candidates
+    assert result.candidates == 3 and set(result.sensitivity) == {"l0", "l1", "l2"}
+
+
+def test_a_meter_that_saw_nothing_has_no_figure():
+    from compress.quant.sqnr import SqnrMeter
+
+    assert SqnrMeter().db() is None

@@ -234,3 +234,18 @@ def test_finalists_within_timing_noise_are_told_apart_by_metric_then_distillatio
         search.trials.append({**trial, "points": [{**point, "path": f"{key}.onnx", "validation_metric": metric}]})
     chosen, _ = search.choose({})
     assert chosen["trial"] == "long"  # 3% slower than "short": noise; same metric, longer distillation
+
+
+def test_no_point_within_the_budget_is_a_clear_result_not_a_crash(tmp_path, monkeypatch):
+    """When no scored point qualifies (here: every point is refused), the search names the closest one."""
+    from compress.search import driver
+
+    monkeypatch.setattr("export.benchmark.ROUNDS", 2)
+    monkeypatch.setattr(trials_module, "TRIAL_TIMING", {"warmup": 1, "iterations": 4, "max_seconds": 0.2})
+    monkeypatch.setattr(driver.Search, "finalists", lambda self: [])
+    search = {**RECIPE["search"], "max_drop": 0.0, "distill_fractions": [1.0]}
+    with pytest.raises(driver.NothingWithinBudget, match=r"no point is within --max-drop 0: the closest, .* loses"):
+        compress.search(
+            model(), {**RECIPE, "search": search}, task_data(), out_dir=tmp_path, evaluator=neg_cross_entropy
+        )
+    assert driver.NothingWithinBudget.exit_code == 1
