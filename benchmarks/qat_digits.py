@@ -138,8 +138,12 @@ def _verdict(rows: list[dict]) -> str:
     ptq = -points["int8 static (PTQ)"]
     best = max((name for name in points if name.startswith("int8 QAT")), key=points.get)
     if ptq < 1.0:
-        return f"Post-training int8 static loses {ptq:.2f} points (less than 1): no post-training loss to recover here."
+        return (
+            f"Post-training int8 static changes accuracy by {-ptq:+.2f} points (it loses less than 1): "
+            "no post-training loss to recover here."
+        )
+    within = "within" if points[best] >= -0.3 else "not within"
     return (
-        f"Post-training int8 static loses {ptq:.2f} points; the best QAT row ({best}) is "
-        f"{-points[best]:+.2f} points from fp32 ({'within' if -points[best] <= 0.3 else 'not within'} 0.3)."
+        f"Post-training int8 static loses {ptq:.2f} points; the best QAT row ({best}) is at "
+        f"{points[best]:+.2f} points vs fp32 ({within} 0.3 of it)."
     )
