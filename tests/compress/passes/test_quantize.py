@@ -90,7 +90,9 @@ def test_budget_falls_back_the_sensitive_layer(scheme, tmp_path):
     assert record["budget"]["sensitivity"]["fc1"] > record["budget"]["sensitivity"]["fc2"]
     # the cheap ranking (output SQNR, each layer alone on calibration data) agrees by a wide margin
     sqnr = record["budget"]["sqnr_db"]
-    assert sqnr["fc1"] < sqnr["fc2"] - 10.0 and record["budget"]["candidates"] == 8
+    assert (
+        sqnr["fc1"] < sqnr["fc2"] - 10.0 and record["budget"]["candidates"] == 2
+    )  # both layers: fewer than the 8 allowed
     assert record["bitsandbytes"]["float_layers"] == ["fc1"] and quantized_layers(result.model) == ["fc2"]
 
 
