@@ -83,11 +83,11 @@ import sys, torch
 import compress
 from compress.data import TaskData
 from compress.distributed import rank
-from tests.compress.passes.test_distill import bert_encoder
+from tests.compress.passes.test_distill_layerwise import bert_encoder
 from tests.tiny_models import token_data
 
 student = bert_encoder(layers=2, seed=1)  # half the teacher's depth
-teacher = {"factory": "tests.compress.passes.test_distill:bert_encoder", "kwargs": {"layers": 4}}
+teacher = {"factory": "tests.compress.passes.test_distill_layerwise:bert_encoder", "kwargs": {"layers": 4}}
 recipe = {"name": "ddp-layerwise", "export": {"enabled": False}, "passes": [{"pass": "distill", "epochs": 2,
           "loss": "embedding_mse", "lr": 3.0e-3, "teacher": teacher}]}
 data = token_data(batches=4)
