@@ -26,6 +26,7 @@ def to_ort_format(path: Path, optimization: str = "fixed") -> dict:
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     style = {"fixed": OptimizationStyle.Fixed, "runtime": OptimizationStyle.Runtime}[optimization]
+    source = path.resolve()  # before own_cwd: a relative run folder (``--out runs/demo``) resolves against ours
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ort-") as work:
         work = Path(work).resolve()  # absolute: the converter runs with another cwd
         try:
@@ -33,7 +34,7 @@ def to_ort_format(path: Path, optimization: str = "fixed") -> dict:
             logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
             with contextlib.redirect_stdout(io.StringIO()):
                 with own_cwd():  # the converter writes temporary files into the cwd
-                    convert_onnx_models_to_ort(path.resolve(), output_dir=work, optimization_styles=[style])
+                    convert_onnx_models_to_ort(source, output_dir=work, optimization_styles=[style])
         except Exception as exc:  # noqa: BLE001  (the converter raises many types; all mean the same)
             raise ExportError(f"{path.name}: conversion to ORT format failed: {type(exc).__name__}: {exc}") from None
         produced = {p.suffix: p for p in work.iterdir() if p.suffix in (".ort", ".config")}

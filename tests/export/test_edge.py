@@ -1,5 +1,7 @@
 """Edge readiness: ORT-format conversion with its required-operators config, and provider support."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -33,6 +35,14 @@ def test_ort_format_runs_like_the_onnx_file_and_lists_its_operators(tmp_path):
     assert all(len(line.split(";")) == 3 for line in facts["required_operators"])
     assert operators(facts) & {"Conv", "FusedConv"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.onnx", "cnn.ort", "cnn.required_operators.config"]
+
+
+def test_a_path_relative_to_the_working_directory_converts(tmp_path, monkeypatch):
+    """``modelpress run --out runs/x`` hands relative paths; the converter runs in its own cwd."""
+    export_cnn(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    facts = to_ort_format(Path("cnn.onnx"))
+    assert (tmp_path / facts["path"]).read_bytes()[4:8] == b"ORTM"
 
 
 def operators(facts) -> set[str]:
