@@ -23,10 +23,11 @@ from compress.config import PassConfig
 from compress.data import call_model, first_tensor
 from compress.errors import SelectionError, first_line
 from compress.metrics import count_macs, count_params
+from compress.pruning.activation_importance import input_rms
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
 from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
-from compress.pruning.importance import IMPORTANCE, NEEDS_GRADIENTS, Criterion, accumulate_task_gradients
+from compress.pruning.importance import IMPORTANCE, PREPARE, Criterion
 from compress.pruning.plan_check import CutFailed, groups_cutting, simulate, traced_forward
 from compress.pruning.steps import (
     PruneError,
@@ -61,7 +62,9 @@ class StructuredPruneConfig(PassConfig):
     """Args:
     ratio: share of channels/neurons removed from every prunable group, in [0, 1).
     macs_reduction: instead of ``ratio``, the share of MACs to remove; the ratio is searched.
-    importance: l1, l2, taylor (needs labelled batches), bn_scale or random (a baseline).
+    importance: l1, l2, taylor (needs labelled batches), activation (Wanda-sp: weights times the
+        activations they carry, on calibration batches; for trained transformers), bn_scale or
+        random (a baseline).
     allocation: ``uniform`` (same ratio per group) or ``global`` (one ranking across groups).
     layer_ratios: ratio per layer name or ``re:`` pattern, overriding ``ratio`` there.
     round_to: every pruned width becomes a multiple of this (1: exact widths); auto: 8.
@@ -72,6 +75,8 @@ class StructuredPruneConfig(PassConfig):
         record. Off, that is an error listing them all as one ``exclude`` that works.
     head_ratio: share of attention heads removed whole from each attention layer (transformers).
     steps: prune in this many steps; ``finetune_steps`` optimizer steps towards the teacher between them.
+    gradient_batches: calibration batches read before each step by the data-driven criteria
+        (taylor: gradients; activation: activation norms).
 
     For a BERT-style encoder, ``ratio: 0``, ``head_ratio: 0.33`` and
     ``layer_ratios: {"re:.*intermediate\\.dense": 0.5}`` remove a third of the heads and half
@@ -280,8 +285,8 @@ def _plan_exclusions(model, config: StructuredPruneConfig, inputs, ratio: float)
     """Layers whose cut would break the model, with why: the plan is cut on copies first (plan_check)."""
     if ratio == 0 and not config.layer_ratios:
         return {}
-    # Whether a cut breaks the model does not depend on which channels go: gradients are not needed.
-    importance = Criterion.l2.value if config.importance in NEEDS_GRADIENTS else config.importance
+    # Whether a cut breaks the model does not depend on which channels go: no data is needed.
+    importance = Criterion.l2.value if config.importance in PREPARE else config.importance
 
     round_to = resolve_round_to(config.round_to)
 
@@ -311,6 +316,10 @@ def _plan_exclusions(model, config: StructuredPruneConfig, inputs, ratio: float)
     return exclusions
 
 
+def _calibration_rms(model, config: StructuredPruneConfig, ctx) -> dict:
+    return input_rms(model, ctx.data.batches(ctx.data.resolve("calibration")), config.gradient_batches)
+
+
 @register_pass("structured_prune", StructuredPruneConfig, restore=restore)
 def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx) -> torch.nn.Module:
     inputs = ctx.example_inputs
@@ -321,7 +330,8 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
         p = 1 if config.importance == Criterion.l1.value else 2
         per_head = find_head_tensors(model, inputs)  # bias tables etc.; one read by several blocks ties them
         random = config.importance == Criterion.random.value
-        removed_heads = prune_heads(model, config.head_ratio, p, random=random, tied=tied_groups(per_head))
+        rms = _calibration_rms(model, config, ctx) if config.importance == Criterion.activation.value else None
+        removed_heads = prune_heads(model, config.head_ratio, p, random=random, tied=tied_groups(per_head), rms=rms)
         head_tensors = cut_head_tensors(model, per_head, removed_heads)
         if not removed_heads:  # said, not silent (unmapped attention raised above)
             why = "it is below one head per layer" if head_counts(model) else f"{type(model).__name__} has no attention"
@@ -338,9 +348,9 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     check_no_group_empties(pruner, model, round_to)
     custom_widths: dict = {}  # widths of custom-type layers before the first step
     for step in range(config.steps):
-        if config.importance in NEEDS_GRADIENTS:
+        if config.importance in PREPARE:
             batches = ctx.data.batches(ctx.data.resolve("calibration"))
-            accumulate_task_gradients(model, batches, config.gradient_batches)
+            PREPARE[config.importance](model, pruner.importance, batches, config.gradient_batches)
         cut_step(pruner, model, round_to)
         custom = {m: r for m, r in _layer_ratios(model, config).items() if is_conv1d(m)}
         _prune_custom_layers(pruner, custom, custom_widths, step, config.steps, round_to)

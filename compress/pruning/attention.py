@@ -87,15 +87,26 @@ def head_groups(model: torch.nn.Module) -> dict[torch.nn.Module, int]:
     return groups
 
 
-def head_scores(model: torch.nn.Module, name: str, p: int) -> torch.Tensor:
-    """Lp norm of each query head's weights in q (k, v when not shared) and the output projection."""
+def head_scores(model: torch.nn.Module, name: str, p: int, rms: dict | None = None) -> torch.Tensor:
+    """Lp norm of each query head's weights in q (k, v when not shared) and the output projection.
+
+    With ``rms`` (input RMS per layer, ``activation_importance.input_rms``) a head scores its
+    output-projection columns scaled by the activations it writes there (Wanda-sp): what it adds to
+    the block's output, which weights alone do not tell.
+    """
     module, layout = attention_modules(model)[name]
-    output = in_rows(layout.output_layer(model, name))
+    output_layer = layout.output_layer(model, name)
+    output = in_rows(output_layer)
+    scale = (rms or {}).get(output_layer)
     scores = []
     for head in range(layout.heads(module)):
+        columns = layout.columns(module, [head])
+        if scale is not None:
+            scores.append((output[columns] * scale[columns, None]).norm())
+            continue
         rows = layout.rows(module, [head])
         parts = [out_rows(getattr(module, projection))[idx].flatten() for projection, idx in rows.items()]
-        parts.append(output[layout.columns(module, [head])].flatten())
+        parts.append(output[columns].flatten())
         scores.append(torch.cat(parts).norm(p=p))
     return torch.stack(scores)
 
@@ -140,16 +151,23 @@ def _heads_to_remove(scores: torch.Tensor, ratio: float, kv_heads: int) -> list[
 
 
 def prune_heads(
-    model: torch.nn.Module, ratio: float, p: int = 2, random: bool = False, tied: list[set[str]] = ()
+    model: torch.nn.Module,
+    ratio: float,
+    p: int = 2,
+    random: bool = False,
+    tied: list[set[str]] = (),
+    rms: dict | None = None,
 ) -> dict[str, list[int]]:
     """Remove about ``ratio`` of the query heads, lowest-scoring first, from every attention module.
 
     Modules in one ``tied`` group (sharing a per-head tensor, see ``head_tensors``) are ranked
-    by their summed scores, so they lose the same heads.
+    by their summed scores, so they lose the same heads. ``rms``: see ``head_scores``.
     """
     removed = {}
     found = attention_modules(model, strict=True)
-    ranking = {n: torch.rand(lay.heads(m)) if random else head_scores(model, n, p) for n, (m, lay) in found.items()}
+    ranking = {
+        n: torch.rand(lay.heads(m)) if random else head_scores(model, n, p, rms) for n, (m, lay) in found.items()
+    }
     for group in tied:
         ranking.update(dict.fromkeys(group, sum(ranking[n] for n in group)))
     for name, (module, layout) in found.items():

@@ -1,7 +1,8 @@
 """Importance criteria by recipe name, each a Torch-Pruning ``Importance``.
 
-Taylor importance (|gradient x weight|, Molchanov et al. 2019) needs gradients of the
-task loss, so ``needs_gradients`` tells the pass to run labelled batches first.
+Taylor importance (|gradient x weight|, Molchanov et al. 2019) needs gradients of the task loss
+on labelled batches; activation importance (Wanda-sp) needs activation norms on any batches.
+``PREPARE`` names what the pass runs before each step for such criteria.
 """
 
 from collections.abc import Callable, Iterable
@@ -13,12 +14,14 @@ import torch_pruning as tp
 
 from compress.data import call_model, first_tensor
 from compress.errors import InputError
+from compress.pruning.activation_importance import ActivationAwareImportance, input_rms
 
 
 class Criterion(str, Enum):
     l1 = "l1"
     l2 = "l2"
     taylor = "taylor"
+    activation = "activation"
     bn_scale = "bn_scale"
     random = "random"
 
@@ -27,11 +30,10 @@ IMPORTANCE: dict[str, Callable[[], tp.importance.Importance]] = {
     Criterion.l1.value: lambda: tp.importance.GroupMagnitudeImportance(p=1),
     Criterion.l2.value: lambda: tp.importance.GroupMagnitudeImportance(p=2),
     Criterion.taylor.value: lambda: tp.importance.GroupTaylorImportance(),
+    Criterion.activation.value: ActivationAwareImportance,
     Criterion.bn_scale.value: lambda: tp.importance.BNScaleImportance(),
     Criterion.random.value: lambda: tp.importance.RandomImportance(),
 }
-
-NEEDS_GRADIENTS = {Criterion.taylor.value}
 
 
 def accumulate_task_gradients(model: torch.nn.Module, batches: Iterable, count: int) -> None:
@@ -49,3 +51,18 @@ def accumulate_task_gradients(model: torch.nn.Module, batches: Iterable, count: 
         used += 1
     if used == 0:
         raise InputError("structured_prune: importance 'taylor' found no batches in the calibration/train split")
+
+
+def _activation_norms(model, importance, batches, count) -> None:
+    importance.rms = input_rms(model, batches, count)
+
+
+def _task_gradients(model, _importance, batches, count) -> None:
+    accumulate_task_gradients(model, batches, count)
+
+
+# Criterion -> what runs on calibration batches before each pruning step.
+PREPARE: dict[str, Callable] = {
+    Criterion.taylor.value: _task_gradients,
+    Criterion.activation.value: _activation_norms,
+}

@@ -81,7 +81,7 @@ def test_macs_target_is_met():
     assert 0.5 <= achieved <= 0.6
 
 
-@pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "bn_scale", "random"])
+@pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "activation", "bn_scale", "random"])
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
 def test_every_criterion_and_allocation_prunes_to_rounded_widths(importance, allocation):
     """24 channels cut by half keep 12, rounded to 16 by the default (8 or 16 alike); the rounded
