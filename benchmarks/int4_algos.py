@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from benchmarks.harness import Row, measure, timed, write_results
-from benchmarks.minilm_sts import RECIPE, _stsb_path
+from benchmarks.minilm_sts import QUICK_DEPTH, RECIPE, _stsb_path, encoder
 from compress.data import TaskData, take_rows
 from compress.evaluate import EVALUATORS
 from compress.passes.quantize import OnnxQuantSpec
@@ -31,7 +31,7 @@ def _int4_spec(recipe, algorithm: str) -> OnnxQuantSpec:
 
 
 def run(out_dir: Path, work: Path, quick: bool = False) -> Path:
-    from compress.hf import sentence_encoder, stsb_data
+    from compress.hf import stsb_data
     from export import int4_algorithms
     from export.quantized_artifacts import build_variant
 
@@ -40,7 +40,7 @@ def run(out_dir: Path, work: Path, quick: bool = False) -> Path:
     eval_batches = list(full.eval)[:4] if quick else list(full.eval)
     calibration = list(full.calibration)[:1] if quick else full.calibration  # quick: GPTQ on one batch
     data = TaskData(eval=eval_batches, validation=list(full.validation)[:2], calibration=calibration)
-    model = sentence_encoder().eval()
+    model = encoder(quick)
     example = take_rows(eval_batches[0][0], 2)
     recipe = load_recipe(RECIPE)
     fp32, export_seconds = timed(lambda: to_onnx(model, example, work / "fp32.onnx", recipe.export.opset).path)
@@ -69,7 +69,7 @@ def run(out_dir: Path, work: Path, quick: bool = False) -> Path:
         calls_per_round={1: 3 if quick else 40, 32: 1 if quick else 3},
     )
     context = {
-        "data": f"STS-B dev, {sum(len(b[2]) for b in eval_batches)} pairs" + (" (quick mode)" if quick else ""),
+        "data": f"STS-B dev, {sum(len(b[2]) for b in eval_batches)} pairs" + (f" (quick mode: {QUICK_DEPTH} of 6 blocks)" if quick else ""),
         "int4": "block 64, accuracy_level 4 (int8 compute), opset 21, embedding table by default; no budget",
         "latency": "median over rounds in which the rows take turns; batch 1 and 32 rows of the first dev batch",
         "threads": rows[0].results["threads"],

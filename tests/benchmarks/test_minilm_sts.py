@@ -20,7 +20,7 @@ def test_quick_suite_writes_every_row_with_real_figures(tmp_path, monkeypatch):
     rows = {row["name"]: row for row in body["rows"]}
     assert len(rows) == 11 and list(rows)[0] == "fp32 (ONNX)"
     fp32 = rows["fp32 (ONNX)"]
-    assert fp32["metric"] > 80.0  # all-MiniLM-L6-v2 on the first 128 STS-B dev pairs
+    assert fp32["metric"] > 60.0  # the first 2 of all-MiniLM-L6-v2's 6 blocks, first 128 STS-B dev pairs (6 blocks: 87)
     for row in rows.values():
         assert row["bs1_ms"] > 0 and row["bs32_ms"] > 0 and row["threads"] >= 1
         assert abs(row["metric"] - fp32["metric"]) < 3.0, row["name"]
