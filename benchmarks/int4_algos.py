@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from benchmarks.harness import Row, measure, timed, write_results
-from benchmarks.minilm_sts import QUICK_DEPTH, RECIPE, _stsb_path, encoder
+from benchmarks.minilm_sts import QUICK_NOTE, RECIPE, _stsb_path, encoder
 from compress.data import TaskData, take_rows
 from compress.evaluate import EVALUATORS
 from compress.passes.quantize import OnnxQuantSpec
@@ -69,7 +69,7 @@ def run(out_dir: Path, work: Path, quick: bool = False) -> Path:
         calls_per_round={1: 3 if quick else 40, 32: 1 if quick else 3},
     )
     context = {
-        "data": f"STS-B dev, {sum(len(b[2]) for b in eval_batches)} pairs" + (f" (quick mode: {QUICK_DEPTH} of 6 blocks)" if quick else ""),
+        "data": f"STS-B dev, {sum(len(b[2]) for b in eval_batches)} pairs" + (QUICK_NOTE if quick else ""),
         "int4": "block 64, accuracy_level 4 (int8 compute), opset 21, embedding table by default; no budget",
         "latency": "median over rounds in which the rows take turns; batch 1 and 32 rows of the first dev batch",
         "threads": rows[0].results["threads"],

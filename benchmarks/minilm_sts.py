@@ -30,6 +30,7 @@ FULL_RECIPE = RECIPES / "minilm-full.yaml"
 # Quick mode smoke-tests the suite's code on the first two of the six blocks (real weights): its
 # figures are not all-MiniLM-L6-v2's, and it costs a third of the full model's time.
 QUICK_DEPTH = 2
+QUICK_NOTE = f" (quick mode: the first {QUICK_DEPTH} of 6 blocks)"
 
 
 def encoder(quick: bool) -> torch.nn.Module:
@@ -168,7 +169,7 @@ def run(out_dir: Path, work: Path, quick: bool = False) -> Path:
         calls_per_round={1: 3 if quick else 40, 32: 1 if quick else 3},
     )
     context = {
-        "data": f"STS-B dev, {sum(len(b[2]) for b in eval_batches)} pairs" + (f" (quick mode: {QUICK_DEPTH} of 6 blocks)" if quick else ""),
+        "data": f"STS-B dev, {sum(len(b[2]) for b in eval_batches)} pairs" + (QUICK_NOTE if quick else ""),
         "latency": "median over rounds in which the rows take turns; batch 1 and 32 rows of the first dev batch",
         "threads": rows[0].results["threads"],
     }
