@@ -247,7 +247,10 @@ def _ratio_for_macs(model, config: StructuredPruneConfig, example_inputs, target
     for _ in range(10):
         middle = (low + high) / 2
         trial = copy.deepcopy(model)
-        trial_config = config.model_copy(update={"steps": 1})
+        # Which channels go changes the MACs only under global allocation; data-driven criteria are
+        # bisected by magnitude, so their achieved share may differ slightly (the record has macs_after).
+        importance = Criterion.l2.value if config.importance in PREPARE else config.importance
+        trial_config = config.model_copy(update={"steps": 1, "importance": importance})
         cut_step(_build_pruner(trial, trial_config, example_inputs, middle), trial, resolve_round_to(config.round_to))
         if 1 - count_macs(trial, example_inputs) / base < target:
             low = middle
@@ -316,8 +319,8 @@ def _plan_exclusions(model, config: StructuredPruneConfig, inputs, ratio: float)
     return exclusions
 
 
-def _calibration_rms(model, config: StructuredPruneConfig, ctx) -> dict:
-    return input_rms(model, ctx.data.batches(ctx.data.resolve("calibration")), config.gradient_batches)
+def _calibration(ctx):
+    return ctx.data.batches(ctx.data.resolve("calibration"))
 
 
 @register_pass("structured_prune", StructuredPruneConfig, restore=restore)
@@ -330,7 +333,8 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
         p = 1 if config.importance == Criterion.l1.value else 2
         per_head = find_head_tensors(model, inputs)  # bias tables etc.; one read by several blocks ties them
         random = config.importance == Criterion.random.value
-        rms = _calibration_rms(model, config, ctx) if config.importance == Criterion.activation.value else None
+        activation = config.importance == Criterion.activation.value
+        rms = input_rms(model, _calibration(ctx), config.gradient_batches) if activation else None
         removed_heads = prune_heads(model, config.head_ratio, p, random=random, tied=tied_groups(per_head), rms=rms)
         head_tensors = cut_head_tensors(model, per_head, removed_heads)
         if not removed_heads:  # said, not silent (unmapped attention raised above)
@@ -349,8 +353,7 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     custom_widths: dict = {}  # widths of custom-type layers before the first step
     for step in range(config.steps):
         if config.importance in PREPARE:
-            batches = ctx.data.batches(ctx.data.resolve("calibration"))
-            PREPARE[config.importance](model, pruner.importance, batches, config.gradient_batches)
+            PREPARE[config.importance](model, pruner.importance, _calibration(ctx), config.gradient_batches)
         cut_step(pruner, model, round_to)
         custom = {m: r for m, r in _layer_ratios(model, config).items() if is_conv1d(m)}
         _prune_custom_layers(pruner, custom, custom_widths, step, config.steps, round_to)

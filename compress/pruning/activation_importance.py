@@ -2,11 +2,12 @@
 
 Magnitude ranks a channel by its weights alone. In a trained transformer a few channels carry
 activations far larger than the rest, and those matter whatever their weights (Sun et al. 2023,
-Wanda; An et al. 2024, FLAP, whose structured baseline this is). A channel that a Linear or Conv
-reads as input channel ``j`` scores ``||W[:, j]|| * rms(x_j)``, with ``rms(x_j)`` measured on
-calibration batches. Torch-Pruning's own ``ActivationImportance`` keeps only the last batch's mean
-``|x|`` and ignores the weights, hence this class. Groups that no observed layer reads (the
-calibration never reached them, or only grouped convolutions read them) fall back to magnitude.
+Wanda; An et al. 2024, FLAP, whose structured baseline this is). A channel that a Linear, a
+GPT-2 ``Conv1D`` or an ungrouped Conv2d reads as input channel ``j`` scores
+``||W[:, j]|| * rms(x_j)``, with ``rms(x_j)`` measured on calibration batches (padded token
+positions included). Torch-Pruning's own ``ActivationImportance`` keeps one batch's ``|x|`` and
+ignores the weights, hence this class. A group where some channel is read by no observed layer
+(a grouped convolution, a layer the calibration never reached) is ranked by magnitude instead.
 """
 
 from collections.abc import Iterable
@@ -14,46 +15,60 @@ from itertools import islice
 
 import torch
 import torch_pruning as tp
-from torch_pruning.pruner import function
 
-from compress.data import call_model
+from compress.data import call_model, model_device, to_device, training_inputs
 from compress.errors import InputError
+from compress.pruning.conv1d import in_rows, is_conv1d
 
-_IN_CHANNELS = (function.prune_linear_in_channels, function.prune_conv_in_channels)
+
+def _observed(module: torch.nn.Module) -> bool:
+    return (
+        isinstance(module, torch.nn.Linear)
+        or is_conv1d(module)
+        or (isinstance(module, torch.nn.Conv2d) and module.groups == 1)
+    )
+
+
+def _channels_first(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input as [channels, positions]: Conv2d reads channels on dim 1, the others on the last dim."""
+    return x.transpose(0, 1).flatten(1) if isinstance(module, torch.nn.Conv2d) else x.flatten(0, -2).t()
 
 
 def input_rms(model: torch.nn.Module, batches: Iterable, count: int) -> dict[torch.nn.Module, torch.Tensor]:
-    """Root mean square of every input channel of every Linear and ungrouped Conv, over ``count`` batches."""
+    """Root mean square of every input channel of every observed layer, over ``count`` batches, in eval mode."""
     sums: dict[torch.nn.Module, list] = {}
 
     def observe(module, inputs, _output):
-        x = inputs[0].detach().float()
-        per_channel = x.transpose(0, 1).flatten(1) if isinstance(module, torch.nn.Conv2d) else x.flatten(0, -2).t()
-        total = sums.setdefault(module, [torch.zeros(per_channel.shape[0]), 0])
+        per_channel = _channels_first(module, inputs[0].detach().float())
+        total = sums.setdefault(module, [torch.zeros(per_channel.shape[0], device=per_channel.device), 0])
         total[0] += per_channel.pow(2).sum(1)
         total[1] += per_channel.shape[1]
 
-    observed = [
-        m
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv2d) and m.groups == 1)
-    ]
-    hooks = [m.register_forward_hook(observe) for m in observed]
-    used = 0
+    hooks = [m.register_forward_hook(observe) for m in model.modules() if _observed(m)]
+    was_training, device, used = model.training, model_device(model), 0
+    model.eval()  # no dropout, no BatchNorm statistics updated by a measurement
     try:
         with torch.no_grad():
             for batch in islice(batches, count):
-                call_model(model, batch[0] if isinstance(batch, (tuple, list)) else batch)
+                call_model(model, to_device(training_inputs(batch), device))
                 used += 1
     finally:
         for hook in hooks:
             hook.remove()
+        model.train(was_training)
     if used == 0:
         raise InputError(
             "structured_prune: importance 'activation' found no batches in the calibration/train split; "
             "give the recipe a calibration or train split, or use importance 'l2'"
         )
-    return {m: (s / max(n, 1)).sqrt() for m, (s, n) in sums.items()}
+    return {m: (s / max(n, 1)).sqrt().cpu() for m, (s, n) in sums.items()}
+
+
+def _input_columns(layer: torch.nn.Module, idxs) -> torch.Tensor:
+    """The weights reading input channels ``idxs``, one row per channel."""
+    if isinstance(layer, torch.nn.Conv2d):
+        return layer.weight.detach().transpose(0, 1)[idxs].flatten(1)
+    return in_rows(layer)[idxs]
 
 
 class ActivationAwareImportance(tp.importance.GroupMagnitudeImportance):
@@ -65,14 +80,20 @@ class ActivationAwareImportance(tp.importance.GroupMagnitudeImportance):
 
     @torch.no_grad()
     def __call__(self, group):
-        scores, positions = [], []
+        # Sized by the root (the layer whose outputs go): a consumer behind a flatten reads each
+        # channel at several positions (its root_idxs repeat), one behind a split reads only some.
+        width = len(group[0].idxs)
+        total, seen = torch.zeros(width), torch.zeros(width, dtype=torch.bool)
         for i, (dep, idxs) in enumerate(group):
-            rms = self.rms.get(dep.layer)
-            if rms is None or dep.pruning_fn not in _IN_CHANNELS or max(idxs, default=-1) >= rms.numel():
+            rms, roots = self.rms.get(dep.layer), group[i].root_idxs
+            if rms is None or getattr(dep.pruning_fn, "__name__", "") != "prune_in_channels":
                 continue
-            columns = dep.layer.weight.detach().transpose(0, 1)[idxs].flatten(1)
-            scores.append(columns.norm(dim=1) * rms[idxs])
-            positions.append(group[i].root_idxs)
-        if not scores:
+            if max(idxs, default=-1) >= rms.numel() or any(r is None or r >= width for r in roots):
+                continue
+            score = _input_columns(dep.layer, idxs).float().cpu().norm(dim=1) * rms[idxs]
+            positions = torch.tensor(roots, dtype=torch.long)
+            total.scatter_add_(0, positions, score)
+            seen[positions] = True
+        if not seen.all():
             return super().__call__(group)
-        return self._normalize(self._reduce(scores, positions), self.normalizer)
+        return self._normalize(total, self.normalizer)
