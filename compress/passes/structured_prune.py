@@ -12,6 +12,7 @@ holds Torch-Pruning's pruning history, which ``restore`` replays on resume.
 
 import copy
 from enum import Enum
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import torch
@@ -23,11 +24,12 @@ from compress.config import PassConfig
 from compress.data import call_model, first_tensor
 from compress.errors import SelectionError, first_line
 from compress.metrics import count_macs, count_params
-from compress.pruning.activation_importance import input_rms
+from compress.pruning.activation_importance import ChannelStats, input_stats
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
+from compress.pruning.compensation import compensate_group
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
 from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
-from compress.pruning.importance import IMPORTANCE, PREPARE, Criterion
+from compress.pruning.importance import IMPORTANCE, NEEDS_STATS, PREPARE, Criterion
 from compress.pruning.plan_check import CutFailed, groups_cutting, simulate, traced_forward
 from compress.pruning.steps import (
     PruneError,
@@ -76,7 +78,10 @@ class StructuredPruneConfig(PassConfig):
     head_ratio: share of attention heads removed whole from each attention layer (transformers).
     steps: prune in this many steps; ``finetune_steps`` optimizer steps towards the teacher between them.
     gradient_batches: calibration batches read before each step by the data-driven criteria
-        (taylor: gradients; activation: activation norms).
+        (taylor: gradients; activation: activation norms) and by ``compensate``.
+    compensate: a removed channel's or head's mean contribution on those batches is added to the
+        bias of the Linear (or GPT-2 Conv1D) that read it (FLAP's bias compensation), so the cut
+        model starts closer to the dense one; layers without a bias and convolutions are left as cut.
 
     For a BERT-style encoder, ``ratio: 0``, ``head_ratio: 0.33`` and
     ``layer_ratios: {"re:.*intermediate\\.dense": 0.5}`` remove a third of the heads and half
@@ -101,6 +106,7 @@ class StructuredPruneConfig(PassConfig):
     finetune_steps: int = Field(0, ge=0, le=1_000_000)
     finetune_lr: float = Field(1e-4, gt=0.0, le=1.0)
     gradient_batches: int = Field(4, ge=1, le=10_000)
+    compensate: bool = False
 
 
 def _execution_order(model: torch.nn.Module, example_inputs: Any) -> tuple[list[str], torch.Size]:
@@ -323,6 +329,13 @@ def _calibration(ctx):
     return ctx.data.batches(ctx.data.resolve("calibration"))
 
 
+def _stats(model, config: StructuredPruneConfig, ctx) -> ChannelStats | None:
+    """Input-channel statistics of the model as it is now, when the criterion or compensation reads them."""
+    if config.compensate or config.importance in NEEDS_STATS:
+        return input_stats(model, _calibration(ctx), config.gradient_batches)
+    return None
+
+
 @register_pass("structured_prune", StructuredPruneConfig, restore=restore)
 def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx) -> torch.nn.Module:
     inputs = ctx.example_inputs
@@ -333,9 +346,11 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
         p = 1 if config.importance == Criterion.l1.value else 2
         per_head = find_head_tensors(model, inputs)  # bias tables etc.; one read by several blocks ties them
         random = config.importance == Criterion.random.value
-        activation = config.importance == Criterion.activation.value
-        rms = input_rms(model, _calibration(ctx), config.gradient_batches) if activation else None
-        removed_heads = prune_heads(model, config.head_ratio, p, random=random, tied=tied_groups(per_head), rms=rms)
+        stats = _stats(model, config, ctx)
+        rms = stats.rms if config.importance in NEEDS_STATS else None
+        mean = stats.mean if config.compensate else None
+        tied = tied_groups(per_head)
+        removed_heads = prune_heads(model, config.head_ratio, p, random=random, tied=tied, rms=rms, mean=mean)
         head_tensors = cut_head_tensors(model, per_head, removed_heads)
         if not removed_heads:  # said, not silent (unmapped attention raised above)
             why = "it is below one head per layer" if head_counts(model) else f"{type(model).__name__} has no attention"
@@ -352,9 +367,11 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     check_no_group_empties(pruner, model, round_to)
     custom_widths: dict = {}  # widths of custom-type layers before the first step
     for step in range(config.steps):
+        stats = _stats(model, config, ctx)
         if config.importance in PREPARE:
-            PREPARE[config.importance](model, pruner.importance, _calibration(ctx), config.gradient_batches)
-        cut_step(pruner, model, round_to)
+            PREPARE[config.importance](model, pruner.importance, stats, _calibration(ctx), config.gradient_batches)
+        before = partial(compensate_group, means=stats.mean) if config.compensate else None
+        cut_step(pruner, model, round_to, before)
         custom = {m: r for m, r in _layer_ratios(model, config).items() if is_conv1d(m)}
         _prune_custom_layers(pruner, custom, custom_widths, step, config.steps, round_to)
         model.zero_grad(set_to_none=True)

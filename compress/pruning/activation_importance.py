@@ -11,6 +11,7 @@ ignores the weights, hence this class. A group where some channel is read by no 
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import islice
 
 import torch
@@ -34,15 +35,25 @@ def _channels_first(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).flatten(1) if isinstance(module, torch.nn.Conv2d) else x.flatten(0, -2).t()
 
 
-def input_rms(model: torch.nn.Module, batches: Iterable, count: int) -> dict[torch.nn.Module, torch.Tensor]:
-    """Root mean square of every input channel of every observed layer, over ``count`` batches, in eval mode."""
+@dataclass
+class ChannelStats:
+    """Per observed layer: mean and root mean square of each input channel."""
+
+    mean: dict[torch.nn.Module, torch.Tensor]
+    rms: dict[torch.nn.Module, torch.Tensor]
+
+
+def input_stats(model: torch.nn.Module, batches: Iterable, count: int) -> ChannelStats:
+    """Mean and RMS of every input channel of every observed layer, over ``count`` batches, in eval mode."""
     sums: dict[torch.nn.Module, list] = {}
 
     def observe(module, inputs, _output):
         per_channel = _channels_first(module, inputs[0].detach().float())
-        total = sums.setdefault(module, [torch.zeros(per_channel.shape[0], device=per_channel.device), 0])
-        total[0] += per_channel.pow(2).sum(1)
-        total[1] += per_channel.shape[1]
+        zeros = torch.zeros(per_channel.shape[0], device=per_channel.device)
+        total = sums.setdefault(module, [zeros, zeros.clone(), 0])
+        total[0] += per_channel.sum(1)
+        total[1] += per_channel.pow(2).sum(1)
+        total[2] += per_channel.shape[1]
 
     hooks = [m.register_forward_hook(observe) for m in model.modules() if _observed(m)]
     was_training, device, used = model.training, model_device(model), 0
@@ -58,10 +69,14 @@ def input_rms(model: torch.nn.Module, batches: Iterable, count: int) -> dict[tor
         model.train(was_training)
     if used == 0:
         raise InputError(
-            "structured_prune: importance 'activation' found no batches in the calibration/train split; "
-            "give the recipe a calibration or train split, or use importance 'l2'"
+            "structured_prune: importance 'activation' and compensate need calibration batches and found none; "
+            "give the recipe a calibration or train split, or use importance 'l2' without compensate"
         )
-    return {m: (s / max(n, 1)).sqrt().cpu() for m, (s, n) in sums.items()}
+    counts = {m: max(n, 1) for m, (_, _, n) in sums.items()}
+    return ChannelStats(
+        mean={m: (s / counts[m]).cpu() for m, (s, _, _) in sums.items()},
+        rms={m: (q / counts[m]).sqrt().cpu() for m, (_, q, _) in sums.items()},
+    )
 
 
 def _input_columns(layer: torch.nn.Module, idxs) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from compress.errors import ModelpressError
 from compress.pruning.attention_layouts import LAYOUTS, AttentionLayout
 from compress.pruning.attention_structure import layout_by_structure, looks_like_attention
+from compress.pruning.compensation import compensate_columns
 from compress.pruning.conv1d import cut_in, cut_out, in_rows, out_rows, out_width
 
 # FFN up-projections and the config field that holds their common width.
@@ -90,7 +91,7 @@ def head_groups(model: torch.nn.Module) -> dict[torch.nn.Module, int]:
 def head_scores(model: torch.nn.Module, name: str, p: int, rms: dict | None = None) -> torch.Tensor:
     """Lp norm of each query head's weights in q (k, v when not shared) and the output projection.
 
-    With ``rms`` (input RMS per layer, ``activation_importance.input_rms``) a head scores its
+    With ``rms`` (input RMS per layer, ``activation_importance.input_stats``) a head scores its
     output-projection columns scaled by the activations it writes there (Wanda-sp): what it adds to
     the block's output, which weights alone do not tell.
     """
@@ -157,11 +158,14 @@ def prune_heads(
     random: bool = False,
     tied: list[set[str]] = (),
     rms: dict | None = None,
+    mean: dict | None = None,
 ) -> dict[str, list[int]]:
     """Remove about ``ratio`` of the query heads, lowest-scoring first, from every attention module.
 
     Modules in one ``tied`` group (sharing a per-head tensor, see ``head_tensors``) are ranked
-    by their summed scores, so they lose the same heads. ``rms``: see ``head_scores``.
+    by their summed scores, so they lose the same heads. ``rms``: see ``head_scores``. With
+    ``mean`` (input mean per layer) a removed head's mean output is kept in the output
+    projection's bias (``compensation``).
     """
     removed = {}
     found = attention_modules(model, strict=True)
@@ -174,6 +178,9 @@ def prune_heads(
         drop = _heads_to_remove(ranking[name], ratio, layout.kv_heads(module))
         if drop:
             removed[name] = drop
+            output = layout.output_layer(model, name)
+            if mean and output in mean:
+                compensate_columns(output, layout.columns(module, drop), mean[output])
             remove_heads(model, name, drop)
     return removed
 

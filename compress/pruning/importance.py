@@ -14,7 +14,7 @@ import torch_pruning as tp
 
 from compress.data import call_model, first_tensor
 from compress.errors import InputError
-from compress.pruning.activation_importance import ActivationAwareImportance, input_rms
+from compress.pruning.activation_importance import ActivationAwareImportance, ChannelStats
 
 
 class Criterion(str, Enum):
@@ -53,16 +53,18 @@ def accumulate_task_gradients(model: torch.nn.Module, batches: Iterable, count: 
         raise InputError("structured_prune: importance 'taylor' found no batches in the calibration/train split")
 
 
-def _activation_norms(model, importance, batches, count) -> None:
-    importance.rms = input_rms(model, batches, count)
+def _activation_norms(_model, importance, stats: ChannelStats, _batches, _count) -> None:
+    importance.rms = stats.rms
 
 
-def _task_gradients(model, _importance, batches, count) -> None:
+def _task_gradients(model, _importance, _stats, batches, count) -> None:
     accumulate_task_gradients(model, batches, count)
 
 
-# Criterion -> what runs on calibration batches before each pruning step.
+# Criterion -> what runs before each pruning step, given the step's channel statistics (measured
+# for the criteria in NEEDS_STATS, and for bias compensation) and the calibration batches.
 PREPARE: dict[str, Callable] = {
     Criterion.taylor.value: _task_gradients,
     Criterion.activation.value: _activation_norms,
 }
+NEEDS_STATS = {Criterion.activation.value}

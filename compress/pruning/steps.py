@@ -5,6 +5,7 @@ Shared by the structured_prune pass and its plan check, which cuts a copy first.
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch_pruning as tp
@@ -77,18 +78,22 @@ def failing_layer(pruner: tp.pruner.BasePruner, model: torch.nn.Module) -> str:
     return "?"
 
 
-def rounded_cut(pruner: tp.pruner.BasePruner, round_to: int) -> None:
-    """One Torch-Pruning step, each group's cut rounded to ``round_to`` before it is made."""
+def rounded_cut(pruner: tp.pruner.BasePruner, round_to: int, before: Callable | None = None) -> None:
+    """One Torch-Pruning step, each group's cut rounded to ``round_to`` and shown to ``before`` before it is made."""
     for group in pruner.step(interactive=True):
         group = round_group(pruner, group, round_to)
         if group is not None:
+            if before is not None:
+                before(group)
             group.prune()
 
 
-def cut_step(pruner: tp.pruner.BasePruner, model: torch.nn.Module, round_to: int) -> None:
+def cut_step(
+    pruner: tp.pruner.BasePruner, model: torch.nn.Module, round_to: int, before: Callable | None = None
+) -> None:
     """``rounded_cut``, a failure named by the layer whose group cannot be cut."""
     try:
-        rounded_cut(pruner, round_to)
+        rounded_cut(pruner, round_to, before)
     except Exception as exc:  # noqa: BLE001  (failures surface deep inside Torch-Pruning)
         where = failing_layer(pruner, model)
         raise PruneError(

@@ -8,34 +8,35 @@ import torch
 
 from compress.data import TaskData, call_model, first_tensor
 from compress.errors import InputError
-from compress.pruning.activation_importance import input_rms
+from compress.pruning.activation_importance import input_stats
 from compress.pruning.attention import prune_heads
 from compress.pruning.conv1d import is_conv1d
 from tests.compress.passes.test_structured_prune import prune
 from tests.tiny_models import TINY_ARCHS, mlp, tiny_bert_encoder, token_data, vector_data
 
 
-def test_input_rms_is_the_root_mean_square_over_every_row_of_every_batch():
+def test_input_rms_and_mean_are_over_every_row_of_every_batch():
     model = mlp()
     batches = [(torch.randn(5, 12), None), (torch.randn(3, 12), None)]
-    rms = input_rms(model, batches, count=2)
+    stats = input_stats(model, batches, count=2)
     rows = torch.cat([b[0] for b in batches])
-    torch.testing.assert_close(rms[model.fc1], rows.pow(2).mean(0).sqrt())
+    torch.testing.assert_close(stats.rms[model.fc1], rows.pow(2).mean(0).sqrt())
+    torch.testing.assert_close(stats.mean[model.fc1], rows.mean(0))
     hidden = torch.relu(model.fc1(rows))
-    torch.testing.assert_close(rms[model.fc2], hidden.pow(2).mean(0).sqrt())
+    torch.testing.assert_close(stats.rms[model.fc2], hidden.pow(2).mean(0).sqrt())
 
 
 def test_conv_input_rms_is_per_channel_over_batch_and_positions():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1, groups=2))
     x = torch.randn(2, 3, 6, 6)
-    rms = input_rms(model, [(x, None)], count=1)
+    rms = input_stats(model, [(x, None)], count=1).rms
     torch.testing.assert_close(rms[model[0]], x.pow(2).mean((0, 2, 3)).sqrt())
     assert model[2] not in rms  # grouped: its input channels are not one group's consumers
 
 
 def test_no_batches_is_a_clear_error():
-    with pytest.raises(InputError, match="'activation' found no batches"):
-        input_rms(mlp(), [], count=4)
+    with pytest.raises(InputError, match="need calibration batches and found none"):
+        input_stats(mlp(), [], count=4)
 
 
 def dead_but_heavy(model, dead: list[int]):
@@ -77,7 +78,7 @@ def test_a_head_that_writes_nothing_goes_first_despite_the_largest_output_weight
     inputs = data.eval[0][0]
     reference = model(**inputs)
     by_magnitude = prune_heads(copy.deepcopy(model), 0.25)
-    rms = input_rms(model, data.eval, count=2)
+    rms = input_stats(model, data.eval, count=2).rms
     by_activation = prune_heads(model, 0.25, rms=rms)
     assert all(heads == [0] for heads in by_activation.values()) and len(by_activation) == 2
     assert all(heads != [0] for heads in by_magnitude.values())
@@ -122,4 +123,4 @@ def test_every_tiny_architecture_prunes_by_activation_and_still_runs(arch):
     inputs = data.eval[0][0]
     assert first_tensor(call_model(model, inputs)).shape == first_tensor(call_model(factory(), inputs)).shape
     if arch == "tiny_gpt2":  # GPT-2's Conv1D layers are measured like Linear ones
-        assert any(is_conv1d(m) for m in input_rms(factory(), data.eval, count=1))
+        assert any(is_conv1d(m) for m in input_stats(factory(), data.eval, count=1).rms)
