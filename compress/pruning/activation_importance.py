@@ -79,6 +79,14 @@ def input_stats(model: torch.nn.Module, batches: Iterable, count: int) -> Channe
     )
 
 
+def consumer_stat(dep, idxs, per_layer: dict[torch.nn.Module, torch.Tensor]) -> torch.Tensor | None:
+    """``per_layer``'s tensor for a dependency cutting input channels ``idxs`` of a measured layer, else None."""
+    stat = per_layer.get(dep.layer)
+    if stat is None or getattr(dep.pruning_fn, "__name__", "") != "prune_in_channels":
+        return None
+    return stat if max(idxs, default=-1) < stat.numel() else None
+
+
 def _input_columns(layer: torch.nn.Module, idxs) -> torch.Tensor:
     """The weights reading input channels ``idxs``, one row per channel."""
     if isinstance(layer, torch.nn.Conv2d):
@@ -100,10 +108,8 @@ class ActivationAwareImportance(tp.importance.GroupMagnitudeImportance):
         width = len(group[0].idxs)
         total, seen = torch.zeros(width), torch.zeros(width, dtype=torch.bool)
         for i, (dep, idxs) in enumerate(group):
-            rms, roots = self.rms.get(dep.layer), group[i].root_idxs
-            if rms is None or getattr(dep.pruning_fn, "__name__", "") != "prune_in_channels":
-                continue
-            if max(idxs, default=-1) >= rms.numel() or any(r is None or r >= width for r in roots):
+            rms, roots = consumer_stat(dep, idxs, self.rms), group[i].root_idxs
+            if rms is None or any(r is None or r >= width for r in roots):
                 continue
             score = _input_columns(dep.layer, idxs).float().cpu().norm(dim=1) * rms[idxs]
             positions = torch.tensor(roots, dtype=torch.long)

@@ -10,26 +10,23 @@ projections) would need a new parameter the exported graph does not have.
 
 import torch
 
+from compress.pruning.activation_importance import consumer_stat
 from compress.pruning.conv1d import in_rows, is_conv1d
 
 
-def compensate_columns(layer: torch.nn.Module, columns: list[int], mean: torch.Tensor) -> bool:
-    """Fold the mean contribution of input channels ``columns`` into ``layer``'s bias; False if it cannot."""
+def compensate_columns(layer: torch.nn.Module, columns: list[int], mean: torch.Tensor) -> None:
+    """Fold the mean contribution of input channels ``columns`` into ``layer``'s bias, where it has one."""
     bias = getattr(layer, "bias", None)
     if bias is None or not (isinstance(layer, torch.nn.Linear) or is_conv1d(layer)) or not columns:
-        return False
+        return
     shift = in_rows(layer)[columns].float().t() @ mean[columns].to(layer.weight.device)
     with torch.no_grad():
         bias += shift.to(bias.dtype)
-    return True
 
 
-def compensate_group(group, means: dict[torch.nn.Module, torch.Tensor]) -> int:
-    """Before a Torch-Pruning group is cut: compensate every layer losing input channels; how many were."""
-    done = 0
+def compensate_group(group, means: dict[torch.nn.Module, torch.Tensor]) -> None:
+    """Before a Torch-Pruning group is cut: compensate every measured layer losing input channels."""
     for dep, idxs in group:
-        mean = means.get(dep.layer)
-        if mean is not None and getattr(dep.pruning_fn, "__name__", "") == "prune_in_channels":
-            if max(idxs, default=-1) < mean.numel():
-                done += compensate_columns(dep.layer, list(idxs), mean)
-    return done
+        mean = consumer_stat(dep, idxs, means)
+        if mean is not None:
+            compensate_columns(dep.layer, list(idxs), mean)
