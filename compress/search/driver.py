@@ -226,7 +226,7 @@ class Search:
     def run_rungs(self) -> None:
         # The most compressed first: the objective prefers them, and a time budget that runs out
         # then cuts the candidates least likely to win.
-        candidates = sorted(self.space.candidates, key=lambda c: -(c.ratio + c.head_ratio + c.ffn_ratio))
+        candidates = sorted(self.space.candidates, key=lambda c: -c.amount)
         rungs = len(self.space.fractions)
         for rung in range(rungs):
             last = rung == rungs - 1

@@ -1,9 +1,10 @@
 """The search space, built from the model and narrowed (or widened) by the recipe's ``search`` section.
 
-What structured_prune can cut decides the axes: channel ratios for convolutional nets, heads
-and FFN neurons for transformers (the hidden size stays unless ``prune_ratios`` asks), neurons
-for plain MLPs. Quantization schemes default per kind (int8 static for convolutions, whose QDQ
-ONNX Runtime fuses into QLinearConv; int8 dynamic elsewhere). The recipe's own passes give the
+What the passes can cut decides the axes: channel ratios for convolutional nets; depth
+(``layer_drop``'s share of blocks dropped), heads and FFN neurons for transformers (the hidden
+size stays unless ``prune_ratios`` asks); neurons for plain MLPs. Quantization schemes default
+per kind (int8 static for convolutions, whose QDQ ONNX Runtime fuses into QLinearConv; int8
+dynamic elsewhere). The recipe's own passes give the
 settings of each axis (importance, rounding, distillation loss and length, calibration), so a
 candidate is the recipe with other ratios, and its trials are plain ``compress.run`` calls.
 On the cheap rungs distillation is shortened and quantization keeps no layer float (see ``passes``).
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from compress import log
+from compress.blocks import block_lists
 from compress.recipe import Recipe
 from compress.search.spec import SearchSpec
 
@@ -23,6 +25,7 @@ from compress.search.spec import SearchSpec
 DEFAULT_AXES = {
     "cnn": {"prune_ratios": [0.0, 0.25, 0.5, 0.625, 0.75, 0.875], "quantize": ["none", "int8_static"]},
     "transformer": {
+        "depth_ratios": [0.0, 0.5],
         "prune_ratios": [0.0],
         "head_ratios": [0.0, 0.25, 0.5],
         "ffn_ratios": [0.0, 0.25, 0.5],
@@ -32,8 +35,11 @@ DEFAULT_AXES = {
 }
 # The first Linear of a transformer block's FFN, by family (BERT, torch.nn, GPT-2, ViT-style MLPs).
 FFN_PATTERNS = (r"re:.*intermediate\.dense$", r"re:.*\.linear1$", r"re:.*mlp\.c_fc$", r"re:.*mlp\.fc1$")
-SEARCHED_PASSES = ("structured_prune", "distill", "quantize")
-AXES = ("prune_ratios", "head_ratios", "ffn_ratios", "quantize")  # the section's keys that replace a default axis
+SEARCHED_PASSES = ("layer_drop", "structured_prune", "distill", "quantize")
+# The section's keys that replace a default axis.
+AXES = ("depth_ratios", "prune_ratios", "head_ratios", "ffn_ratios", "quantize")
+# What the search sets in layer_drop: how many blocks go (the recipe's strategy and settings stay).
+DEPTH_CHOICE = ("keep", "ratio", "layers")
 CONVOLUTIONS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 
@@ -63,17 +69,24 @@ class Candidate:
     ratio: float = 0.0
     head_ratio: float = 0.0
     ffn_ratio: float = 0.0
+    depth_ratio: float = 0.0  # share of the blocks layer_drop removes
+
+    @property
+    def cuts_width(self) -> bool:
+        return bool(self.ratio or self.head_ratio or self.ffn_ratio)
 
     @property
     def prunes(self) -> bool:
-        return bool(self.ratio or self.head_ratio or self.ffn_ratio)
+        return self.cuts_width or bool(self.depth_ratio)
+
+    @property
+    def amount(self) -> float:
+        """How much is cut, summed over the axes: the search tries the most compressed first."""
+        return self.depth_ratio + self.ratio + self.head_ratio + self.ffn_ratio
 
     def label(self) -> str:
-        parts = [
-            f"{name} {value:g}"
-            for name, value in (("prune", self.ratio), ("heads", self.head_ratio), ("ffn", self.ffn_ratio))
-            if value
-        ]
+        axes = (("depth", self.depth_ratio), ("prune", self.ratio), ("heads", self.head_ratio), ("ffn", self.ffn_ratio))
+        parts = [f"{name} {value:g}" for name, value in axes if value]
         return ", ".join(parts) or "no pruning"
 
 
@@ -90,13 +103,17 @@ class Space:
     ffn_pattern: str | None = None
 
     def passes(self, candidate: Candidate, rung: int) -> list[dict]:
-        """The recipe passes of ``candidate`` on rung ``rung``: prune, distill (scaled), quantize."""
+        """The recipe passes of ``candidate`` on rung ``rung``: drop blocks, prune, distill (scaled), quantize."""
         passes = []
-        if candidate.prunes:
+        if candidate.depth_ratio:
+            passes.append({**self.base["layer_drop"], "ratio": candidate.depth_ratio})
+        if candidate.cuts_width:
             prune = {**self.base["structured_prune"], "ratio": candidate.ratio, "head_ratio": candidate.head_ratio}
             if candidate.ffn_ratio:
                 prune["layer_ratios"] = {**prune.get("layer_ratios", {}), self.ffn_pattern: candidate.ffn_ratio}
-            passes += [prune, scaled_distill(self.base["distill"], self.fractions[rung])]
+            passes.append(prune)
+        if candidate.prunes:
+            passes.append(scaled_distill(self.base["distill"], self.fractions[rung]))
         if self.variants:
             quantize = {**self.base["quantize"], "onnx": self.variants}
             if rung < len(self.fractions) - 1:
@@ -134,6 +151,7 @@ def _recipe_settings(recipe: Recipe, budget: float) -> dict[str, dict]:
         elif config.pass_name not in found:
             log.warn(f"search: the recipe's {config.pass_name} pass is not searched over and is left out")
     defaults = {
+        "layer_drop": {"pass": "layer_drop"},
         "structured_prune": {"pass": "structured_prune"},
         "distill": {"pass": "distill"},
         # The quantized variants keep the most sensitive layers float until they fit the search's budget.
@@ -141,6 +159,10 @@ def _recipe_settings(recipe: Recipe, budget: float) -> dict[str, dict]:
     }
     settings = {name: dict(found[name] or defaults[name]) for name in SEARCHED_PASSES}
     settings["quantize"].pop("onnx", None)
+    for choice in DEPTH_CHOICE:
+        settings["layer_drop"].pop(choice, None)
+    if settings["layer_drop"].get("strategy") is None:
+        settings["layer_drop"].pop("strategy", None)  # no strategy beside the recipe's ``layers``: the default
     return settings
 
 
@@ -174,8 +196,12 @@ def build_space(model: torch.nn.Module, recipe: Recipe, spec: SearchSpec, metric
     heads = axes.get("head_ratios", [0.0]) if kind == "transformer" else [0.0]
     if kind != "transformer" and spec.head_ratios:
         log.warn(f"search: head_ratios ignored: a {kind} has no attention heads to cut")
-    grid = itertools.product(axes["prune_ratios"], heads, ffn)
-    candidates = [Candidate(r, h, f) for r, h, f in grid]
+    depths = axes.get("depth_ratios", [0.0])
+    if any(depths) and not block_lists(model, min_length=2):
+        log.warn("search: depth_ratios ignored: the model has no list of repeated blocks for layer_drop to shorten")
+        depths = [0.0]
+    grid = itertools.product(depths, axes["prune_ratios"], heads, ffn)
+    candidates = [Candidate(r, h, f, d) for d, r, h, f in grid]
     schemes = axes["quantize"]
     if spec.quantize is None:
         # The recipe's own quantization, when it has some, is what the user asked for.

@@ -35,6 +35,7 @@ class SearchSpec(StrictModel):
     max_drop: the accuracy budget in points below the fp32 model on the validation split (a point is
         0.01 of accuracy, 1.0 of a Spearman x100; a custom metric counts in its own units).
     budget_minutes: no trial starts once this much time has passed; the best point found is kept.
+    depth_ratios: transformers: share of the blocks layer_drop removes (0.5: 6 -> 3); 0 = all kept.
     prune_ratios: channel (CNN) or hidden-size (transformer) ratios of structured_prune; 0 = no pruning.
     head_ratios / ffn_ratios: transformers: share of attention heads / FFN neurons removed.
     quantize: ONNX quantization schemes to try (``none`` = the fp32 artifact).
@@ -50,6 +51,7 @@ class SearchSpec(StrictModel):
     batch_size: int = Field(32, ge=1, le=4096)
     max_drop: float = Field(1.0, ge=0.0, le=100.0)
     budget_minutes: float = Field(60.0, gt=0.0, le=7 * 24 * 60)
+    depth_ratios: list[Ratio] | None = Field(None, min_length=1, max_length=32)
     prune_ratios: list[Ratio] | None = Field(None, min_length=1, max_length=32)
     head_ratios: list[Ratio] | None = Field(None, min_length=1, max_length=32)
     ffn_ratios: list[Ratio] | None = Field(None, min_length=1, max_length=32)
@@ -61,7 +63,7 @@ class SearchSpec(StrictModel):
     promote: float = Field(0.5, gt=0.0, le=1.0)
     promote_slack: float = Field(2.0, ge=0.0, le=100.0)
 
-    @field_validator("prune_ratios", "head_ratios", "ffn_ratios", "quantize")
+    @field_validator("depth_ratios", "prune_ratios", "head_ratios", "ffn_ratios", "quantize")
     @classmethod
     def _unique(cls, values: list | None) -> list | None:
         if values is not None and len(set(values)) != len(values):

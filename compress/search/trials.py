@@ -13,6 +13,7 @@ turns, so a speed-up is a ratio of two figures taken under the same load.
 """
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -43,10 +44,12 @@ def trial_key(passes: list[dict], validation_batches: int | None, seed: int) -> 
 
 
 def work_folder_name(passes: list[dict]) -> str:
-    """Trials sharing their first pass share a work folder, hence its stages."""
+    """Trials sharing the passes that shape the model (those before distillation) share a work folder,
+    hence those stages: a finalist loads its cut model and distills it longer."""
     if not passes:
         return "baseline"
-    digest = hashlib.sha256(json.dumps(passes[0], sort_keys=True).encode()).hexdigest()[:12]
+    shaping = list(itertools.takewhile(lambda p: p["pass"] != "distill", passes))
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
     return f"{passes[0]['pass']}-{digest}"
 
 

@@ -17,16 +17,43 @@ def test_a_cnn_gets_channel_ratios_not_heads():
     assert [v["scheme"] for v in space.variants] == ["int8_static"] and space.keep_fp32
 
 
-def test_a_transformer_gets_heads_and_ffn_ratios_not_hidden_channels():
+def test_a_transformer_gets_depth_heads_and_ffn_ratios_not_hidden_channels():
     space = build_space(tiny_bert(), load_recipe({}), SearchSpec(), 0.01)
     assert space.kind == "transformer"
     assert {c.ratio for c in space.candidates} == {0.0}
-    assert {(c.head_ratio, c.ffn_ratio) for c in space.candidates} == {
-        (h, f) for h in (0.0, 0.25, 0.5) for f in (0.0, 0.25, 0.5)
+    assert {(c.depth_ratio, c.head_ratio, c.ffn_ratio) for c in space.candidates} == {
+        (d, h, f) for d in (0.0, 0.5) for h in (0.0, 0.25, 0.5) for f in (0.0, 0.25, 0.5)
     }
+    assert len(space.candidates) == 18
     pruned = space.passes(next(c for c in space.candidates if c.ffn_ratio == 0.5 and c.head_ratio == 0.25), 0)
     assert pruned[0]["layer_ratios"] == {r"re:.*intermediate\.dense$": 0.5} and pruned[0]["head_ratio"] == 0.25
     assert [v["scheme"] for v in space.variants] == ["int8_dynamic"]
+
+
+def test_the_depth_axis_drops_blocks_first_with_the_recipes_layer_drop_settings():
+    recipe = load_recipe(
+        {
+            "passes": [
+                {"pass": "layer_drop", "keep": 1, "strategy": "importance", "calibration_batches": 2},
+                {"pass": "distill", "epochs": 10},
+            ],
+            "search": {"depth_ratios": [0.5], "head_ratios": [0.0, 0.5], "ffn_ratios": [0.0]},
+        }
+    )
+    space = build_space(tiny_bert(), recipe, parse_search_spec(recipe.search), 0.01)
+    depth_only, depth_and_heads = (space.passes(c, 0) for c in space.candidates)
+    assert [p["pass"] for p in depth_only] == ["layer_drop", "distill", "quantize"]
+    assert [p["pass"] for p in depth_and_heads] == ["layer_drop", "structured_prune", "distill", "quantize"]
+    # The search sets how many blocks go; the recipe's strategy and calibration stay, its own count does not.
+    drop = {key: value for key, value in depth_only[0].items() if value is not None}
+    assert drop == {"pass": "layer_drop", "ratio": 0.5, "strategy": "importance", "calibration_batches": 2}
+    assert depth_and_heads[1]["head_ratio"] == 0.5
+    assert [c.label() for c in space.candidates] == ["depth 0.5", "depth 0.5, heads 0.5"]
+
+
+def test_a_model_without_repeated_blocks_gets_no_depth_axis():
+    space = build_space(residual_cnn(), load_recipe({}), SearchSpec(depth_ratios=[0.0, 0.5]), 0.01)
+    assert {c.depth_ratio for c in space.candidates} == {0.0}
 
 
 def test_a_plain_mlp_gets_neuron_ratios():
