@@ -74,9 +74,12 @@ def _claim(out: Path, identity: dict, force: bool) -> None:
 
 
 def trial_label(candidate, passes: list[dict]) -> str:
-    """``prune 0.5, distill 3 epochs``: the candidate and its rung's distillation length."""
+    """``prune 0.5, distill 3 epochs`` (or ``110 steps``): the candidate and its rung's distillation length."""
     distill = next((p for p in passes if p["pass"] == "distill"), None)
-    return candidate.label() + (f", distill {distill['epochs']} epochs" if distill else "")
+    if distill is None:
+        return candidate.label()
+    length = f"{distill['max_steps']} steps" if distill.get("max_steps") else f"{distill['epochs']} epochs"
+    return f"{candidate.label()}, distill {length}"
 
 
 class Search:
@@ -118,18 +121,25 @@ class Search:
                 record = self.runner.rescore(earlier, effective)
             else:
                 record = self._run(passes, effective)
-            record.update(label=label, rung=rung, resumed=False)
+            record.update(rung=rung, resumed=False)
             self._note_baseline(passes, record)
             for point in record["points"]:
-                point["label"] = strategy.point_label(label, point["name"], bool(passes))
                 if point["status"] == "passed":
                     point["drop"] = strategy.drop(point, self.reference(record["validation_batches"]), self.size)
-            self.log.add(record)
+            self.log.add(self._labelled(record, label, passes))
         else:
-            record = {**record, "resumed": True}
+            record = self._labelled({**record, "resumed": True}, label, passes)
             self._note_baseline(passes, record)
         self.trials.append(record)
         log.info(self._progress(record))
+        return record
+
+    @staticmethod
+    def _labelled(record: dict, label: str, passes: list[dict]) -> dict:
+        """The record and its points named by this search's labels (a resumed record too: labels may change)."""
+        record["label"] = label
+        for point in record["points"]:
+            point["label"] = strategy.point_label(label, point["name"], bool(passes))
         return record
 
     def _run(self, passes: list[dict], batches: int | None) -> dict:

@@ -2,11 +2,13 @@
 
 What the passes can cut decides the axes: channel ratios for convolutional nets; depth
 (``layer_drop``'s share of blocks dropped), heads and FFN neurons for transformers (the hidden
-size stays unless ``prune_ratios`` asks); neurons for plain MLPs. Quantization schemes default
-per kind (int8 static for convolutions, whose QDQ ONNX Runtime fuses into QLinearConv; int8
-dynamic elsewhere). The recipe's own passes give the
-settings of each axis (importance, rounding, distillation loss and length, calibration), so a
-candidate is the recipe with other ratios, and its trials are plain ``compress.run`` calls.
+size stays unless ``prune_ratios`` asks); neurons for plain MLPs. Magnitude sparsity is no axis:
+the ONNX Runtime kernels every trial is timed in are dense, so zeros make a model neither faster
+nor smaller there (only its gzip size). Quantization schemes default per kind (int8 static for
+convolutions, whose QDQ ONNX Runtime fuses into QLinearConv; int8 dynamic elsewhere). The
+recipe's own passes give the settings of each axis (importance, rounding, distillation loss and
+length, calibration), so a candidate is the recipe with other ratios, and its trials are plain
+``compress.run`` calls.
 On the cheap rungs distillation is shortened and quantization keeps no layer float (see ``passes``).
 """
 

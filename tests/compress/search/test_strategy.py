@@ -28,6 +28,19 @@ def test_promote_ranks_the_fastest_within_budget_first_then_the_closest_to_it():
     assert len(strategy.promote(entries[:1], allowed=0.0, share=0.1, objective="latency")) == 1
 
 
+def test_the_candidate_that_lost_least_always_has_a_place_when_there_are_two():
+    entries = [
+        ("exact", [point(0.9, 1.2)]),
+        ("fast", [point(0.87, 5.0)]),
+        ("faster", [point(0.86, 6.0)]),
+        ("fastest", [point(0.865, 7.0)]),
+    ]
+    # Within a wide slack the cheapest rank first; the last of three places goes to the exact one.
+    assert strategy.promote(entries, allowed=5.0, share=0.75, objective="latency") == ["fastest", "faster", "exact"]
+    assert strategy.promote(entries, allowed=5.0, share=0.5, objective="latency") == ["fastest", "exact"]
+    assert strategy.promote(entries, allowed=5.0, share=0.25, objective="latency") == ["fastest"]
+
+
 def test_the_front_keeps_points_nothing_beats_on_both_axes():
     points = [point(0.9, 1.0), point(0.89, 3.0), point(0.88, 2.0), point(0.85, 5.0)]
     assert [p["speedup"] for p in strategy.front(points, "latency")] == [5.0, 3.0, 1.0]
