@@ -252,7 +252,7 @@ class Search:
             if not last:
                 allowed = self.spec.max_drop + self.spec.promote_slack
                 candidates = strategy.promote(entries, allowed, self.spec.promote, self.spec.objective)
-                log.info(f"search: rung {rung + 2}/{rungs}: {', '.join(c.label() for c in candidates)}")
+                log.info(f"search: rung {rung + 2}/{rungs}: {'; '.join(c.label() for c in candidates)}")
 
     def choose(self, timing: dict) -> tuple[dict, dict]:
         """The finalists timed together with the baseline; the cheapest one, and the baseline's figures."""

@@ -22,6 +22,7 @@ from compress import log
 from compress.blocks import block_lists
 from compress.recipe import Recipe
 from compress.search.spec import SearchSpec
+from compress.select import _matches
 
 # Kind -> default axes. Ratios listed from no pruning up; 0.875 keeps an eighth of each width.
 DEFAULT_AXES = {
@@ -58,10 +59,19 @@ def model_kind(model: torch.nn.Module) -> str:
 
 def ffn_pattern(model: torch.nn.Module) -> str | None:
     """The ``re:`` pattern naming the model's FFN input layers, or None when no known family matches."""
-    from compress.select import _matches
-
     names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     return next((p for p in FFN_PATTERNS if any(_matches(p, name) for name in names)), None)
+
+
+def leave_ffn_to_the_axis(prune: dict, model: torch.nn.Module, pattern: str) -> dict:
+    """``prune`` without the recipe's ``layer_ratios`` entries naming FFN layers: the ffn_ratios axis sets
+    their width (kept, a recipe ratio would cut the FFN of every candidate, the ``ffn 0`` ones too)."""
+    ffn_layers = [name for name, _ in model.named_modules() if _matches(pattern, name)]
+    ratios = prune.get("layer_ratios") or {}
+    owned = [key for key in ratios if any(_matches(key, name) for name in ffn_layers)]
+    for key in owned:
+        log.warn(f"search: structured_prune.layer_ratios {key!r} names FFN layers, which ffn_ratios sets; left out")
+    return {**prune, "layer_ratios": {key: ratio for key, ratio in ratios.items() if key not in owned}}
 
 
 @dataclass(frozen=True)
@@ -126,7 +136,7 @@ class Space:
         return passes
 
     def describe(self) -> list[str]:
-        labels = ", ".join(c.label() for c in self.candidates)
+        labels = "; ".join(c.label() for c in self.candidates)  # a label holds commas itself
         schemes = ["none"] * self.keep_fp32 + [v["name"] for v in self.variants]
         return [
             f"model kind: {self.kind}",
@@ -209,13 +219,16 @@ def build_space(model: torch.nn.Module, recipe: Recipe, spec: SearchSpec, metric
         # The recipe's own quantization, when it has some, is what the user asked for.
         own = sorted({v.scheme for c in recipe.passes for v in c.onnx_variants()})
         schemes = ["none", *own] if own else schemes
+    base = _recipe_settings(recipe, metric_budget)
+    if pattern is not None:
+        base["structured_prune"] = leave_ffn_to_the_axis(base["structured_prune"], model, pattern)
     return Space(
         kind=kind,
         candidates=candidates,
         variants=_variants(recipe, schemes),
         keep_fp32="none" in schemes,
         fractions=list(spec.distill_fractions),
-        base=_recipe_settings(recipe, metric_budget),
+        base=base,
         ffn_pattern=pattern,
     )
 

@@ -37,7 +37,8 @@ class SearchSpec(StrictModel):
     budget_minutes: no trial starts once this much time has passed; the best point found is kept.
     depth_ratios: transformers: share of the blocks layer_drop removes (0.5: 6 -> 3); 0 = all kept.
     prune_ratios: channel (CNN) or hidden-size (transformer) ratios of structured_prune; 0 = no pruning.
-    head_ratios / ffn_ratios: transformers: share of attention heads / FFN neurons removed.
+    head_ratios / ffn_ratios: transformers: share of attention heads / FFN neurons removed (the FFN
+        axis replaces the recipe's ``layer_ratios`` entries that name FFN layers).
     quantize: ONNX quantization schemes to try (``none`` = the fp32 artifact).
     distill_fractions: the rungs of successive halving, each a share of the recipe's distillation
         length (epochs and max_steps), ascending; the last rung's points are the finalists.

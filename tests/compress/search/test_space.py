@@ -51,6 +51,25 @@ def test_the_depth_axis_drops_blocks_first_with_the_recipes_layer_drop_settings(
     assert [c.label() for c in space.candidates] == ["depth 0.5", "depth 0.5, heads 0.5"]
 
 
+def test_the_ffn_axis_replaces_the_recipes_own_ffn_ratio_and_keeps_its_other_layer_ratios():
+    recipe = load_recipe(
+        {
+            "passes": [
+                {
+                    "pass": "structured_prune",
+                    "head_ratio": 0.5,
+                    "layer_ratios": {"re:.*intermediate\\.dense": 0.25, "re:.*attention\\.output\\.dense": 0.1},
+                }
+            ],
+            "search": {"depth_ratios": [0.0], "head_ratios": [0.5], "ffn_ratios": [0.0, 0.5]},
+        }
+    )
+    space = build_space(tiny_bert(), recipe, parse_search_spec(recipe.search), 0.01)
+    heads_only, heads_and_ffn = (space.passes(c, 0)[0]["layer_ratios"] for c in space.candidates)
+    assert heads_only == {"re:.*attention\\.output\\.dense": 0.1}  # ffn 0 cuts no FFN neuron
+    assert heads_and_ffn == {"re:.*attention\\.output\\.dense": 0.1, r"re:.*intermediate\.dense$": 0.5}
+
+
 def test_a_model_without_repeated_blocks_gets_no_depth_axis():
     space = build_space(residual_cnn(), load_recipe({}), SearchSpec(depth_ratios=[0.0, 0.5]), 0.01)
     assert {c.depth_ratio for c in space.candidates} == {0.0}
