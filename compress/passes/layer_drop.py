@@ -145,6 +145,12 @@ def find_blocks(model: torch.nn.Module, path: str | None) -> tuple[str, torch.nn
     )
 
 
+def kept_for_ratio(ratio: float, depth: int) -> int:
+    """Blocks kept when ``ratio`` of ``depth`` are dropped; the count dropped is rounded halves up
+    (round() would go to even)."""
+    return depth - math.floor(ratio * depth + 0.5)
+
+
 def _count_to_keep(config: LayerDropConfig, depth: int, where: str) -> int:
     if config.layers is not None:
         outside = [i for i in config.layers if i >= depth]
@@ -156,7 +162,7 @@ def _count_to_keep(config: LayerDropConfig, depth: int, where: str) -> int:
     elif config.strategy == Strategy.every_other.value:
         keep = (depth + 1) // 2
     elif config.ratio is not None:
-        keep = depth - math.floor(config.ratio * depth + 0.5)  # halves up: round() would go to even
+        keep = kept_for_ratio(config.ratio, depth)
     else:
         keep = config.keep
     if not 1 <= keep < depth:

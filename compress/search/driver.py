@@ -74,11 +74,13 @@ def _claim(out: Path, identity: dict, force: bool) -> None:
 
 
 def trial_label(candidate, passes: list[dict]) -> str:
-    """``prune 0.5, distill 3 epochs`` (or ``110 steps``): the candidate and its rung's distillation length."""
+    """``prune 0.5, distill 3 epochs`` (``or 110 steps``): the candidate and its rung's distillation length."""
     distill = next((p for p in passes if p["pass"] == "distill"), None)
     if distill is None:
         return candidate.label()
-    length = f"{distill['max_steps']} steps" if distill.get("max_steps") else f"{distill['epochs']} epochs"
+    length = f"{distill['epochs']} epochs"
+    if distill.get("max_steps"):
+        length += f" or {distill['max_steps']} steps"  # whichever ends first
     return f"{candidate.label()}, distill {length}"
 
 
@@ -128,7 +130,8 @@ class Search:
                     point["drop"] = strategy.drop(point, self.reference(record["validation_batches"]), self.size)
             self.log.add(self._labelled(record, label, passes))
         else:
-            record = self._labelled({**record, "resumed": True}, label, passes)
+            points = [dict(point) for point in record["points"]]  # trials.jsonl's copy keeps its own labels
+            record = self._labelled({**record, "points": points, "resumed": True}, label, passes)
             self._note_baseline(passes, record)
         self.trials.append(record)
         log.info(self._progress(record))

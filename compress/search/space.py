@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from compress import log
-from compress.blocks import block_lists
+from compress.errors import InputError, RecipeError, first_line
 from compress.recipe import Recipe
 from compress.search.spec import SearchSpec
 from compress.select import _matches
@@ -66,9 +66,19 @@ def ffn_pattern(model: torch.nn.Module) -> str | None:
 def leave_ffn_to_the_axis(prune: dict, model: torch.nn.Module, pattern: str) -> dict:
     """``prune`` without the recipe's ``layer_ratios`` entries naming FFN layers: the ffn_ratios axis sets
     their width (kept, a recipe ratio would cut the FFN of every candidate, the ``ffn 0`` ones too)."""
-    ffn_layers = [name for name, _ in model.named_modules() if _matches(pattern, name)]
+    names = [name for name, _ in model.named_modules() if name]
     ratios = prune.get("layer_ratios") or {}
-    owned = [key for key in ratios if any(_matches(key, name) for name in ffn_layers)]
+    owned = []
+    for key in ratios:
+        hits = [name for name in names if _matches(key, name)]
+        others = [name for name in hits if not _matches(pattern, name)]
+        if others and len(others) < len(hits):
+            raise RecipeError(
+                f"structured_prune.layer_ratios {key!r} names FFN layers, whose width the search's ffn_ratios sets, "
+                f"and others ({others[0]}); narrow it to the other layers"
+            )
+        if hits and not others:
+            owned.append(key)
     for key in owned:
         log.warn(f"search: structured_prune.layer_ratios {key!r} names FFN layers, which ffn_ratios sets; left out")
     return {**prune, "layer_ratios": {key: ratio for key, ratio in ratios.items() if key not in owned}}
@@ -171,10 +181,19 @@ def _recipe_settings(recipe: Recipe, budget: float) -> dict[str, dict]:
     }
     settings = {name: dict(found[name] or defaults[name]) for name in SEARCHED_PASSES}
     settings["quantize"].pop("onnx", None)
-    for choice in DEPTH_CHOICE:
-        settings["layer_drop"].pop(choice, None)
-    if settings["layer_drop"].get("strategy") is None:
-        settings["layer_drop"].pop("strategy", None)  # no strategy beside the recipe's ``layers``: the default
+    settings["layer_drop"] = _searched_layer_drop(settings["layer_drop"])
+    return settings
+
+
+def _searched_layer_drop(layer_drop: dict) -> dict:
+    """The recipe's layer_drop without its count of blocks, which the depth axis sets as a ratio."""
+    settings = {key: value for key, value in layer_drop.items() if key not in DEPTH_CHOICE}
+    if layer_drop.get("layers") is not None:
+        log.warn("search: layer_drop.layers replaced: the depth axis drops a share of the blocks, uniformly spaced")
+    if settings.get("strategy") in (None, "every_other"):
+        if settings.get("strategy"):
+            log.warn("search: layer_drop strategy every_other drops half the blocks only; the depth axis uses uniform")
+        settings.pop("strategy", None)  # layer_drop's default: uniform
     return settings
 
 
@@ -196,6 +215,29 @@ def _variants(recipe: Recipe, schemes: list[str]) -> list[dict]:
     return variants
 
 
+def _depth_ratios(model: torch.nn.Module, layer_drop: dict, ratios: list[float]) -> list[float]:
+    """The ratios that drop a valid and distinct number of the model's blocks (0: none dropped)."""
+    from compress.passes.layer_drop import find_blocks, kept_for_ratio
+
+    if not any(ratios):
+        return [0.0]
+    try:
+        path, blocks = find_blocks(model, layer_drop.get("blocks"))
+    except InputError as exc:
+        log.warn(f"search: depth_ratios left out: {first_line(exc)}")
+        return [0.0]
+    kept: dict[float, int] = {}
+    for ratio in ratios:
+        count = kept_for_ratio(ratio, len(blocks)) if ratio else len(blocks)
+        if ratio and not 1 <= count < len(blocks):
+            log.warn(f"search: depth ratio {ratio:g} keeps {count} of {path}'s {len(blocks)} blocks; left out")
+        elif count in kept.values():
+            log.warn(f"search: depth ratio {ratio:g} keeps {count} blocks of {path}, as another ratio does; left out")
+        else:
+            kept[ratio] = count
+    return list(kept) or [0.0]
+
+
 def build_space(model: torch.nn.Module, recipe: Recipe, spec: SearchSpec, metric_budget: float) -> Space:
     """The space for ``model``: the kind's default axes, replaced by those the ``search`` section gives."""
     kind = model_kind(model)
@@ -208,10 +250,8 @@ def build_space(model: torch.nn.Module, recipe: Recipe, spec: SearchSpec, metric
     heads = axes.get("head_ratios", [0.0]) if kind == "transformer" else [0.0]
     if kind != "transformer" and spec.head_ratios:
         log.warn(f"search: head_ratios ignored: a {kind} has no attention heads to cut")
-    depths = axes.get("depth_ratios", [0.0])
-    if any(depths) and not block_lists(model, min_length=2):
-        log.warn("search: depth_ratios ignored: the model has no list of repeated blocks for layer_drop to shorten")
-        depths = [0.0]
+    base = _recipe_settings(recipe, metric_budget)
+    depths = _depth_ratios(model, base["layer_drop"], axes.get("depth_ratios", [0.0]))
     grid = itertools.product(depths, axes["prune_ratios"], heads, ffn)
     candidates = [Candidate(r, h, f, d) for d, r, h, f in grid]
     schemes = axes["quantize"]
@@ -219,7 +259,6 @@ def build_space(model: torch.nn.Module, recipe: Recipe, spec: SearchSpec, metric
         # The recipe's own quantization, when it has some, is what the user asked for.
         own = sorted({v.scheme for c in recipe.passes for v in c.onnx_variants()})
         schemes = ["none", *own] if own else schemes
-    base = _recipe_settings(recipe, metric_budget)
     if pattern is not None:
         base["structured_prune"] = leave_ffn_to_the_axis(base["structured_prune"], model, pattern)
     return Space(

@@ -35,7 +35,9 @@ class SearchSpec(StrictModel):
     max_drop: the accuracy budget in points below the fp32 model on the validation split (a point is
         0.01 of accuracy, 1.0 of a Spearman x100; a custom metric counts in its own units).
     budget_minutes: no trial starts once this much time has passed; the best point found is kept.
-    depth_ratios: transformers: share of the blocks layer_drop removes (0.5: 6 -> 3); 0 = all kept.
+    depth_ratios: share of the blocks layer_drop removes, rounded halves up (0.5: 6 -> 3); 0 = all
+        kept. Transformers by default; any model with one list of repeated blocks. A ratio that
+        keeps no block, all of them, or as many as another ratio is left out with a warning.
     prune_ratios: channel (CNN) or hidden-size (transformer) ratios of structured_prune; 0 = no pruning.
     head_ratios / ffn_ratios: transformers: share of attention heads / FFN neurons removed (the FFN
         axis replaces the recipe's ``layer_ratios`` entries that name FFN layers).

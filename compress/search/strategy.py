@@ -4,7 +4,7 @@ Every candidate runs on the first rung (a short distillation, a few validation b
 rung passes on the ``promote`` share of its candidates, ranked by their best point that stays
 within the budget plus ``promote_slack`` (shorter distillation recovers less), cheapest first;
 when too few stay within it, those closest to the budget fill the places. With two places or
-more, the candidate that lost least always has one. The last rung's points,
+more, the pruned candidate that lost least always has one. The last rung's points,
 scored on the whole validation split, are the finalists. Only the validation split decides.
 
 Plain functions over trial records (see ``compress.search.trials``): a point is a dict with its
@@ -66,10 +66,11 @@ def promote(entries: list[tuple], allowed: float, share: float, objective: str) 
     def least_drop(entry) -> float:
         return min((p["drop"] for p in entry[1]), default=math.inf)
 
-    ranked = sorted(entries, key=rank)
-    chosen = ranked[:keep]
-    safest = min(entries, key=least_drop)
-    if keep >= 2 and all(entry is not safest for entry in chosen):
+    chosen = sorted(entries, key=rank)[:keep]
+    # Among the candidates a longer distillation changes: one that only quantizes gains nothing from it.
+    recovering = [entry for entry in entries if getattr(entry[0], "prunes", True)]
+    safest = min(recovering, key=least_drop, default=None)
+    if keep >= 2 and safest is not None and all(entry is not safest for entry in chosen):
         # A short distillation misjudges how much the cheaper candidates recover; the one that
         # lost least takes the last place, so the last rung likely holds a point within budget.
         chosen[-1] = safest

@@ -1,10 +1,10 @@
 """Trials: one ``compress.run`` of a candidate's passes, its artifacts scored and timed beside fp32.
 
-Trials whose passes begin alike run in one work folder (``work/<first pass>``), so the pipeline's
-stage fingerprints reuse the stages they share: a candidate promoted to a longer distillation
-loads its pruned stage instead of pruning again. Each finished trial is recorded in
-``trials.jsonl`` (the whole file rewritten atomically), and a rerun of the same search skips
-every trial recorded there.
+Trials whose passes before distillation are alike run in one work folder (``work/<first
+pass>-<digest of those passes>``), so the pipeline's stage fingerprints reuse the stages they
+share: a candidate promoted to a longer distillation loads its cut model instead of cutting
+again. Each finished trial is recorded in ``trials.jsonl`` (the whole file rewritten
+atomically), and a rerun of the same search skips every trial recorded there.
 
 A trial's points are its passed artifacts (the fp32 ``compressed`` one and each quantized
 variant), each scored in ONNX Runtime on the validation split (a bounded number of batches on

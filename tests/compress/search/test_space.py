@@ -1,10 +1,11 @@
 """The search space: built from what structured_prune can cut in the model, narrowed by the recipe."""
 
 import pytest
+import torch
 
 from compress.errors import RecipeError
 from compress.recipe import load_recipe
-from compress.search.space import DEFAULT_AXES, build_space, scaled_distill
+from compress.search.space import DEFAULT_AXES, Candidate, build_space, scaled_distill
 from compress.search.spec import SearchSpec, parse_search_spec
 from tests.tiny_models import mlp, residual_cnn, tiny_bert
 
@@ -68,6 +69,45 @@ def test_the_ffn_axis_replaces_the_recipes_own_ffn_ratio_and_keeps_its_other_lay
     heads_only, heads_and_ffn = (space.passes(c, 0)[0]["layer_ratios"] for c in space.candidates)
     assert heads_only == {"re:.*attention\\.output\\.dense": 0.1}  # ffn 0 cuts no FFN neuron
     assert heads_and_ffn == {"re:.*attention\\.output\\.dense": 0.1, r"re:.*intermediate\.dense$": 0.5}
+
+
+def test_a_layer_ratios_key_naming_ffn_and_other_layers_is_refused_with_the_fix():
+    recipe = load_recipe({"passes": [{"pass": "structured_prune", "layer_ratios": {"re:.*dense": 0.25}}]})
+    with pytest.raises(RecipeError, match=r"names FFN layers.*and others \(.*attention.*narrow it"):
+        build_space(tiny_bert(), recipe, SearchSpec(), 0.01)
+
+
+def test_depth_ratios_keeping_no_block_or_as_many_as_another_are_left_out():
+    spec = SearchSpec(depth_ratios=[0.0, 0.5, 0.6, 0.9], head_ratios=[0.0], ffn_ratios=[0.0])
+    space = build_space(tiny_bert(), load_recipe({}), spec, 0.01)  # 2 blocks: 0.6 keeps 1 as 0.5 does, 0.9 none
+    assert [c.depth_ratio for c in space.candidates] == [0.0, 0.5]
+
+
+def test_a_recipe_dropping_every_other_block_or_named_blocks_lends_the_rest_of_its_settings():
+    for chosen in ({"strategy": "every_other"}, {"layers": [0]}):
+        recipe = load_recipe({"passes": [{"pass": "layer_drop", "calibration_batches": 3, **chosen}]})
+        spec = SearchSpec(depth_ratios=[0.5], head_ratios=[0.0], ffn_ratios=[0.0])
+        drop = build_space(tiny_bert(), recipe, spec, 0.01).passes(Candidate(depth_ratio=0.5), 0)[0]
+        assert (drop["ratio"], drop["calibration_batches"]) == (0.5, 3)
+        assert drop.get("strategy") is None and drop.get("layers") is None  # layer_drop's default: uniform
+
+
+def test_a_model_with_two_block_lists_and_no_blocks_setting_gets_no_depth_axis():
+    class TwoStacks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(4, 4)) for _ in range(2))
+            self.decoder = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(4, 4)) for _ in range(2))
+
+        def forward(self, x):
+            for block in [*self.encoder, *self.decoder]:
+                x = block(x)
+            return x
+
+    spec = SearchSpec(depth_ratios=[0.0, 0.5])
+    assert {c.depth_ratio for c in build_space(TwoStacks(), load_recipe({}), spec, 0.01).candidates} == {0.0}
+    named = load_recipe({"passes": [{"pass": "layer_drop", "keep": 1, "blocks": "decoder"}]})
+    assert {c.depth_ratio for c in build_space(TwoStacks(), named, spec, 0.01).candidates} == {0.0, 0.5}
 
 
 def test_a_model_without_repeated_blocks_gets_no_depth_axis():

@@ -51,3 +51,25 @@ def test_the_front_keeps_points_nothing_beats_on_both_axes():
 def test_only_passed_timed_points_of_offered_schemes_count():
     failed = {"status": "failed", "scheme": "none"}
     assert strategy.scored([failed, point(0.9, 1.0), point(0.9, 2.0, scheme="int4")], {"none"}) == [point(0.9, 1.0)]
+
+
+def test_a_candidate_that_only_quantizes_gets_no_reserved_place():
+    from compress.search.space import Candidate
+
+    entries = [
+        (Candidate(), [point(0.9, 1.5)]),  # no pruning: a longer distillation would not change it
+        (Candidate(0.75), [point(0.87, 6.0)]),
+        (Candidate(0.5), [point(0.88, 4.0)]),
+        (Candidate(0.25), [point(0.89, 2.0)]),
+    ]
+    promoted = strategy.promote(entries, allowed=5.0, share=0.5, objective="latency")
+    assert promoted == [Candidate(0.75), Candidate(0.25)]
+
+
+def test_a_trial_label_gives_both_limits_of_a_step_bounded_distillation():
+    from compress.search.driver import trial_label
+    from compress.search.space import Candidate
+
+    passes = [{"pass": "layer_drop", "ratio": 0.5}, {"pass": "distill", "epochs": 1, "max_steps": 110}]
+    assert trial_label(Candidate(depth_ratio=0.5), passes) == "depth 0.5, distill 1 epochs or 110 steps"
+    assert trial_label(Candidate(0.5), [{"pass": "distill", "epochs": 3}]) == "prune 0.5, distill 3 epochs"
