@@ -110,12 +110,14 @@ class Search:
             self.references[batches] = self.runner.score_path(self.runner.baseline_path, subset)
         return self.references[batches]
 
-    def trial(self, passes: list[dict], batches: int | None, label: str, rung: int | None) -> dict | None:
+    def trial(
+        self, passes: list[dict], batches: int | None, label: str, rung: int | None, refit: bool = False
+    ) -> dict | None:
         """The trial's record: from trials.jsonl when it finished before, else run now; None past the budget."""
         effective = None if batches is None or batches >= self.validation_total else batches
         record = self.log.get(trial_key(passes, effective, self.runner.recipe.seed))
         if record is None:
-            if not self._time_left(rung):
+            if not self._time_left(rung, refit):
                 self.stopped_by_budget = True
                 return None
             earlier = next((t for t in reversed(self.trials) if t["passes"] == passes), None)
@@ -123,7 +125,7 @@ class Search:
                 record = self.runner.rescore(earlier, effective)
             else:
                 record = self._run(passes, effective)
-            record.update(rung=rung, resumed=False)
+            record.update(rung=rung, refit=refit, resumed=False)
             self._note_baseline(passes, record)
             for point in record["points"]:
                 if point["status"] == "passed":
@@ -173,11 +175,12 @@ class Search:
                 raise OutputError(f"search: the fp32 baseline did not export: {fp32.get('error', 'failed')}")
             self.runner.baseline_path = fp32["path"]
 
-    def _time_left(self, rung: int | None) -> bool:
-        """Whether another trial fits: the time spent plus the mean of this rung's computed trials (of
-        all computed trials before the rung's first one finished)."""
+    def _time_left(self, rung: int | None, refit: bool) -> bool:
+        """Whether another trial fits: the time spent plus the mean of this rung's computed trials of its
+        kind (a refit computes only quantization), or of all computed trials before one of them finished."""
         computed = [t for t in self.trials if not t["resumed"]]
-        done = [t["seconds"] for t in computed if t.get("rung") == rung] or [t["seconds"] for t in computed]
+        alike = [t["seconds"] for t in computed if (t.get("rung"), t.get("refit", False)) == (rung, refit)]
+        done = alike or [t["seconds"] for t in computed]
         estimate = sum(done) / len(done) if done else 0.0
         return self.elapsed() + estimate + self._final_timing_seconds() <= self.spec.budget_minutes * 60
 
@@ -241,6 +244,7 @@ class Search:
         # then cuts the candidates least likely to win.
         candidates = sorted(self.space.candidates, key=lambda c: -c.amount)
         rungs = len(self.space.fractions)
+        finished: list[dict] = []
         for rung in range(rungs):
             last = rung == rungs - 1
             batches = None if last else self.spec.validation_batches
@@ -252,10 +256,35 @@ class Search:
                     log.warn(f"search: the time budget ({self.spec.budget_minutes:g} min) is spent; no new trials")
                     return
                 entries.append((candidate, self.points(trial)))
+                finished.append(trial)
             if not last:
                 allowed = self.spec.max_drop + self.spec.promote_slack
                 candidates = strategy.promote(entries, allowed, self.spec.promote, self.spec.objective)
                 log.info(f"search: rung {rung + 2}/{rungs}: {'; '.join(c.label() for c in candidates)}")
+        for trial in finished[-len(candidates) :]:
+            if self.refit_quantization(trial) is None:
+                return
+
+    def refit_quantization(self, trial: dict) -> dict | None:
+        """A finalist whose fp32 point is within the budget and a quantized point is not: quantized again
+        with the room left (``max_drop`` less the fp32 point's drop) as the quantize pass's budget, so the
+        per-layer float fallback keeps the layers that cost most in float. Only the quantize stage is
+        computed; the cut and distilled stages are loaded. Returns the new trial, ``trial`` when none is
+        needed, None when the time budget is spent."""
+        passes = trial["passes"]
+        fp32 = next((p for p in trial["points"] if p["name"] == "compressed" and "drop" in p), None)
+        over = [p for p in self.points(trial) if p["scheme"] != "none" and p["drop"] > self.spec.max_drop + 1e-9]
+        if not passes or passes[-1]["pass"] != "quantize" or fp32 is None or not over:
+            return trial
+        if fp32["drop"] >= self.spec.max_drop:
+            return trial  # no room left: float fallback cannot bring a quantized point under the fp32 one
+        room = self.spec.max_drop - fp32["drop"]  # points
+        refit = [*passes[:-1], {**passes[-1], "max_metric_drop": round(room * self.size, 6)}]
+        label = f"{trial['label']}, quantized within {room:.2f} pt"
+        record = self.trial(refit, None, label, trial.get("rung"), refit=True)
+        if record is None:
+            log.warn(f"search: the time budget ({self.spec.budget_minutes:g} min) is spent; no new trials")
+        return record
 
     def choose(self, timing: dict) -> tuple[dict, dict]:
         """The finalists timed together with the baseline; the cheapest one, and the baseline's figures."""

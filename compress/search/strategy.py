@@ -4,7 +4,8 @@ Every candidate runs on the first rung (a short distillation, a few validation b
 rung passes on the ``promote`` share of its candidates, ranked by their best point that stays
 within the budget plus ``promote_slack`` (shorter distillation recovers less), cheapest first;
 when too few stay within it, those closest to the budget fill the places. With two places or
-more, the pruned candidate that lost least always has one. The last rung's points,
+more, the pruned candidate that lost least always has one. (A finalist quantized over the budget
+is quantized again within it: ``Search.refit_quantization``.) The last rung's points,
 scored on the whole validation split, are the finalists. Only the validation split decides.
 
 Plain functions over trial records (see ``compress.search.trials``): a point is a dict with its

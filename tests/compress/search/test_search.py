@@ -249,3 +249,50 @@ def test_no_point_within_the_budget_is_a_clear_result_not_a_crash(tmp_path, monk
             model(), {**RECIPE, "search": search}, task_data(), out_dir=tmp_path, evaluator=neg_cross_entropy
         )
     assert driver.NothingWithinBudget.exit_code == 1
+
+
+def test_a_finalist_quantized_over_the_budget_is_quantized_again_within_the_room_its_fp32_point_leaves(tmp_path):
+    from types import SimpleNamespace
+
+    from compress.recipe import load_recipe
+    from compress.search.driver import Search
+    from compress.search.space import build_space
+    from compress.search.spec import SearchSpec
+
+    runs = []
+
+    def run(passes, batches, scheme_of):
+        runs.append(passes)
+        int8 = 0.893 if passes[-1]["max_metric_drop"] else 0.885  # the float fallback wins back 0.8 points
+        return {
+            "key": str(len(runs)),
+            "passes": passes,
+            "validation_batches": 2,
+            "validation_complete": True,
+            "stages_computed": 1,
+            "stages_reused": 3,
+            "seconds": 1.0,
+            "points": [
+                {"name": n, "scheme": s, "status": "passed", "path": f"{n}.onnx", "speedup": x, "size_bytes": 1}
+                | {"validation_metric": m}
+                for n, s, x, m in (("compressed", "none", 2.0, 0.896), ("int8", "int8_static", 4.0, int8))
+            ],
+        }
+
+    recipe = load_recipe({})
+    runner = SimpleNamespace(out=tmp_path, data=task_data(), recipe=recipe, run=run, score_path=lambda *_: 0.9)
+    runner.baseline_path = "baseline.onnx"
+    spec = SearchSpec(max_drop=1.0)
+    search = Search(runner, build_space(model(), recipe, spec, 0.01), spec, "accuracy")
+    passes = [{"pass": "structured_prune", "ratio": 0.5}, {"pass": "quantize", "max_metric_drop": None}]
+    finalist = search.trial(passes, None, "prune 0.5", 1)
+    assert [round(p["drop"], 6) for p in finalist["points"]] == [0.4, 1.5]  # fp32 within, int8 over
+
+    refit = search.refit_quantization(finalist)
+    assert runs[-1] == [passes[0], {**passes[1], "max_metric_drop": 0.006}]  # 1.0 - 0.4 points, in accuracy
+    assert refit["label"] == "prune 0.5, quantized within 0.60 pt" and refit["refit"]
+    assert [(p["name"], p["trial"]) for p in search.finalists()] == [("compressed", "2"), ("int8", "2")]
+    # Nothing to refit: no quantized point over the budget, or no room under the fp32 point.
+    assert search.refit_quantization(refit) is refit and len(runs) == 2
+    over = {**finalist, "points": [{**p, "drop": p["drop"] + 0.7} for p in finalist["points"]]}
+    assert search.refit_quantization(over) is over and len(runs) == 2
