@@ -268,7 +268,7 @@ class Search:
     def refit_quantization(self, trial: dict) -> dict | None:
         """A finalist whose fp32 point is within the budget and a quantized point is not: quantized again
         with the room left (``max_drop`` less the fp32 point's drop) as the quantize pass's budget, so the
-        per-layer float fallback keeps the layers that cost most in float. Only the quantize stage is
+        per-layer float fallback keeps float the layers whose quantization costs most. Only the quantize stage is
         computed; the cut and distilled stages are loaded. Returns the new trial, ``trial`` when none is
         needed, None when the time budget is spent."""
         passes = trial["passes"]

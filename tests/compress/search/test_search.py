@@ -89,6 +89,13 @@ def counting(monkeypatch, name: str, calls: list, interrupt_at: int | None = Non
     monkeypatch.setitem(registry._PASSES, name, dataclasses.replace(spec, apply=spy))
 
 
+def rerun_artifact(fresh_model, result, data, evaluator, out):
+    """``modelpress run`` on the search's written recipe; a predictor of the chosen point's artifact."""
+    again = run(fresh_model, result.recipe_path, data, out_dir=out, evaluator=evaluator, report=False)
+    artifact = next(a for a in again.artifacts if a["name"] == result.chosen["name"])
+    return ort_predictor(make_session(out / artifact["path"]))
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     """The search interrupted in its third trial's distillation, then resumed; what each run did."""
@@ -149,11 +156,7 @@ def test_the_written_recipe_reproduces_the_chosen_point(searched, tmp_path):
     assert [p.pass_name for p in written.passes] == ["structured_prune", "distill", "quantize"]
     assert [v.name for v in written.passes[2].onnx_variants()] == ["int8"] and written.search is None
     data = task_data()
-    again = run(
-        model(), result.recipe_path, data, out_dir=tmp_path / "again", evaluator=neg_cross_entropy, report=False
-    )
-    artifact = next(a for a in again.artifacts if a["name"] == "int8")
-    predict = ort_predictor(make_session(tmp_path / "again" / artifact["path"]))
+    predict = rerun_artifact(model(), result, data, neg_cross_entropy, tmp_path / "again")
     assert neg_cross_entropy(predict, data.validation) == result.chosen["validation_metric"]
     assert neg_cross_entropy(predict, data.eval) == result.chosen["eval_metric"]
 

@@ -8,11 +8,9 @@ and loaded by its longer rung; the written recipe drops the blocks again and rep
 import torch
 
 import compress
-from compress.api import run
 from compress.data import TaskData
 from compress.search import trials as trials_module  # compress.search itself is the function
-from export.runtime import make_session, ort_predictor
-from tests.compress.search.test_search import counting
+from tests.compress.search.test_search import counting, rerun_artifact
 from tests.tiny_models import tiny_bert, token_data
 
 RECIPE = {
@@ -79,9 +77,5 @@ def test_depth_candidates_drop_blocks_once_and_the_recipe_reproduces(tmp_path, m
     assert (written.passes[0].ratio, written.passes[0].strategy) == (0.5, "first")
     torch.manual_seed(0)
     data = task_data()
-    again = run(
-        tiny_bert(), result.recipe_path, data, out_dir=tmp_path / "again", evaluator=mean_embedding, report=False
-    )
-    artifact = next(a for a in again.artifacts if a["name"] == "compressed")
-    predict = ort_predictor(make_session(tmp_path / "again" / artifact["path"]))
+    predict = rerun_artifact(tiny_bert(), result, data, mean_embedding, tmp_path / "again")
     assert mean_embedding(predict, data.validation) == result.chosen["validation_metric"]
