@@ -6,7 +6,7 @@
 Modules: ``spec`` (the recipe's ``search:`` section), ``space`` (candidates from the model),
 ``trials`` (one ``compress.run`` per trial, scored and timed, recorded for resume),
 ``strategy`` (successive halving, the front), ``report`` (report.md, plots, the chosen recipe),
-``driver`` (the search itself).
+``search_folder`` (which folder may receive a search), ``driver`` (the search itself).
 
 ``compress.search`` is the function below: ``compress/__init__.py`` binds the name to it, so
 import the modules with ``from compress.search.space import build_space`` (not ``import ... as``).

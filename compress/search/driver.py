@@ -1,4 +1,4 @@
-"""The search: claim the folder, build the space, run the rungs, time the finalists together, choose.
+"""The search: claim the folder (``search_folder``), build the space, run the rungs, choose.
 
 The fp32 baseline is the first trial (the recipe without passes): its ONNX file is timed beside
 every trial's artifacts, and its validation metric is the reference of the budget. The chosen
@@ -19,17 +19,14 @@ from compress.api import run_identity
 from compress.data import as_task_data
 from compress.errors import ModelpressError, OutputError, first_line
 from compress.evaluate import resolve_evaluator
-from compress.io import ensure_writable, read_json, set_active_folder, write_json_atomic
+from compress.io import ensure_writable, set_active_folder, write_json_atomic
 from compress.recipe import Recipe, load_recipe
 from compress.search import report, strategy
+from compress.search.search_folder import STATE, claim
 from compress.search.space import Space, build_space
 from compress.search.spec import SearchSpec, parse_search_spec
 from compress.search.trials import TrialLog, TrialRunner, trial_key, validation_subset
 
-STATE = "search.json"
-# What a search folder holds, all written by the search: a folder holding these without our
-# search.json is someone else's, and is refused.
-OURS = (STATE, "trials.jsonl", "report.md", "recipe.yaml", "environment.json", "trials", "work", "plots")
 MAX_FINALISTS = 8  # timed together at the end: bounded, as each row costs the report's timing budget
 TIE_TOLERANCE = {"latency": 0.05, "size": 0.0}  # finalists this close to the best count as equally good
 
@@ -44,33 +41,6 @@ class SearchResult:
     recipe_path: Path
     report_path: Path
     trials: list[dict] = field(default_factory=list)
-
-
-def _claim(out: Path, identity: dict, force: bool) -> None:
-    """Refuse a folder holding another search (other model, data, recipe or batch size) or other files."""
-    state = read_json(out / STATE)
-    if state is None:
-        foreign = sorted(name for name in OURS if (out / name).exists())
-        if foreign:
-            raise OutputError(
-                f"{out}: holds {', '.join(foreign)} but no {STATE} of a search; choose another --out folder"
-            )
-        return
-    if state.get("identity") == identity:
-        return
-    if not force:
-        raise OutputError(
-            f"{out}: holds a search of other inputs (model, data, recipe passes' settings or batch size); "
-            "choose another --out folder, or pass --force to replace it"
-        )
-    for name in OURS:
-        path = out / name
-        if path.is_dir():
-            import shutil
-
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def trial_label(candidate, passes: list[dict]) -> str:
@@ -119,6 +89,7 @@ class Search:
         if record is None:
             if not self._time_left(rung, refit):
                 self.stopped_by_budget = True
+                log.warn(f"search: the time budget ({self.spec.budget_minutes:g} min) is spent; no new trials")
                 return None
             earlier = next((t for t in reversed(self.trials) if t["passes"] == passes), None)
             if earlier is not None:
@@ -244,24 +215,22 @@ class Search:
         # then cuts the candidates least likely to win.
         candidates = sorted(self.space.candidates, key=lambda c: -c.amount)
         rungs = len(self.space.fractions)
-        finished: list[dict] = []
         for rung in range(rungs):
             last = rung == rungs - 1
             batches = None if last else self.spec.validation_batches
-            entries = []
+            entries, rung_trials = [], []
             for candidate in candidates:
                 passes = self.space.passes(candidate, rung)
                 trial = self.trial(passes, batches, trial_label(candidate, passes), rung)
                 if trial is None:
-                    log.warn(f"search: the time budget ({self.spec.budget_minutes:g} min) is spent; no new trials")
                     return
                 entries.append((candidate, self.points(trial)))
-                finished.append(trial)
+                rung_trials.append(trial)
             if not last:
                 allowed = self.spec.max_drop + self.spec.promote_slack
                 candidates = strategy.promote(entries, allowed, self.spec.promote, self.spec.objective)
                 log.info(f"search: rung {rung + 2}/{rungs}: {'; '.join(c.label() for c in candidates)}")
-        for trial in finished[-len(candidates) :]:
+        for trial in rung_trials:  # the finalists
             if self.refit_quantization(trial) is None:
                 return
 
@@ -281,10 +250,7 @@ class Search:
         room = self.spec.max_drop - fp32["drop"]  # points
         refit = [*passes[:-1], {**passes[-1], "max_metric_drop": round(room * self.size, 6)}]
         label = f"{trial['label']}, quantized within {room:.2f} pt"
-        record = self.trial(refit, None, label, trial.get("rung"), refit=True)
-        if record is None:
-            log.warn(f"search: the time budget ({self.spec.budget_minutes:g} min) is spent; no new trials")
-        return record
+        return self.trial(refit, None, label, trial.get("rung"), refit=True)
 
     def choose(self, timing: dict) -> tuple[dict, dict]:
         """The finalists timed together with the baseline; the cheapest one, and the baseline's figures."""
@@ -359,7 +325,7 @@ def run_search(
     ensure_writable(out)
     folder.lock(out)
     try:
-        _claim(out, identity, force)
+        claim(out, identity, force)
         set_active_folder(out)
         with log.run_log(out):
             space = build_space(model, recipe, spec, spec.max_drop * strategy.point_size(resolved.name))
