@@ -48,6 +48,13 @@ def _to_log(text: str) -> None:
         _state["log"].flush()
 
 
+def traceback_to_log(header: str) -> None:
+    """The exception being handled, in full, in run.log only (the console got its one line)."""
+    import traceback
+
+    _to_log(f"--- {header} ---\n{traceback.format_exc()}")
+
+
 def info(message: str) -> None:
     if _main_process():
         _to_log(Console().render_str(message).plain)

@@ -6,7 +6,8 @@
 Modules: ``spec`` (the recipe's ``search:`` section), ``space`` (candidates from the model),
 ``trials`` (one ``compress.run`` per trial, scored and timed, recorded for resume),
 ``strategy`` (successive halving, the front), ``report`` (report.md, plots, the chosen recipe),
-``search_folder`` (which folder may receive a search), ``driver`` (the search itself).
+``search_folder`` (which folder may receive a search), ``rungs`` (the trials, rung by rung, and the
+choice), ``driver`` (the search itself: folder, space, rungs, report).
 
 ``compress.search`` is the function below: ``compress/__init__.py`` binds the name to it, so
 import the modules with ``from compress.search.space import build_space`` (not ``import ... as``).

@@ -16,7 +16,7 @@ import yaml
 from compress.io import write_json_atomic, write_text_atomic
 from compress.recipe import Recipe
 from compress.search import strategy
-from compress.search.space import Space, trial_recipe
+from compress.search.space import trial_recipe
 from compress.search.spec import SearchSpec
 
 
@@ -35,17 +35,36 @@ def chosen_passes(trial: dict, chosen: dict) -> list[dict]:
     return passes
 
 
-def write_recipe(out: Path, recipe: Recipe, space: Space, trial: dict, chosen: dict) -> Path:
+def figure(value: float | None) -> str:
+    """A metric as the report prints it; None is a split the metric could not score."""
+    return "not scorable" if value is None else f"{value:.4f}"
+
+
+def local_modules_dir(recipe: Recipe, out: Path, search_dir: Path | None) -> Path | None:
+    """The recipe's folder when its factories or metric are modules there, which ``modelpress run`` on a
+    recipe.yaml in another folder would not find (it looks beside the recipe it reads)."""
+    if search_dir is None or search_dir.resolve() == out.resolve():
+        return None
+    specs = [s.factory for s in (recipe.model, recipe.data) if s is not None and s.factory]
+    specs += [recipe.task.metric] if ":" in str(recipe.task.metric) else []
+    tops = {str(spec).partition(":")[0].split(".")[0] for spec in specs}
+    local = any((search_dir / f"{top}.py").is_file() or (search_dir / top / "__init__.py").is_file() for top in tops)
+    return search_dir if local else None
+
+
+def write_recipe(out: Path, recipe: Recipe, trial: dict, chosen: dict, search_dir: Path | None = None) -> Path:
     """``recipe.yaml``: the recipe with the chosen point's passes; ``modelpress run`` reproduces the point."""
     document = trial_recipe(recipe, chosen_passes(trial, chosen), name=f"{recipe.name}-searched")
+    modules = local_modules_dir(recipe, out, search_dir)
+    reproduce = f"PYTHONPATH={modules} modelpress run recipe.yaml" if modules else "modelpress run recipe.yaml"
     header = (
         f"# Chosen by `modelpress search` ({datetime.date.today().isoformat()}): {chosen['label']} "
         f"(artifact {chosen['name']}).\n"
         f"# Validation {chosen['validation_metric']:.4f} ({_delta(chosen):+.2f} points vs fp32), eval "
-        f"{chosen['eval_metric']:.4f}; {chosen['final']['speedup']:.2f}x faster than fp32 ONNX at batch "
+        f"{figure(chosen['eval_metric'])}; {chosen['final']['speedup']:.2f}x faster than fp32 ONNX at batch "
         f"{chosen['final']['batch_size']} on {chosen['final']['device_name']}"
         f"{' (timed on a busy machine: unreliable, see report.md)' if chosen['final'].get('unreliable') else ''}.\n"
-        "# Reproduce: modelpress run recipe.yaml\n"
+        f"# Reproduce: {reproduce}\n"
     )
     return write_text_atomic(out / "recipe.yaml", header + yaml.safe_dump(document, sort_keys=False))
 
@@ -70,7 +89,7 @@ def _front_table(points: list[dict], objective: str) -> list[str]:
 
 
 def _point_text(p: dict) -> str:
-    if "speedup" not in p:
+    if p["status"] != "passed" or "speedup" not in p:
         return f"{p['name']}: {p.get('error', p['status'])}"
     figures = f"{_delta(p):+.2f}, {p['speedup']:.2f}x, {_mb(p['size_bytes'])}"
     return f"{p['name']}: {p['validation_metric']:.4f} ({figures})"
@@ -129,7 +148,9 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
     environment = {**collect_environment(), "load_average": list(os.getloadavg())}
     write_json_atomic(out / "environment.json", environment)
     chosen, baseline, metric = summary["chosen"], summary["baseline"], summary["metric"]
-    complete = [p for t in trials if t["validation_complete"] for p in t["points"] if "speedup" in p]
+    complete = [
+        p for t in trials if t["validation_complete"] for p in t["points"] if p["status"] == "passed" and "speedup" in p
+    ]
     final = chosen["final"]
     computed = [t for t in trials if not t["resumed"]]
     lines = [
@@ -156,10 +177,10 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
         f"| | {metric} validation | Δ (pt) | {metric} eval | p50 at batch {spec.batch_size} (ms) "
         "| speed-up | size (MB) |",
         "|---|---|---|---|---|---|---|",
-        f"| fp32 baseline | {baseline['validation_metric']:.4f} | +0.00 | {baseline['eval_metric']:.4f} "
+        f"| fp32 baseline | {baseline['validation_metric']:.4f} | +0.00 | {figure(baseline['eval_metric'])} "
         f"| {baseline['final']['p50_ms']:.3f} | 1.00x | – |",
         f"| {chosen['label']} | {chosen['validation_metric']:.4f} | {_delta(chosen):+.2f} "
-        f"| {chosen['eval_metric']:.4f} | {final['p50_ms']:.3f} | {final['speedup']:.2f}x "
+        f"| {figure(chosen['eval_metric'])} | {final['p50_ms']:.3f} | {final['speedup']:.2f}x "
         f"| {_mb(chosen['size_bytes'])} |",
         "",
         "Chosen on the validation split only; the eval split's figure is reported, never used to choose. "

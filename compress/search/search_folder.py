@@ -1,12 +1,15 @@
 """A search folder: which files are a search's, and whether a folder may receive this search.
 
-``search.json`` records the search's inputs (its identity); a rerun with the same inputs resumes,
-other inputs are refused unless ``--force`` replaces the search's own files (and nothing else).
+``search.json`` records the search's inputs (its identity), the machine and modelpress version
+its timings were taken with among them; a rerun with the same inputs resumes, other inputs are
+refused unless ``--force`` replaces the search's own files (and nothing else).
 """
 
+import re
 import shutil
 from pathlib import Path
 
+from compress import folder
 from compress.errors import OutputError
 from compress.io import read_json
 
@@ -14,10 +17,20 @@ STATE = "search.json"
 # What a search folder holds, all written by the search: a folder holding these without our
 # search.json is someone else's, and is refused.
 OURS = (STATE, "trials.jsonl", "report.md", "recipe.yaml", "environment.json", "trials", "work", "plots")
+# The files a search writes inside its folders: trials/<key>/<artifact>.onnx(.data), plots/<name>.png.
+LAYOUT = {"trials": re.compile(r"[0-9a-f]{16}/[^/]+\.onnx(\.data)?"), "plots": re.compile(r"[^/]+\.png")}
+
+
+def measured_on(threads: int | None) -> dict:
+    """What the recorded timings and results hold for: this CPU, the thread count, modelpress's version."""
+    from export.report.environment import cpu_model, package_version
+    from export.runtime import default_threads
+
+    return {"cpu": cpu_model(), "threads": threads or default_threads(), "modelpress": package_version("modelpress")}
 
 
 def claim(out: Path, identity: dict, force: bool) -> None:
-    """Refuse a folder holding another search (other model, data, recipe or batch size) or other files."""
+    """Refuse a folder holding another search (other model, data, recipe, batch size or machine) or other files."""
     state = read_json(out / STATE)
     if state is None:
         foreign = sorted(name for name in OURS if (out / name).exists())
@@ -26,16 +39,43 @@ def claim(out: Path, identity: dict, force: bool) -> None:
                 f"{out}: holds {', '.join(foreign)} but no {STATE} of a search; choose another --out folder"
             )
         return
+    if not isinstance(state, dict):
+        raise OutputError(f"{out}: its {STATE} is not a search's record; choose another --out folder")
     if state.get("identity") == identity:
         return
     if not force:
         raise OutputError(
-            f"{out}: holds a search of other inputs (model, data, recipe passes' settings or batch size); "
-            "choose another --out folder, or pass --force to replace it"
+            f"{out}: holds a search of other inputs (model, data, recipe passes' settings, batch size, or the "
+            "machine and modelpress version that timed it); choose another --out folder, or pass --force to replace it"
         )
+    foreign = _foreign_files(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(f"{out}: --force replaces a search's own files only, and these are not: {shown}; move them")
     for name in OURS:
         path = out / name
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """Files under the search's folders that the search did not write (work/: the trials' run folders)."""
+    foreign = [name for name in ("trials", "work", "plots") if (out / name).is_symlink()]
+    for name, pattern in LAYOUT.items():
+        foreign += [f"{name}/{f}" for f in _relative_files(out / name) if not pattern.fullmatch(f)]
+    work = out / "work"
+    for run in sorted(work.iterdir()) if work.is_dir() else []:
+        if not run.is_dir() or run.is_symlink():
+            foreign.append(f"work/{run.name}")
+            continue
+        owned = folder.owned_files(run) | {folder.LOCK, folder.LOG}
+        foreign += [f"work/{run.name}/{f}" for f in _relative_files(run) if f not in owned]
+    return sorted(foreign)
+
+
+def _relative_files(root: Path) -> list[str]:
+    if not root.is_dir() or root.is_symlink():
+        return []
+    return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()]

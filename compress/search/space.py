@@ -59,7 +59,9 @@ def model_kind(model: torch.nn.Module) -> str:
 
 def ffn_pattern(model: torch.nn.Module) -> str | None:
     """The ``re:`` pattern naming the model's FFN input layers, or None when no known family matches."""
-    names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    from compress.pruning.conv1d import is_conv1d  # GPT-2's FFN layers are Hugging Face Conv1D
+
+    names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) or is_conv1d(m)]
     return next((p for p in FFN_PATTERNS if any(_matches(p, name) for name in names)), None)
 
 
@@ -181,6 +183,14 @@ def _recipe_settings(recipe: Recipe, budget: float) -> dict[str, dict]:
     }
     settings = {name: dict(found[name] or defaults[name]) for name in SEARCHED_PASSES}
     settings["quantize"].pop("onnx", None)
+    # Each setting below is changed only when the recipe sets it, so that the trials' keys stay put.
+    if settings["quantize"].get("budget_split", "validation") != "validation":
+        # the float fallback chooses layers, and the choice must not see the eval split the report scores
+        log.warn("search: quantize.budget_split set to validation: a search chooses on the validation split only")
+        settings["quantize"]["budget_split"] = "validation"
+    if settings["structured_prune"].get("macs_reduction") is not None:
+        log.warn("search: structured_prune.macs_reduction left out: the search's ratios set how much is cut")
+        settings["structured_prune"]["macs_reduction"] = None
     settings["layer_drop"] = _searched_layer_drop(settings["layer_drop"])
     return settings
 

@@ -1,12 +1,18 @@
 """Successive halving over the candidates: cheap rungs first, full distillation for the finalists.
 
 Every candidate runs on the first rung (a short distillation, a few validation batches). Each
-rung passes on the ``promote`` share of its candidates, ranked by their best point that stays
-within the budget plus ``promote_slack`` (shorter distillation recovers less), cheapest first;
-when too few stay within it, those closest to the budget fill the places. With two places or
-more, the pruned candidate that lost least always has one. (A finalist quantized over the budget
-is quantized again within it: ``Search.refit_quantization``.) The last rung's points,
-scored on the whole validation split, are the finalists. Only the validation split decides.
+middle rung passes on the ``promote`` share of its candidates, ranked by their best point that
+stays within the budget plus ``promote_slack`` (shorter distillation recovers less), cheapest
+first; when too few stay within it, those closest to the budget fill the places. With two places
+or more, the pruned candidate that lost least always has one.
+
+The last rung (``promote`` share of places) takes its finalists one at a time
+(``next_finalist``): first the candidate that lost least, then each time the cheapest one that
+the most the finalists so far won back would bring within the budget, so the slack is measured
+on the model and data rather than guessed; it ends early when no candidate would fit. (A
+finalist quantized over the budget is quantized again within it: ``Search.refit_quantization``.)
+The last rung's points, scored on the whole validation split, are the finalists. Only the
+validation split decides.
 
 Plain functions over trial records (see ``compress.search.trials``): a point is a dict with its
 ``validation_metric``, ``speedup`` (over fp32, timed beside it) and ``size_bytes``.
@@ -76,6 +82,34 @@ def promote(entries: list[tuple], allowed: float, share: float, objective: str) 
         # lost least takes the last place, so the last rung likely holds a point within budget.
         chosen[-1] = safest
     return [candidate for candidate, _ in chosen]
+
+
+def recovery(cheap: list[dict], final: list[dict]) -> float:
+    """Points a candidate's whole distillation won back: its least drop on the cheap rung less that on the last."""
+    return min(p["drop"] for p in cheap) - min(p["drop"] for p in final)
+
+
+def next_finalist(entries: list[tuple], recovered: list[float], spec, places: int) -> tuple | None:
+    """The next ``(candidate, cheap points)`` of ``entries`` for the last rung, None when none is worth it.
+
+    First, with two places or more, the pruned candidate that lost least: a point likely within budget,
+    and a measure of what the whole distillation wins back. Then the cheapest candidate whose cheap
+    points, less the most any finalist won back, come within the budget (the recovery measured on
+    this model and data replaces ``promote_slack``, the guess made before any finalist ran)."""
+    scoreable = [entry for entry in entries if entry[1]]
+    if not scoreable:
+        return None
+    if not recovered:
+        pruned = [entry for entry in scoreable if getattr(entry[0], "prunes", True)]
+        if places >= 2 and pruned:
+            return min(pruned, key=lambda entry: min(p["drop"] for p in entry[1]))
+        allowed = spec.max_drop + spec.promote_slack
+        chosen = promote(scoreable, allowed, 0.0, spec.objective)[0]
+        return next(entry for entry in scoreable if entry[0] is chosen)
+    allowed = spec.max_drop + max(0.0, max(recovered))
+    fitting = [(best_within(points, allowed, spec.objective), (c, points)) for c, points in scoreable]
+    fitting = [(cost(best, spec.objective), entry) for best, entry in fitting if best is not None]
+    return min(fitting, key=lambda pair: pair[0])[1] if fitting else None
 
 
 def front(points: list[dict], objective: str) -> list[dict]:

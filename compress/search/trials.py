@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch
 
 from compress import log
 from compress.data import TaskData
+from compress.errors import InputError, first_line
 from compress.evaluate import Evaluator
 from compress.io import write_text_atomic
 from compress.recipe import Recipe
@@ -78,11 +79,14 @@ class TrialLog:
 
 
 def validation_subset(data: TaskData, batches: int | None) -> tuple[list, int, bool]:
-    """The first ``batches`` validation batches (all when None), how many, and whether that is all of them."""
+    """The first ``batches`` validation batches (all when None), how many, and whether that is all of them.
+    Only one batch more than asked for is read: a cheap rung never loads the whole split."""
     split = data.resolve("validation")
-    every = list(data.batches(split))
-    chosen = every if batches is None else every[:batches]
-    return chosen, len(chosen), len(chosen) == len(every)
+    if batches is None:
+        every = list(data.batches(split))
+        return every, len(every), True
+    head = list(itertools.islice(data.batches(split), batches + 1))
+    return head[:batches], min(len(head), batches), len(head) <= batches
 
 
 def _keep(source: Path, target: Path) -> None:
@@ -108,6 +112,16 @@ class TrialRunner:
     batch_size: int
     search_dir: Path | None = None
     baseline_path: str | None = None  # the fp32 ONNX file every trial is timed beside (None: this is it)
+    # A cheap rung's batches, read once: a shuffling loader would give every trial other samples.
+    subsets: dict[int | None, tuple] = field(default_factory=dict, repr=False)
+
+    def validation(self, batches: int | None) -> tuple[list, int, bool]:
+        """``validation_subset``, the same batches for every trial (the whole split is read afresh)."""
+        if batches is None:
+            return validation_subset(self.data, None)
+        if batches not in self.subsets:
+            self.subsets[batches] = validation_subset(self.data, batches)
+        return self.subsets[batches]
 
     def run(self, passes: list[dict], validation_batches: int | None, scheme_of: dict[str, str]) -> dict:
         """Run ``passes`` (resuming shared stages), score and time the artifacts; the trial's record."""
@@ -144,7 +158,7 @@ class TrialRunner:
                 _keep(external, kept.with_name(kept.name + ".data"))
             point.update(path=str(kept.relative_to(self.out)), size_bytes=artifact["size_bytes"])
             points.append(point)
-        batches, used, complete = validation_subset(self.data, validation_batches)
+        batches, used, complete = self.validation(validation_batches)
         self.score(points, batches)
         self.time_beside_baseline(points)
         return {
@@ -163,7 +177,7 @@ class TrialRunner:
         kept, so nothing is run or exported again (a candidate without distillation on a later rung)."""
         start = time.perf_counter()
         points = [dict(p) for p in previous["points"]]
-        batches, used, complete = validation_subset(self.data, validation_batches)
+        batches, used, complete = self.validation(validation_batches)
         self.score(points, batches)
         key = trial_key(previous["passes"], validation_batches, self.recipe.seed)
         return {
@@ -179,10 +193,16 @@ class TrialRunner:
         }
 
     def score(self, points: list[dict], batches: list) -> None:
-        """The metric of every passed point, in ONNX Runtime, on ``batches``."""
+        """The metric of every passed point, in ONNX Runtime, on ``batches``; a point the metric cannot
+        score (NaN outputs of a 4-bit artifact) fails alone, and the trial's other points count."""
         for point in points:
-            if point["status"] == "passed":
+            if point["status"] != "passed":
+                continue
+            try:
                 point["validation_metric"] = self.score_path(point["path"], batches)
+            except InputError as exc:
+                point.update(status="failed", error=first_line(exc))
+                log.warn(f"search: {point['name']} not scored: {first_line(exc)}")
 
     def score_path(self, path: str, batches) -> float:
         """The metric of one ONNX file of the search folder, in ONNX Runtime, on ``batches``."""
@@ -193,6 +213,8 @@ class TrialRunner:
     def time_beside_baseline(self, points: list[dict]) -> None:
         """Each passed point's p50 at the search's batch size and its speed-up over fp32, timed together."""
         passed = {p["name"]: p["path"] for p in points if p["status"] == "passed"}
+        if not passed:
+            return
         rows = {BASELINE_ROW: self.baseline_path, **passed} if self.baseline_path else passed
         figures = self.time_points(rows, TRIAL_TIMING)
         for point in points:
@@ -218,6 +240,11 @@ class TrialRunner:
         figures = benchmark_sessions(sessions, sample, [self.batch_size], self.threads, **timing)
         return {name: entries[0].to_dict() for name, entries in figures.items()}
 
-    def eval_metric(self, path: str) -> float:
-        """The metric of one artifact on the eval split: reported for the chosen point, never used to choose."""
-        return self.score_path(path, self.data.batches("eval"))
+    def eval_metric(self, path: str) -> float | None:
+        """The metric of one artifact on the eval split: reported for the chosen point, never used to choose
+        (so a split the metric cannot score, constant labels say, is reported as such, not fatal)."""
+        try:
+            return self.score_path(path, self.data.batches("eval"))
+        except InputError as exc:
+            log.warn(f"search: {path} not scored on the eval split: {first_line(exc)}")
+            return None

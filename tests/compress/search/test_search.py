@@ -6,7 +6,6 @@ tests read what the two runs did. A continuous metric (negative cross-entropy) m
 weights show in the figures the reproduction must match exactly.
 """
 
-import dataclasses
 import json
 
 import pytest
@@ -14,14 +13,12 @@ import torch
 import torch.nn.functional as F
 
 import compress
-from compress import registry
-from compress.api import run
 from compress.cli import build_parser
 from compress.data import TaskData
 from compress.errors import OutputError
 from compress.search import trials as trials_module  # compress.search itself is the function
-from compress.search.trials import TrialRunner
-from export.runtime import make_session, ort_predictor
+from compress.search.trials import TrialRunner, validation_subset
+from tests.compress.search.helpers import counting, rerun_artifact
 from tests.tiny_models import residual_cnn
 
 RECIPE = {
@@ -74,26 +71,6 @@ def task_data() -> TaskData:
 
 def model():
     return residual_cnn(channels=64)
-
-
-def counting(monkeypatch, name: str, calls: list, interrupt_at: int | None = None):
-    """Wrap pass ``name`` so its applications are counted (and the ``interrupt_at``-th is a Ctrl-C)."""
-    spec = registry.get_pass(name)
-
-    def spy(model, config, ctx):
-        calls.append(name)
-        if interrupt_at is not None and len(calls) == interrupt_at:
-            raise KeyboardInterrupt
-        return spec.apply(model, config, ctx)
-
-    monkeypatch.setitem(registry._PASSES, name, dataclasses.replace(spec, apply=spy))
-
-
-def rerun_artifact(fresh_model, result, data, evaluator, out):
-    """``modelpress run`` on the search's written recipe; a predictor of the chosen point's artifact."""
-    again = run(fresh_model, result.recipe_path, data, out_dir=out, evaluator=evaluator, report=False)
-    artifact = next(a for a in again.artifacts if a["name"] == result.chosen["name"])
-    return ort_predictor(make_session(out / artifact["path"]))
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +172,7 @@ def test_a_trial_the_passes_refuse_is_recorded_as_failed_and_not_run_again(tmp_p
 
     from compress.errors import SelectionError
     from compress.recipe import load_recipe
-    from compress.search.driver import Search
+    from compress.search.rungs import Search
     from compress.search.space import build_space
     from compress.search.spec import SearchSpec
 
@@ -219,7 +196,7 @@ def test_finalists_within_timing_noise_are_told_apart_by_metric_then_distillatio
     from types import SimpleNamespace
 
     from compress.recipe import load_recipe
-    from compress.search.driver import Search
+    from compress.search.rungs import Search
     from compress.search.space import build_space
     from compress.search.spec import SearchSpec
 
@@ -258,7 +235,7 @@ def test_a_finalist_quantized_over_the_budget_is_quantized_again_within_the_room
     from types import SimpleNamespace
 
     from compress.recipe import load_recipe
-    from compress.search.driver import Search
+    from compress.search.rungs import Search
     from compress.search.space import build_space
     from compress.search.spec import SearchSpec
 
@@ -284,7 +261,7 @@ def test_a_finalist_quantized_over_the_budget_is_quantized_again_within_the_room
 
     recipe = load_recipe({})
     runner = SimpleNamespace(out=tmp_path, data=task_data(), recipe=recipe, run=run, score_path=lambda *_: 0.9)
-    runner.baseline_path = "baseline.onnx"
+    runner.baseline_path, runner.validation = "baseline.onnx", lambda batches: validation_subset(runner.data, batches)
     spec = SearchSpec(max_drop=1.0)
     search = Search(runner, build_space(model(), recipe, spec, 0.01), spec, "accuracy")
     passes = [{"pass": "structured_prune", "ratio": 0.5}, {"pass": "quantize", "max_metric_drop": None}]

@@ -10,7 +10,7 @@ import torch
 import compress
 from compress.data import TaskData
 from compress.search import trials as trials_module  # compress.search itself is the function
-from tests.compress.search.test_search import counting, rerun_artifact
+from tests.compress.search.helpers import counting, rerun_artifact
 from tests.tiny_models import tiny_bert, token_data
 
 RECIPE = {

@@ -176,3 +176,26 @@ def test_a_bad_search_section_is_one_clear_line(section, message):
 def test_run_ignores_the_search_section_and_its_dump_leaves_it_out_when_absent():
     assert "search" not in load_recipe({}).to_dict()
     assert load_recipe({"search": {"max_drop": 0.5}}).to_dict()["search"]["max_drop"] == 0.5
+
+
+def test_gpt2_conv1d_ffn_layers_get_the_ffn_axis():
+    from tests.tiny_models import tiny_gpt2
+
+    space = build_space(tiny_gpt2(), load_recipe({}), SearchSpec(), 0.01)
+    assert space.ffn_pattern == r"re:.*mlp\.c_fc$"
+    assert {c.ffn_ratio for c in space.candidates} == {0.0, 0.25, 0.5}
+
+
+def test_settings_that_would_override_the_search_are_left_out():
+    recipe = load_recipe(
+        {
+            "passes": [
+                {"pass": "structured_prune", "macs_reduction": 0.5},
+                {"pass": "quantize", "budget_split": "eval", "max_metric_drop": 0.01},
+            ]
+        }
+    )
+    space = build_space(residual_cnn(), recipe, SearchSpec(), 0.01)
+    prune = next(p for p in space.passes(next(c for c in space.candidates if c.ratio == 0.5), 1) if "ratio" in p)
+    assert prune["ratio"] == 0.5 and prune.get("macs_reduction") is None  # a MACs target would set every ratio
+    assert space.base["quantize"]["budget_split"] == "validation"  # the eval split never chooses

@@ -67,9 +67,29 @@ def test_a_candidate_that_only_quantizes_gets_no_reserved_place():
 
 
 def test_a_trial_label_gives_both_limits_of_a_step_bounded_distillation():
-    from compress.search.driver import trial_label
+    from compress.search.rungs import trial_label
     from compress.search.space import Candidate
 
     passes = [{"pass": "layer_drop", "ratio": 0.5}, {"pass": "distill", "epochs": 1, "max_steps": 110}]
     assert trial_label(Candidate(depth_ratio=0.5), passes) == "depth 0.5, distill 1 epochs or 110 steps"
     assert trial_label(Candidate(0.5), [{"pass": "distill", "epochs": 3}]) == "prune 0.5, distill 3 epochs"
+
+
+def test_the_last_rung_takes_the_safest_first_then_what_the_measured_recovery_brings_within_budget():
+    from compress.search.spec import SearchSpec
+
+    spec = SearchSpec(max_drop=1.0, promote_slack=3.0)
+    entries = [
+        ("safest", [point(0.878, 2.0), point(0.876, 4.5, scheme="int8_dynamic")]),  # 2.2, 2.4 points lost
+        ("fast", [point(0.8773, 2.3), point(0.8758, 5.5, scheme="int8_dynamic")]),  # 2.27, 2.42
+        ("fastest", [point(0.866, 8.0)]),  # 3.4
+        ("failed", []),
+    ]
+    assert strategy.next_finalist(entries, [], spec, places=4)[0] == "safest"
+    # The safest won back 1.48 points: "fast"'s int8 point (2.42 lost) would come within 1.0, "fastest" not.
+    assert strategy.next_finalist(entries[1:], [1.48], spec, places=4)[0] == "fast"
+    assert strategy.next_finalist(entries[1:], [0.2, 1.48], spec, places=4)[0] == "fast"  # the most won back
+    assert strategy.next_finalist(entries[1:], [0.2], spec, places=4) is None  # nothing would fit: stop
+    # One place: the guess (promote_slack) ranks, as on a middle rung.
+    assert strategy.next_finalist(entries, [], spec, places=1)[0] == "fastest"
+    assert round(strategy.recovery(entries[0][1], [point(0.8928, 2.0)]), 6) == 1.48

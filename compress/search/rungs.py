@@ -1,0 +1,347 @@
+"""The search's rungs: each trial run or resumed, the candidates promoted, the finalists refit and timed.
+
+A ``Search`` holds one search's state: the space, the trial log, the trials done and the time
+spent. Every trial's points are scored against the fp32 baseline's validation metric on the same
+batches; the finalists are timed once more together, the rows taking turns, and the cheapest within
+the budget is chosen (within timing noise, the better validation metric).
+"""
+
+import math
+import time
+
+from compress import log
+from compress.errors import InputError, ModelpressError, OutputError, first_line
+from compress.search import strategy
+from compress.search.space import Space
+from compress.search.spec import SearchSpec
+from compress.search.trials import TrialLog, TrialRunner, trial_key, validation_subset
+
+MAX_FINALISTS = 8  # timed together at the end: bounded, as each row costs the report's timing budget
+TIE_TOLERANCE = {"latency": 0.05, "size": 0.0}  # finalists this close to the best count as equally good
+
+
+def trial_label(candidate, passes: list[dict]) -> str:
+    """``prune 0.5, distill 3 epochs`` (``or 110 steps``): the candidate and its rung's distillation length."""
+    distill = next((p for p in passes if p["pass"] == "distill"), None)
+    if distill is None:
+        return candidate.label()
+    length = f"{distill['epochs']} epochs"
+    if distill.get("max_steps"):
+        length += f" or {distill['max_steps']} steps"  # whichever ends first
+    return f"{candidate.label()}, distill {length}"
+
+
+class Search:
+    """One search's state: the space, the trial log, the trials done and the time spent."""
+
+    def __init__(self, runner: TrialRunner, space: Space, spec: SearchSpec, metric_name: str):
+        self.runner, self.space, self.spec = runner, space, spec
+        self.size = strategy.point_size(metric_name)
+        self.metric_name = metric_name
+        self.log = TrialLog(runner.out)
+        self.trials: list[dict] = []
+        self.references: dict[int, float] = {}
+        self.start = time.perf_counter()
+        self.stopped_by_budget = False
+        self.baseline_size = float("inf")  # bytes of the fp32 ONNX file, once the baseline trial has run
+        self.schemes = ({"none"} if space.keep_fp32 else set()) | {v["scheme"] for v in space.variants}
+        self.scheme_of = {"compressed": "none", **{v["name"]: v["scheme"] for v in space.variants}}
+        self.validation_total = validation_subset(runner.data, None)[1]
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def reference(self, batches: int) -> float:
+        """The fp32 baseline's validation metric on the first ``batches`` batches."""
+        if batches not in self.references:
+            subset = self.runner.validation(None if batches >= self.validation_total else batches)[0]
+            try:
+                self.references[batches] = self.runner.score_path(self.runner.baseline_path, subset)
+            except InputError as exc:
+                raise InputError(
+                    f"search: the fp32 baseline cannot be scored on the first {batches} validation batches "
+                    f"({first_line(exc)}); raise search.validation_batches, or shuffle the validation split once "
+                    "so that its first batches are varied"
+                ) from None
+        return self.references[batches]
+
+    def trial(
+        self, passes: list[dict], batches: int | None, label: str, rung: int | None, refit: bool = False
+    ) -> dict | None:
+        """The trial's record: from trials.jsonl when it finished before, else run now; None past the budget."""
+        effective = None if batches is None or batches >= self.validation_total else batches
+        record = self.log.get(trial_key(passes, effective, self.runner.recipe.seed))
+        if record is None:
+            if not self._time_left(rung, refit):
+                self.stopped_by_budget = True
+                log.warn(f"search: the time budget ({self.spec.budget_minutes:g} min) is spent; no new trials")
+                return None
+            earlier = next((t for t in reversed(self.trials) if t["passes"] == passes), None)
+            if earlier is not None:
+                record = self.runner.rescore(earlier, effective)
+            else:
+                record = self._run(passes, effective)
+            record.update(rung=rung, refit=refit, resumed=False)
+            self._note_baseline(passes, record)
+            self._refuse_empty_cut(passes, record)
+            for point in record["points"]:
+                if point["status"] == "passed":
+                    point["drop"] = strategy.drop(point, self.reference(record["validation_batches"]), self.size)
+            record = self._labelled(record, label, passes)
+            if not record.pop("crashed", False):
+                self.log.add(record)
+        else:
+            points = [dict(point) for point in record["points"]]  # trials.jsonl's copy keeps its own labels
+            record = self._labelled({**record, "points": points, "resumed": True}, label, passes)
+            self._note_baseline(passes, record)
+        self.trials.append(record)
+        log.info(self._progress(record))
+        return record
+
+    @staticmethod
+    def _labelled(record: dict, label: str, passes: list[dict]) -> dict:
+        """The record and its points named by this search's labels (a resumed record too: labels may change)."""
+        record["label"] = label
+        for point in record["points"]:
+            point["label"] = strategy.point_label(label, point["name"], bool(passes))
+        return record
+
+    def _run(self, passes: list[dict], batches: int | None) -> dict:
+        """Run a trial. A candidate the passes refuse (a ratio a model cannot take) is recorded as failed;
+        one a library crashes on fails too, unrecorded, so that a rerun tries it again. A full disk stops
+        the search: the candidate is not at fault."""
+        try:
+            return self.runner.run(passes, batches, self.scheme_of)
+        except OutputError:
+            raise
+        except ModelpressError as exc:
+            if not passes:
+                raise
+            log.warn(f"search: trial failed: {first_line(exc)}")
+            return self._failed(passes, batches, first_line(exc))
+        except Exception as exc:  # noqa: BLE001  (torch, Torch-Pruning or ONNX Runtime failing on this candidate)
+            if not passes:
+                raise
+            log.traceback_to_log("search: trial crashed")
+            log.warn(f"search: trial crashed ({first_line(exc)}); traceback in run.log; a rerun tries it again")
+            return {**self._failed(passes, batches, first_line(exc)), "crashed": True}
+
+    def _failed(self, passes: list[dict], batches: int | None, error: str) -> dict:
+        return {
+            "key": trial_key(passes, batches, self.runner.recipe.seed),
+            "passes": passes,
+            "validation_batches": 0,
+            "validation_complete": False,
+            "points": [{"name": "compressed", "scheme": "none", "status": "failed", "error": error}],
+            "stages_computed": 0,
+            "stages_reused": 0,
+            "seconds": 0.0,
+        }
+
+    def _refuse_empty_cut(self, passes: list[dict], record: dict) -> None:
+        """A candidate whose ratios round to nothing on this model (a quarter of 2 heads) is the fp32 model
+        distilled: its points fail, so that no label claims a cut that was not made."""
+        pruning = [p["pass"] for p in passes if p["pass"] in ("layer_drop", "structured_prune")]
+        fp32 = next((p for p in record["points"] if p["name"] == "compressed" and "size_bytes" in p), None)
+        if not pruning or fp32 is None or fp32["size_bytes"] < self.baseline_size:
+            return
+        error = f"{' and '.join(pruning)} removed nothing from this model: its ratios round to no block, head or neuron"
+        log.warn(f"search: {error}; the candidate is left out")
+        for point in record["points"]:
+            point.update(status="failed", error=error)
+
+    def _note_baseline(self, passes: list[dict], record: dict) -> None:
+        """The trial without passes is the fp32 baseline: its file is the reference every trial is timed beside."""
+        if not passes:
+            fp32 = record["points"][0]
+            if fp32["status"] != "passed":
+                raise OutputError(f"search: the fp32 baseline did not export: {fp32.get('error', 'failed')}")
+            self.runner.baseline_path = fp32["path"]
+            self.baseline_size = fp32["size_bytes"]
+
+    def _time_left(self, rung: int | None, refit: bool) -> bool:
+        """Whether another trial fits: the time spent plus the mean of this rung's computed trials of its
+        kind (a refit computes only quantization), or of all computed trials before one of them finished."""
+        computed = [t for t in self.trials if not t["resumed"]]
+        alike = [t["seconds"] for t in computed if (t.get("rung"), t.get("refit", False)) == (rung, refit)]
+        done = alike or [t["seconds"] for t in computed]
+        estimate = sum(done) / len(done) if done else 0.0
+        return self.elapsed() + estimate + self._final_timing_seconds() <= self.spec.budget_minutes * 60
+
+    def _final_timing_seconds(self) -> float:
+        """What the last timing will take: every finalist and the baseline, the report's seconds each."""
+        from export.benchmark import ROUNDS, TURN_WARMUP_SECONDS
+
+        rows = min(len(self.finalists()), MAX_FINALISTS) + 1
+        return rows * (self.runner.recipe.report.max_seconds + ROUNDS * TURN_WARMUP_SECONDS)
+
+    def points(self, trial: dict) -> list[dict]:
+        return strategy.scored(trial["points"], self.schemes)
+
+    @property
+    def rung_of(self) -> dict[str, int]:
+        return {t["key"]: -1 if t.get("rung") is None else t["rung"] for t in self.trials}
+
+    def finalists(self) -> list[dict]:
+        """Points scored on the whole validation split and within the budget, each with its trial."""
+        found = {}
+        for trial in self.trials:
+            for point in self.points(trial) if trial["validation_complete"] else []:
+                if point["drop"] <= self.spec.max_drop + 1e-9:
+                    found[point["path"]] = {**point, "trial": trial["key"]}
+        return list(found.values())
+
+    def _closest(self) -> str:
+        scored = [p for trial in self.trials if trial["validation_complete"] for p in self.points(trial)]
+        if not scored:
+            return (
+                f"search: no trial was scored on the whole validation split within {self.spec.budget_minutes:g} "
+                "minutes; raise --budget-minutes"
+            )
+        closest = min(scored, key=lambda p: p["drop"])
+        return (
+            f"search: no point is within --max-drop {self.spec.max_drop:g}: the closest, {closest['name']}, loses "
+            f"{closest['drop']:.2f} points; raise --max-drop, or add none to --quantize so that the fp32 points count"
+        )
+
+    def best_so_far(self) -> dict | None:
+        finalists = self.finalists()
+        return min(finalists, key=lambda p: strategy.cost(p, self.spec.objective)) if finalists else None
+
+    def _progress(self, trial: dict) -> str:
+        figures = [
+            f"{p['name']} {p['validation_metric']:.4f} ({-p['drop'] + 0.0:+.2f} pt, {p['speedup']:.2f}x)"
+            for p in trial["points"]
+            if p["status"] == "passed" and "speedup" in p
+        ]
+        best = self.best_so_far()
+        best_text = f"{best['label']} {best['speedup']:.2f}x" if best else "none yet"
+        origin = "resumed" if trial["resumed"] else f"{trial['seconds']:.0f} s"
+        return (
+            f"[bold]search[/bold] trial {len(self.trials)} ({trial['label']}, {origin}, stages computed "
+            f"{trial['stages_computed']}, reused {trial['stages_reused']}): {'; '.join(figures) or 'no artifact'}"
+            f" | best so far: {best_text} | {self.elapsed() / 60:.1f} min"
+        )
+
+    def run_rungs(self) -> None:
+        # The most compressed first: the objective prefers them, and a time budget that runs out
+        # then cuts the candidates least likely to win.
+        candidates = sorted(self.space.candidates, key=lambda c: -c.amount)
+        last = len(self.space.fractions) - 1
+        for rung in range(last):
+            entries = self._run_rung(candidates, rung)
+            if entries is None:
+                return
+            if rung == last - 1:
+                self._run_finalists(entries, last)
+                return
+            allowed = self.spec.max_drop + self.spec.promote_slack
+            candidates = strategy.promote(entries, allowed, self.spec.promote, self.spec.objective)
+            log.info(f"search: rung {rung + 2}/{last + 1}: {'; '.join(c.label() for c in candidates)}")
+        self._run_rung(candidates, last)  # one rung: every candidate is a finalist
+
+    def _run_rung(self, candidates: list, rung: int) -> list[tuple] | None:
+        """Each candidate's trial on ``rung``: ``(candidate, points)``; None when the time budget is spent."""
+        last = rung == len(self.space.fractions) - 1
+        entries = []
+        for candidate in candidates:
+            trial = self._final_trial(candidate, rung) if last else self._cheap_trial(candidate, rung)
+            if trial is None:
+                return None
+            entries.append((candidate, self.points(trial)))
+        return entries
+
+    def _cheap_trial(self, candidate, rung: int) -> dict | None:
+        passes = self.space.passes(candidate, rung)
+        return self.trial(passes, self.spec.validation_batches, trial_label(candidate, passes), rung)
+
+    def _final_trial(self, candidate, rung: int) -> dict | None:
+        """The candidate's whole distillation on all of validation, and its refit when one is needed."""
+        passes = self.space.passes(candidate, rung)
+        trial = self.trial(passes, None, trial_label(candidate, passes), rung)
+        if trial is None or self.refit_quantization(trial) is None:
+            return None
+        return trial
+
+    def _run_finalists(self, entries: list[tuple], rung: int) -> None:
+        """The last rung, one finalist at a time: each tells how much the whole distillation wins back over
+        the cheap rung, and the next is the cheapest candidate that this recovery would bring within budget."""
+        places = max(1, math.ceil(len(entries) * self.spec.promote))
+        remaining, recovered = list(entries), []
+        for place in range(1, places + 1):
+            pick = strategy.next_finalist(remaining, recovered, self.spec, places)
+            if pick is None:
+                won = f" with the {max(recovered):.2f} points the finalists won back" if recovered else ""
+                log.info(f"search: no other candidate comes within the budget{won}; the last rung ends")
+                return
+            remaining.remove(pick)
+            candidate, cheap = pick
+            seen = f"; finalists so far won back up to {max(recovered):.2f} pt" if recovered else ""
+            log.info(f"search: finalist {place}/{places}: {candidate.label()}{seen}")
+            trial = self._final_trial(candidate, rung)
+            if trial is None:
+                return
+            final = [p for p in trial["points"] if p["status"] == "passed" and "drop" in p]
+            if cheap and final:
+                recovered.append(strategy.recovery(cheap, final))
+
+    def refit_quantization(self, trial: dict) -> dict | None:
+        """A finalist whose fp32 point is within the budget and a quantized point is not: quantized again
+        with the room left (``max_drop`` less the fp32 point's drop) as the quantize pass's budget, so the
+        per-layer float fallback keeps float the layers whose quantization costs most. Only the quantize stage is
+        computed; the cut and distilled stages are loaded. Returns the new trial, ``trial`` when none is
+        needed, None when the time budget is spent."""
+        passes = trial["passes"]
+        fp32 = next((p for p in trial["points"] if p["name"] == "compressed" and "drop" in p), None)
+        over = [p for p in self.points(trial) if p["scheme"] != "none" and p["drop"] > self.spec.max_drop + 1e-9]
+        if not passes or passes[-1]["pass"] != "quantize" or fp32 is None or not over:
+            return trial
+        if fp32["drop"] >= self.spec.max_drop:
+            return trial  # no room left: float fallback cannot bring a quantized point under the fp32 one
+        room = self.spec.max_drop - fp32["drop"]  # points
+        refit = [*passes[:-1], {**passes[-1], "max_metric_drop": round(room * self.size, 6)}]
+        label = f"{trial['label']}, quantized within {room:.2f} pt"
+        return self.trial(refit, None, label, trial.get("rung"), refit=True)
+
+    def choose(self, timing: dict) -> tuple[dict, dict]:
+        """The finalists timed together with the baseline; the cheapest one, and the baseline's figures."""
+        finalists = sorted(self.finalists(), key=lambda p: strategy.cost(p, self.spec.objective))[:MAX_FINALISTS]
+        if not finalists:
+            raise NothingWithinBudget(self._closest())
+        rows = {f"{p['trial']}/{p['name']}": p for p in finalists}
+        figures = self.runner.time_points(
+            {"baseline": self.runner.baseline_path, **{k: p["path"] for k, p in rows.items()}}, timing
+        )
+        base_p50 = figures["baseline"]["p50_ms"]
+        for key, point in rows.items():
+            point["final"] = {**figures[key], "speedup": round(base_p50 / figures[key]["p50_ms"], 4)}
+        objective = self.spec.objective
+        by_final = {"latency": lambda p: 1.0 / p["final"]["speedup"], "size": lambda p: p["size_bytes"]}[objective]
+        fastest = min(by_final(p) for p in rows.values())
+        # Within timing noise of the best (two distillation lengths of one architecture time alike), the
+        # better validation metric wins, then the longer distillation: speed alone would pick by noise.
+        tied = [p for p in rows.values() if by_final(p) <= fastest * (1 + TIE_TOLERANCE[objective])]
+        chosen = max(tied, key=lambda p: (p["validation_metric"], self.rung_of[p["trial"]], -by_final(p)))
+        if chosen["path"] == self.runner.baseline_path:
+            raise NothingWithinBudget(self._nothing_beats_fp32())
+        baseline = {"path": self.runner.baseline_path, "final": figures["baseline"]}
+        return chosen, baseline
+
+    def _nothing_beats_fp32(self) -> str:
+        """Why the fp32 model is the best answer: the time ran out first, or no compressed point helps."""
+        if self.stopped_by_budget and not any(t["passes"] and t["validation_complete"] for t in self.trials):
+            return (
+                f"search: the time budget ({self.spec.budget_minutes:g} min) ran out before any candidate reached "
+                "the last rung; raise --budget-minutes (a rerun into the same folder resumes the finished trials)"
+            )
+        return (
+            f"search: no compressed point within --max-drop {self.spec.max_drop:g} is "
+            f"{'faster' if self.spec.objective == 'latency' else 'smaller'} than the fp32 model on this machine; "
+            "widen the space (the search: section), or raise --max-drop"
+        )
+
+
+class NothingWithinBudget(ModelpressError):
+    """The search found no point within the accuracy budget (a result, not bad input: exit status 1)."""
+
+    exit_code = 1

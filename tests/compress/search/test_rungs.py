@@ -1,0 +1,151 @@
+"""The rungs on a fake trial runner: failures that must not stop (or be recorded by) a search, empty
+cuts, the fp32 model as the best answer, and the cheap rungs' validation batches."""
+
+import itertools
+from types import SimpleNamespace
+
+import pytest
+
+from compress.errors import OutputError
+from compress.recipe import load_recipe
+from compress.search.rungs import NothingWithinBudget, Search
+from compress.search.space import build_space
+from compress.search.spec import SearchSpec
+from compress.search.trials import TrialRunner, trial_key, validation_subset
+from tests.compress.search.test_search import model, task_data
+
+PASSES = [{"pass": "structured_prune", "ratio": 0.5}, {"pass": "distill", "epochs": 1}]
+
+
+def point(name: str, size: int, metric: float = 0.9, speedup: float = 1.0, path: str | None = None) -> dict:
+    return {
+        "name": name,
+        "scheme": "none",
+        "status": "passed",
+        "path": path or f"{name}.onnx",
+        "size_bytes": size,
+        "speedup": speedup,
+        "validation_metric": metric,
+    }
+
+
+def record(passes: list, points: list) -> dict:
+    return {
+        "key": trial_key(passes, None, load_recipe({}).seed),
+        "passes": passes,
+        "validation_batches": 2,
+        "validation_complete": True,
+        "points": points,
+        "stages_computed": 1,
+        "stages_reused": 0,
+        "seconds": 1.0,
+    }
+
+
+def make_search(tmp_path, run, spec: SearchSpec | None = None) -> Search:
+    recipe = load_recipe({})
+    data = task_data()
+    runner = SimpleNamespace(
+        out=tmp_path,
+        data=data,
+        recipe=recipe,
+        run=run,
+        baseline_path=None,
+        score_path=lambda *_: 0.9,
+        validation=lambda batches: validation_subset(data, batches),
+    )
+    spec = spec or SearchSpec(max_drop=1.0)
+    return Search(runner, build_space(model(), recipe, spec, 0.01), spec, "accuracy")
+
+
+def test_a_crashed_trial_fails_alone_and_a_rerun_tries_it_again(tmp_path):
+    calls = []
+
+    def crash(passes, batches, scheme_of):
+        calls.append(passes)
+        if not passes:
+            return record(passes, [point("compressed", 100)])
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x3 and 4x5)\nmore")
+
+    for _ in range(2):
+        search = make_search(tmp_path, crash)
+        search.trial([], None, "fp32 baseline", None)
+        failed = search.trial(PASSES, None, "prune 0.5", 0)
+        assert failed["points"][0]["status"] == "failed"
+        assert failed["points"][0]["error"] == "RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x3 and 4x5)"
+        assert "crashed" not in failed
+    assert calls == [[], PASSES, PASSES]  # the baseline was recorded; the crash was not
+
+
+def test_a_full_disk_stops_the_search_and_records_nothing(tmp_path):
+    def full(passes, batches, scheme_of):
+        if not passes:
+            return record(passes, [point("compressed", 100)])
+        raise OutputError("work/x: disk full while writing; free space and rerun the same command")
+
+    search = make_search(tmp_path, full)
+    search.trial([], None, "fp32 baseline", None)
+    with pytest.raises(OutputError, match="disk full"):
+        search.trial(PASSES, None, "prune 0.5", 0)
+    assert len(search.log.records) == 1
+
+
+def test_a_cut_that_removes_nothing_is_left_out(tmp_path):
+    sizes = iter([100, 100, 60])  # baseline; a ratio rounding to no channel; a real cut
+
+    def run(passes, batches, scheme_of):
+        return record(passes, [point("compressed", next(sizes)), {**point("int8", 30), "scheme": "int8_static"}])
+
+    search = make_search(tmp_path, run)
+    search.trial([], None, "fp32 baseline", None)
+    empty = search.trial(PASSES, None, "prune 0.5", 0)
+    assert {p["status"] for p in empty["points"]} == {"failed"}
+    assert "removed nothing" in empty["points"][1]["error"]
+    cut = search.trial([*PASSES, {"pass": "quantize"}], None, "prune 0.5", 0)
+    assert {p["status"] for p in cut["points"]} == {"passed"}
+
+
+@pytest.mark.parametrize(
+    ("stopped", "message"),
+    [(False, "no compressed point within --max-drop 1 is faster than the fp32 model"), (True, "raise --budget")],
+)
+def test_the_fp32_model_as_the_best_answer_is_a_result_not_a_recipe(tmp_path, stopped, message):
+    search = make_search(tmp_path, None)
+    search.runner.baseline_path = "baseline.onnx"
+    search.runner.time_points = lambda paths, timing: {
+        name: {"p50_ms": 10.0 if name == "baseline" or "baseline" in name else 12.0} for name in paths
+    }
+    search.trials = [
+        {**record([], [{**point("compressed", 100, path="baseline.onnx"), "drop": 0.0}]), "key": "b"},
+        {**record(PASSES, [{**point("compressed", 60, 0.895, 0.8), "drop": 0.5}]), "key": "slower"},
+    ]
+    if stopped:
+        search.stopped_by_budget = True
+        search.trials[1]["validation_complete"] = False  # the time ran out on the first rung
+    with pytest.raises(NothingWithinBudget, match=message):
+        search.choose({})
+
+
+class CountedBatches:
+    """A validation split that counts the batches read, and shuffles them on every pass like a DataLoader."""
+
+    def __init__(self, batches: list):
+        self.batches, self.read, self.passes = batches, 0, itertools.count()
+
+    def __iter__(self):
+        order = list(range(len(self.batches)))
+        shift = next(self.passes) % len(order)
+        for index in order[shift:] + order[:shift]:
+            self.read += 1
+            yield self.batches[index]
+
+
+def test_a_cheap_rung_reads_few_batches_and_every_trial_scores_the_same_ones():
+    data = task_data()
+    split = CountedBatches(data.validation * 5)
+    data.validation = split
+    assert validation_subset(data, 2)[1:] == (2, False) and split.read == 3
+    assert validation_subset(data, 10)[1:] == (10, True)
+    runner = TrialRunner(model(), load_recipe({}), data, None, None, None, 4)
+    first = runner.validation(2)[0]
+    assert runner.validation(2)[0] is first  # a shuffling loader would give a second trial other samples

@@ -1,0 +1,41 @@
+"""Which folder may receive a search: another search's folder, --force, and files that are not ours."""
+
+import json
+
+import pytest
+
+from compress.errors import OutputError
+from compress.search.search_folder import STATE, claim, measured_on
+
+KEY = "0123456789abcdef"
+
+
+def old_search(out, extra: dict[str, str]) -> None:
+    files = {STATE: json.dumps({"identity": {"old": 1}}), f"trials/{KEY}/int8.onnx": "x", "plots/front.png": "x"}
+    for name, text in {**files, **extra}.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+
+
+def test_force_replaces_a_searchs_own_files(tmp_path):
+    old_search(tmp_path, {"notes.md": "mine"})
+    claim(tmp_path, {"new": 1}, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]
+
+
+def test_force_refuses_when_the_searchs_folders_hold_other_files(tmp_path):
+    old_search(tmp_path, {f"trials/{KEY}/notes.txt": "mine", "work/run/data.csv": "mine"})
+    with pytest.raises(OutputError, match=rf"not: trials/{KEY}/notes.txt, work/run/data.csv; move them"):
+        claim(tmp_path, {"new": 1}, force=True)
+    assert (tmp_path / STATE).is_file() and (tmp_path / "work/run/data.csv").read_text() == "mine"
+
+
+def test_a_search_json_that_is_no_record_is_refused(tmp_path):
+    (tmp_path / STATE).write_text("[1, 2]")
+    with pytest.raises(OutputError, match="is not a search's record"):
+        claim(tmp_path, {"new": 1}, force=True)
+
+
+def test_a_search_timed_with_other_threads_is_another_search():
+    assert measured_on(3)["threads"] == 3 and measured_on(3) != measured_on(1)
+    assert measured_on(None)["cpu"] and "modelpress" in measured_on(None)
