@@ -45,9 +45,11 @@ class SearchSpec(StrictModel):
     distill_fractions: the rungs of successive halving, each a share of the recipe's distillation
         length (epochs and max_steps), ascending; the last rung's points are the finalists.
     validation_batches: validation batches that score the rungs before the last (the last scores all).
-    promote: share of candidates a rung passes on to the next one.
-    promote_slack: points of drop beyond ``max_drop`` a candidate may show on a rung before the
-        last and still count as within budget (shorter distillation recovers less).
+    promote: share of candidates a rung passes on to the next one (the last rung: at most this
+        share, taken one at a time while the recovery measured so far brings one within budget).
+    promote_slack: points of drop beyond ``max_drop`` a candidate may show on a cheap rung and
+        still count as within budget (shorter distillation recovers less); the last rung replaces
+        this guess with what its finalists won back.
     """
 
     objective: Objective = "latency"

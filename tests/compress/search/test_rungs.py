@@ -1,7 +1,6 @@
 """The rungs on a fake trial runner: failures that must not stop (or be recorded by) a search, empty
-cuts, the fp32 model as the best answer, and the cheap rungs' validation batches."""
+cuts, and the fp32 model as the best answer."""
 
-import itertools
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +10,7 @@ from compress.recipe import load_recipe
 from compress.search.rungs import NothingWithinBudget, Search
 from compress.search.space import build_space
 from compress.search.spec import SearchSpec
-from compress.search.trials import TrialRunner, trial_key, validation_subset
+from compress.search.trials import trial_key, validation_subset
 from tests.compress.search.test_search import model, task_data
 
 PASSES = [{"pass": "structured_prune", "ratio": 0.5}, {"pass": "distill", "epochs": 1}]
@@ -124,28 +123,3 @@ def test_the_fp32_model_as_the_best_answer_is_a_result_not_a_recipe(tmp_path, st
         search.trials[1]["validation_complete"] = False  # the time ran out on the first rung
     with pytest.raises(NothingWithinBudget, match=message):
         search.choose({})
-
-
-class CountedBatches:
-    """A validation split that counts the batches read, and shuffles them on every pass like a DataLoader."""
-
-    def __init__(self, batches: list):
-        self.batches, self.read, self.passes = batches, 0, itertools.count()
-
-    def __iter__(self):
-        order = list(range(len(self.batches)))
-        shift = next(self.passes) % len(order)
-        for index in order[shift:] + order[:shift]:
-            self.read += 1
-            yield self.batches[index]
-
-
-def test_a_cheap_rung_reads_few_batches_and_every_trial_scores_the_same_ones():
-    data = task_data()
-    split = CountedBatches(data.validation * 5)
-    data.validation = split
-    assert validation_subset(data, 2)[1:] == (2, False) and split.read == 3
-    assert validation_subset(data, 10)[1:] == (10, True)
-    runner = TrialRunner(model(), load_recipe({}), data, None, None, None, 4)
-    first = runner.validation(2)[0]
-    assert runner.validation(2)[0] is first  # a shuffling loader would give a second trial other samples
