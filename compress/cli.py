@@ -123,12 +123,9 @@ def _bench_suites() -> list[str]:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from export.report.environment import package_version
 
-    try:
-        return version("modelpress")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
+    return package_version("modelpress") or "unknown (not installed)"
 
 
 def _cmd_bench(args) -> int:

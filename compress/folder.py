@@ -54,7 +54,7 @@ def unlock(folder: Path) -> None:
         os.close(fd)  # closing releases the flock; the file stays (removing it would race a waiter)
 
 
-def _relative_files(folder: Path) -> set[str]:
+def relative_files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
 
 
@@ -69,12 +69,12 @@ def owned_files(folder: Path) -> set[str]:
     if not isinstance(info, dict) or "identity" not in info:
         return set()
     listed = {f for f in info.get("files", []) if isinstance(f, str)}
-    return listed | {f for f in _relative_files(folder) if _ours(f)}
+    return listed | {f for f in relative_files(folder) if _ours(f)}
 
 
 def check_collisions(folder: Path) -> None:
     """Refuse a folder holding files modelpress did not write where it would write."""
-    foreign = sorted(f for f in _relative_files(folder) - owned_files(folder) if _ours(f))
+    foreign = sorted(f for f in relative_files(folder) - owned_files(folder) if _ours(f))
     if foreign:
         shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
         raise OutputError(
@@ -97,4 +97,4 @@ def remove_ours(folder: Path, names: tuple[str, ...]) -> None:
 
 def files_written(folder: Path) -> list[str]:
     """Every file of ours in ``folder`` now, for run.json."""
-    return sorted(f for f in _relative_files(folder) if _ours(f) or f == LOG)
+    return sorted(f for f in relative_files(folder) if _ours(f) or f == LOG)

@@ -162,7 +162,8 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
             if spec.objective == "latency"
             else " (ONNX file on disk)"
         ),
-        f"- budget: {spec.max_drop:g} points of {metric} below fp32 on the validation split"
+        f"- budget: {spec.max_drop:g} point{'' if spec.max_drop == 1 else 's'} of {metric} below fp32 on the "
+        "validation split"
         f" ({spec.max_drop * strategy.point_size(metric):g} in metric units)",
         f"- time: {summary['elapsed_seconds'] / 60:.1f} min of {spec.budget_minutes:g}"
         + (" (stopped by the time budget)" if summary["stopped_by_budget"] else ""),
@@ -184,8 +185,8 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
         f"| {_mb(chosen['size_bytes'])} |",
         "",
         "Chosen on the validation split only; the eval split's figure is reported, never used to choose. "
-        "The finalists and the fp32 baseline were timed together, taking turns. `modelpress run recipe.yaml` "
-        "reproduces the point.",
+        "The finalists and the fp32 baseline were timed together, taking turns. `modelpress run` on "
+        "recipe.yaml reproduces the point (its header gives the command).",
         "",
         _timing_note(final, baseline["final"]),
         "",

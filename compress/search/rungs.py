@@ -54,14 +54,20 @@ class Search:
     def reference(self, batches: int) -> float:
         """The fp32 baseline's validation metric on the first ``batches`` batches."""
         if batches not in self.references:
-            subset = self.runner.validation(None if batches >= self.validation_total else batches)[0]
+            whole = batches >= self.validation_total
+            subset = self.runner.validation(None if whole else batches)[0]
             try:
                 self.references[batches] = self.runner.score_path(self.runner.baseline_path, subset)
             except InputError as exc:
+                fix = (
+                    "check the model's outputs and the validation data"
+                    if whole
+                    else "raise search.validation_batches, or shuffle the validation split once so that its first "
+                    "batches are varied"
+                )
                 raise InputError(
                     f"search: the fp32 baseline cannot be scored on the first {batches} validation batches "
-                    f"({first_line(exc)}); raise search.validation_batches, or shuffle the validation split once "
-                    "so that its first batches are varied"
+                    f"({first_line(exc)}); {fix}"
                 ) from None
         return self.references[batches]
 
@@ -76,7 +82,7 @@ class Search:
                 self.stopped_by_budget = True
                 log.warn(f"search: the time budget ({self.spec.budget_minutes:g} min) is spent; no new trials")
                 return None
-            earlier = next((t for t in reversed(self.trials) if t["passes"] == passes), None)
+            earlier = next((t for t in reversed(self.trials) if t["passes"] == passes and self.points(t)), None)
             if earlier is not None:
                 record = self.runner.rescore(earlier, effective)
             else:
@@ -110,6 +116,7 @@ class Search:
         """Run a trial. A candidate the passes refuse (a ratio a model cannot take) is recorded as failed;
         one a library crashes on fails too, unrecorded, so that a rerun tries it again. A full disk stops
         the search: the candidate is not at fault."""
+        start = time.perf_counter()
         try:
             return self.runner.run(passes, batches, self.scheme_of)
         except OutputError:
@@ -118,15 +125,15 @@ class Search:
             if not passes:
                 raise
             log.warn(f"search: trial failed: {first_line(exc)}")
-            return self._failed(passes, batches, first_line(exc))
+            return self._failed(passes, batches, first_line(exc), start)
         except Exception as exc:  # noqa: BLE001  (torch, Torch-Pruning or ONNX Runtime failing on this candidate)
             if not passes:
                 raise
             log.traceback_to_log("search: trial crashed")
             log.warn(f"search: trial crashed ({first_line(exc)}); traceback in run.log; a rerun tries it again")
-            return {**self._failed(passes, batches, first_line(exc)), "crashed": True}
+            return {**self._failed(passes, batches, first_line(exc), start), "crashed": True}
 
-    def _failed(self, passes: list[dict], batches: int | None, error: str) -> dict:
+    def _failed(self, passes: list[dict], batches: int | None, error: str, start: float) -> dict:
         return {
             "key": trial_key(passes, batches, self.runner.recipe.seed),
             "passes": passes,
@@ -135,12 +142,12 @@ class Search:
             "points": [{"name": "compressed", "scheme": "none", "status": "failed", "error": error}],
             "stages_computed": 0,
             "stages_reused": 0,
-            "seconds": 0.0,
+            "seconds": round(time.perf_counter() - start, 2),  # the time estimate counts what a failure cost
         }
 
     def _refuse_empty_cut(self, passes: list[dict], record: dict) -> None:
-        """A candidate whose ratios round to nothing on this model (a quarter of 2 heads) is the fp32 model
-        distilled: its points fail, so that no label claims a cut that was not made."""
+        """A candidate whose ratios round to nothing at all on this model (a quarter of 2 heads, and no other
+        cut) is the fp32 model distilled: its points fail rather than pass as a cut."""
         pruning = [p["pass"] for p in passes if p["pass"] in ("layer_drop", "structured_prune")]
         fp32 = next((p for p in record["points"] if p["name"] == "compressed" and "size_bytes" in p), None)
         if not pruning or fp32 is None or fp32["size_bytes"] < self.baseline_size:
@@ -191,12 +198,18 @@ class Search:
                     found[point["path"]] = {**point, "trial": trial["key"]}
         return list(found.values())
 
+    def _failures(self) -> str:
+        """`` (N of M candidate trials failed: see run.log)`` when some did, else empty."""
+        tried = [t for t in self.trials if t["passes"]]
+        failed = [t for t in tried if not self.points(t)]
+        return f" ({len(failed)} of {len(tried)} candidate trials failed: see run.log)" if failed else ""
+
     def _closest(self) -> str:
         scored = [p for trial in self.trials if trial["validation_complete"] for p in self.points(trial)]
         if not scored:
             return (
                 f"search: no trial was scored on the whole validation split within {self.spec.budget_minutes:g} "
-                "minutes; raise --budget-minutes"
+                f"minutes{self._failures()}; raise --budget-minutes"
             )
         closest = min(scored, key=lambda p: p["drop"])
         return (
@@ -281,7 +294,7 @@ class Search:
             trial = self._final_trial(candidate, rung)
             if trial is None:
                 return
-            final = [p for p in trial["points"] if p["status"] == "passed" and "drop" in p]
+            final = self.points(trial)  # the schemes that count, as ``cheap``
             if cheap and final:
                 recovered.append(strategy.recovery(cheap, final))
 
@@ -336,7 +349,8 @@ class Search:
             )
         return (
             f"search: no compressed point within --max-drop {self.spec.max_drop:g} is "
-            f"{'faster' if self.spec.objective == 'latency' else 'smaller'} than the fp32 model on this machine; "
+            f"{'faster' if self.spec.objective == 'latency' else 'smaller'} than the fp32 model on this machine"
+            f"{self._failures()}; "
             "widen the space (the search: section), or raise --max-drop"
         )
 

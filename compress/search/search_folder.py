@@ -64,18 +64,16 @@ def _foreign_files(out: Path) -> list[str]:
     """Files under the search's folders that the search did not write (work/: the trials' run folders)."""
     foreign = [name for name in ("trials", "work", "plots") if (out / name).is_symlink()]
     for name, pattern in LAYOUT.items():
-        foreign += [f"{name}/{f}" for f in _relative_files(out / name) if not pattern.fullmatch(f)]
+        foreign += [f"{name}/{f}" for f in _files(out / name) if not pattern.fullmatch(f)]
     work = out / "work"
     for run in sorted(work.iterdir()) if work.is_dir() else []:
         if not run.is_dir() or run.is_symlink():
             foreign.append(f"work/{run.name}")
             continue
         owned = folder.owned_files(run) | {folder.LOCK, folder.LOG}
-        foreign += [f"work/{run.name}/{f}" for f in _relative_files(run) if f not in owned]
+        foreign += [f"work/{run.name}/{f}" for f in folder.relative_files(run) if f not in owned]
     return sorted(foreign)
 
 
-def _relative_files(root: Path) -> list[str]:
-    if not root.is_dir() or root.is_symlink():
-        return []
-    return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()]
+def _files(root: Path) -> set[str]:
+    return folder.relative_files(root) if root.is_dir() and not root.is_symlink() else set()

@@ -7,7 +7,8 @@ first; when too few stay within it, those closest to the budget fill the places.
 or more, the pruned candidate that lost least always has one.
 
 The last rung (``promote`` share of places) takes its finalists one at a time
-(``next_finalist``): first the candidate that lost least, then each time the cheapest one that
+(``next_finalist``): first the pruned candidate that lost least (with one place: promote's
+ranking), then each time the cheapest one that
 the most the finalists so far won back would bring within the budget, so the slack is measured
 on the model and data rather than guessed; it ends early when no candidate would fit. (A
 finalist quantized over the budget is quantized again within it: ``Search.refit_quantization``.)
@@ -73,9 +74,9 @@ def promote(entries: list[tuple], allowed: float, share: float, objective: str) 
     def least_drop(entry) -> float:
         return min((p["drop"] for p in entry[1]), default=math.inf)
 
-    chosen = sorted(entries, key=rank)[:keep]
+    chosen = sorted((entry for entry in entries if entry[1]), key=rank)[:keep]  # a failed trial has no points
     # Among the candidates a longer distillation changes: one that only quantizes gains nothing from it.
-    recovering = [entry for entry in entries if getattr(entry[0], "prunes", True)]
+    recovering = [entry for entry in entries if entry[1] and getattr(entry[0], "prunes", True)]
     safest = min(recovering, key=least_drop, default=None)
     if keep >= 2 and safest is not None and all(entry is not safest for entry in chosen):
         # A short distillation misjudges how much the cheaper candidates recover; the one that

@@ -111,8 +111,9 @@ def test_a_cut_that_removes_nothing_is_left_out(tmp_path):
 def test_the_fp32_model_as_the_best_answer_is_a_result_not_a_recipe(tmp_path, stopped, message):
     search = make_search(tmp_path, None)
     search.runner.baseline_path = "baseline.onnx"
+    # The baseline's own trial is the same file as the baseline row; the pruned point is slower.
     search.runner.time_points = lambda paths, timing: {
-        name: {"p50_ms": 10.0 if name == "baseline" or "baseline" in name else 12.0} for name in paths
+        name: {"p50_ms": 12.0 if name.startswith("slower") else 10.0} for name in paths
     }
     search.trials = [
         {**record([], [{**point("compressed", 100, path="baseline.onnx"), "drop": 0.0}]), "key": "b"},
@@ -123,3 +124,27 @@ def test_the_fp32_model_as_the_best_answer_is_a_result_not_a_recipe(tmp_path, st
         search.trials[1]["validation_complete"] = False  # the time ran out on the first rung
     with pytest.raises(NothingWithinBudget, match=message):
         search.choose({})
+
+
+def test_the_last_rung_runs_finalists_one_at_a_time_until_none_would_fit(tmp_path):
+    """Cheap drops 2.0 / 2.5 / 5.0 points; the safest wins back 1.5 in full, so 2.5 fits and 5.0 never runs."""
+    cheap = {0.25: 0.88, 0.5: 0.875, 0.75: 0.85}
+    final = {0.25: 0.895, 0.5: 0.892, 0.75: 0.88}
+    runs = []
+
+    def run(passes, batches, scheme_of):
+        ratio = passes[0].get("ratio", 0.0) if passes else 0.0
+        runs.append((ratio, batches))
+        metric = 0.9 if not passes else (cheap if batches else final)[ratio]
+        return record(passes, [point("compressed", 100 - int(ratio * 80), metric, 1 + ratio, path=f"{ratio}.onnx")])
+
+    # validation_batches 1 of 2: the cheap rung scores a subset, so the fake can tell the rungs apart
+    spec = SearchSpec(
+        max_drop=1.0, prune_ratios=[0.25, 0.5, 0.75], quantize=["none"], promote=1.0, validation_batches=1
+    )
+    search = make_search(tmp_path, run, spec)
+    search.runner.baseline_path = None
+    search.trial([], None, "fp32 baseline", None)
+    search.run_rungs()
+    assert runs[1:] == [(0.75, 1), (0.5, 1), (0.25, 1), (0.25, None), (0.5, None)]
+    assert sorted(round(p["drop"], 6) for p in search.finalists()) == [0.0, 0.5, 0.8]
