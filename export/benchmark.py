@@ -12,6 +12,7 @@ import datetime
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,9 @@ class Latency:
     cv: float = 0.0  # coefficient of variation (std / mean) over the timed calls
     load_before: float | None = None  # 1-minute load average per usable core, before and after
     load_after: float | None = None
+    # Cores' worth of CPU that other processes (and the hypervisor's steal) used while this was timed,
+    # on average; None where /proc/stat does not describe this machine's usable cores.
+    other_cores: float | None = None
     unreliable: bool = False
     measured_at: str = ""  # UTC, ISO 8601: with device_name, when and where the figure was taken
 
@@ -87,32 +91,70 @@ def fresh(entries: list[dict]) -> list[dict]:
     return [e for e in entries if not e.get("stale")]
 
 
-# A figure is marked unreliable past these: its calls vary by more than a quarter of their mean,
-# or the machine had more runnable work than cores while it was measured.
+# A figure is marked unreliable past these: its calls vary by more than a quarter of their mean, or
+# other processes took more than a quarter of the cores while it was timed. This process's own threads
+# are no competition: a load average counts them, so it flags every 2-thread timing on 2 cores, and
+# is the rule only where /proc/stat cannot tell other work apart (more runnable work than cores).
 MAX_CV = 0.25
+MAX_OTHER_SHARE = 0.25
 MAX_LOAD_PER_CORE = 1.0
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_snapshot() -> tuple[float, float, float] | None:
+    """(busy CPU seconds of the machine, steal included; of this process; wall clock), from /proc/stat.
+    None where it is missing or counts other cores than this process may use (a container on a big host)."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+        values = [int(x) for x in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError, IndexError):
+        return None
+    if sum(line.startswith("cpu") for line in lines) - 1 != usable_cores() or len(values) < 8:
+        return None
+    own = os.times()
+    busy = (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+    return busy, own.user + own.system, time.perf_counter()
+
+
+def other_cores_since(before: tuple[float, float, float] | None) -> float | None:
+    """Cores' worth of CPU other processes used since ``before`` (a ``cpu_snapshot``), on average."""
+    after = cpu_snapshot()
+    if before is None or after is None or after[2] <= before[2]:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return round(max(0.0, others) / (after[2] - before[2]), 3)
 
 
 def load_per_core() -> float | None:
     """The 1-minute load average divided by the usable cores; None where the OS has none."""
     if not hasattr(os, "getloadavg"):
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return round(os.getloadavg()[0] / cores, 3)
+    return round(os.getloadavg()[0] / usable_cores(), 3)
 
 
-def summarize(times: list[float], load_before: float | None = None, **fields) -> Latency:
+def summarize(
+    times: list[float], load_before: float | None = None, cpu_before: tuple | None = None, **fields
+) -> Latency:
+    """The figures of ``times``; ``load_before`` and ``cpu_before`` (a ``cpu_snapshot``) taken before timing."""
     p50 = round(float(np.percentile(times, 50)), 4)
     mean = float(np.mean(times))
     cv = round(float(np.std(times)) / mean, 4) if mean > 0 else 0.0
     load_after = load_per_core()
-    loaded = any(load is not None and load > MAX_LOAD_PER_CORE for load in (load_before, load_after))
+    others = other_cores_since(cpu_before)
+    if others is not None:
+        loaded = others > MAX_OTHER_SHARE * usable_cores()
+    else:
+        loaded = any(load is not None and load > MAX_LOAD_PER_CORE for load in (load_before, load_after))
     return Latency(
         **fields,
         p10_ms=round(float(np.percentile(times, 10)), 4),
         cv=cv,
         load_before=load_before,
         load_after=load_after,
+        other_cores=others,
         unreliable=cv > MAX_CV or loaded,
         measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         iterations=len(times),
@@ -170,7 +212,7 @@ def benchmark_sessions(
     results: dict[str, list[Latency]] = {name: [] for name in sessions}
     per_round = max(1, iterations // ROUNDS)
     for batch_size in batch_sizes:
-        load_before = load_per_core()
+        load_before, cpu_before = load_per_core(), cpu_snapshot()
         inputs = feed(take_rows(sample_inputs, batch_size))
         times: dict[str, list[float]] = {name: [] for name in sessions}
         calls = {name: _runner(session, inputs) for name, session in sessions.items()}
@@ -187,6 +229,7 @@ def benchmark_sessions(
                 summarize(
                     times[name],
                     load_before,
+                    cpu_before,
                     device=device,
                     device_name=device_name(device),
                     runtime="onnxruntime",
@@ -220,11 +263,11 @@ def benchmark_torch(
                     call_model(model, i)
                 sync()
 
-            load_before = load_per_core()
+            load_before, cpu_before = load_per_core(), cpu_snapshot()
             times = time_calls(call, warmup, iterations, max_seconds)
             provider = f"torch-{device}"
             fields = dict(device=device, device_name=device_name(device), runtime="torch", provider=provider)
-            results.append(summarize(times, load_before, **fields, batch_size=batch_size, threads=threads))
+            results.append(summarize(times, load_before, cpu_before, **fields, batch_size=batch_size, threads=threads))
     finally:
         torch.set_num_threads(previous_threads)
     return results

@@ -113,9 +113,12 @@ def _trial_rows(trials: list[dict]) -> list[str]:
 
 
 def _timing_note(chosen: dict, baseline: dict) -> str:
-    """The load the final timing ran under; figures on a machine busier than its cores are flagged."""
+    """The load the final timing ran under; figures taken beside other work are flagged."""
     loads = [x for e in (chosen, baseline) for x in (e.get("load_before"), e.get("load_after")) if x is not None]
     load = f"load per core {min(loads):.2f} to {max(loads):.2f}" if loads else "load not known on this OS"
+    others = [e["other_cores"] for e in (chosen, baseline) if e.get("other_cores") is not None]
+    if others:
+        load += f" (this search's own threads included); other processes used {max(others):.2f} cores"
     if chosen.get("unreliable") or baseline.get("unreliable"):
         return (
             f"**Timing unreliable**: {load}, or calls varying by more than a quarter of their mean; other work "

@@ -98,11 +98,17 @@ def stage_warnings(stages: list[StageResult]) -> list[str]:
     return warnings
 
 
+def _load_text(entry: dict) -> str:
+    others = entry.get("other_cores")
+    text = f"load per core {entry.get('load_before')} -> {entry.get('load_after')}"
+    return text if others is None else f"{text}, other processes {others} cores"
+
+
 def timing_warnings(artifacts: list[dict]) -> list[str]:
     """Latency entries whose spread or machine load makes them unreliable, named in the summary."""
     return [
         f"{a['name']}: latency at batch {e['batch_size']} on {e['provider']} is unreliable "
-        f"(cv {e.get('cv', 0):.2f}, load per core {e.get('load_before')} -> {e.get('load_after')}): re-measure idle"
+        f"(cv {e.get('cv', 0):.2f}, {_load_text(e)}): re-measure idle"
         for a in artifacts
         for e in a.get("latency", [])
         if e.get("unreliable") and not e.get("stale")

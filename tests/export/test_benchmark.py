@@ -110,3 +110,26 @@ def test_unreliable_entries_are_named_in_the_report_summary():
         "q: latency at batch 1 on CPUExecutionProvider is unreliable "
         "(cv 0.40, load per core 1.5 -> 2.0): re-measure idle"
     ]
+
+
+def test_only_other_processes_cpu_makes_a_timing_unreliable(monkeypatch):
+    """This process's own threads (a 2-thread session on 2 cores) are no competition; other processes are."""
+    import export.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "usable_cores", lambda: 2)
+    monkeypatch.setattr(benchmark, "load_per_core", lambda: 1.2)  # the load average counts our own threads
+    steady = [1.0, 1.0, 1.1, 0.9, 1.0]
+    before = (100.0, 10.0, 0.0)  # machine busy seconds, this process's, wall clock
+    for after, others, unreliable in (((103.8, 13.6, 2.0), 0.1, False), ((104.0, 12.0, 2.0), 1.0, True)):
+        monkeypatch.setattr(benchmark, "cpu_snapshot", lambda after=after: after)
+        entry = benchmark.summarize(steady, 1.2, before, **FIELDS)
+        assert (entry.other_cores, entry.unreliable) == (others, unreliable)
+    monkeypatch.setattr(benchmark, "cpu_snapshot", lambda: None)  # no /proc/stat: the load average decides
+    assert benchmark.summarize(steady, 1.2, before, **FIELDS).unreliable
+
+
+def test_a_cpu_snapshot_counts_this_machines_cores_or_is_none():
+    from export.benchmark import cpu_snapshot
+
+    snapshot = cpu_snapshot()
+    assert snapshot is None or snapshot[0] >= snapshot[1] > 0  # the machine was at least as busy as this process
