@@ -107,8 +107,7 @@ def _search(runner: TrialRunner, space: Space, spec: SearchSpec, identity: dict,
     search.trial([], None, "fp32 baseline", None)
     search.run_rungs()
     recipe = runner.recipe
-    timing = {"warmup": recipe.report.warmup, "iterations": recipe.report.iterations}
-    chosen, baseline = search.choose({**timing, "max_seconds": recipe.report.max_seconds})
+    chosen, baseline = search.choose(search.final_timing())
     baseline["validation_metric"] = search.reference(search.validation_total)
     chosen["eval_metric"] = runner.eval_metric(chosen["path"])
     baseline["eval_metric"] = runner.eval_metric(baseline["path"])

@@ -18,6 +18,10 @@ from compress.search.trials import TrialLog, TrialRunner, trial_key, validation_
 
 MAX_FINALISTS = 8  # timed together at the end: bounded, as each row costs the report's timing budget
 TIE_TOLERANCE = {"latency": 0.05, "size": 0.0}  # finalists this close to the best count as equally good
+# The final timing decides between finalists a few percent apart, so it runs longer than a report's:
+# at 100 calls and 10 s a row, two MiniLM finalists 6 to 19% apart swapped places on a 2-core VM;
+# at 400 calls and 40 s, four timings in a row agreed.
+FINAL_TIMING_FLOOR = {"iterations": 400, "max_seconds": 40.0}
 
 
 def trial_label(candidate, passes: list[dict]) -> str:
@@ -175,12 +179,21 @@ class Search:
         estimate = sum(done) / len(done) if done else 0.0
         return self.elapsed() + estimate + self._final_timing_seconds() <= self.spec.budget_minutes * 60
 
+    def final_timing(self) -> dict:
+        """The last timing's settings: the report's, raised to ``FINAL_TIMING_FLOOR``."""
+        report = self.runner.recipe.report
+        return {
+            "warmup": report.warmup,
+            "iterations": max(report.iterations, FINAL_TIMING_FLOOR["iterations"]),
+            "max_seconds": max(report.max_seconds, FINAL_TIMING_FLOOR["max_seconds"]),
+        }
+
     def _final_timing_seconds(self) -> float:
-        """What the last timing will take: every finalist and the baseline, the report's seconds each."""
+        """What the last timing will take at most: every finalist and the baseline, its seconds each."""
         from export.benchmark import ROUNDS, TURN_WARMUP_SECONDS
 
         rows = min(len(self.finalists()), MAX_FINALISTS) + 1
-        return rows * (self.runner.recipe.report.max_seconds + ROUNDS * TURN_WARMUP_SECONDS)
+        return rows * (self.final_timing()["max_seconds"] + ROUNDS * TURN_WARMUP_SECONDS)
 
     def points(self, trial: dict) -> list[dict]:
         return strategy.scored(trial["points"], self.schemes)
