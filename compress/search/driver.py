@@ -121,6 +121,11 @@ def _search(runner: TrialRunner, space: Space, spec: SearchSpec, identity: dict,
         "metric": metric_name,
         "chosen": chosen,
         "baseline": baseline,
+        "finalists": [
+            {key: p[key] for key in ("label", "name", "validation_metric", "drop", "size_bytes", "trial")}
+            | {"final": p["final"]}
+            for p in search.timed_finalists
+        ],
     }
     report_path = report.write_report(runner.out, summary, search.trials, spec)
     write_json_atomic(runner.out / STATE, summary)

@@ -16,6 +16,7 @@ import yaml
 from compress.io import write_json_atomic, write_text_atomic
 from compress.recipe import Recipe
 from compress.search import strategy
+from compress.search.rungs import TIE_TOLERANCE
 from compress.search.space import trial_recipe
 from compress.search.spec import SearchSpec
 
@@ -112,6 +113,18 @@ def _trial_rows(trials: list[dict]) -> list[str]:
     return lines
 
 
+def _final_rows(finalists: list[dict], baseline: dict) -> list[str]:
+    lines = ["| point | validation Δ (pt) | p50 (ms) | speed-up vs fp32 | cv |", "|---|---|---|---|---|"]
+    base = baseline["final"]
+    lines.append(f"| fp32 baseline | +0.00 | {base['p50_ms']:.3f} | 1.00x | {base['cv']:.2f} |")
+    for p in finalists:
+        final = p["final"]
+        lines.append(
+            f"| {p['label']} | {_delta(p):+.2f} | {final['p50_ms']:.3f} | {final['speedup']:.2f}x | {final['cv']:.2f} |"
+        )
+    return lines
+
+
 def _timing_note(chosen: dict, baseline: dict) -> str:
     """The load the final timing ran under; figures taken beside other work are flagged."""
     loads = [x for e in (chosen, baseline) for x in (e.get("load_before"), e.get("load_after")) if x is not None]
@@ -192,6 +205,13 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
         "recipe.yaml reproduces the point (its header gives the command).",
         "",
         _timing_note(final, baseline["final"]),
+        "",
+        "## Final timing",
+        "",
+        f"Every finalist and the fp32 baseline, timed together at batch {spec.batch_size}, the rows taking turns; "
+        f"within {TIE_TOLERANCE[spec.objective]:.0%} of the fastest, the better validation metric wins.",
+        "",
+        *_final_rows(summary.get("finalists", []), baseline),
         "",
         "## Pareto front: metric vs latency",
         "",

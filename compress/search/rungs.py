@@ -48,6 +48,7 @@ class Search:
         self.start = time.perf_counter()
         self.stopped_by_budget = False
         self.baseline_size = float("inf")  # bytes of the fp32 ONNX file, once the baseline trial has run
+        self.timed_finalists: list[dict] = []  # the final timing's rows, fastest first (``choose``)
         self.schemes = ({"none"} if space.keep_fp32 else set()) | {v["scheme"] for v in space.variants}
         self.scheme_of = {"compressed": "none", **{v["name"]: v["scheme"] for v in space.variants}}
         self.validation_total = validation_subset(runner.data, None)[1]
@@ -343,6 +344,7 @@ class Search:
             point["final"] = {**figures[key], "speedup": round(base_p50 / figures[key]["p50_ms"], 4)}
         objective = self.spec.objective
         by_final = {"latency": lambda p: 1.0 / p["final"]["speedup"], "size": lambda p: p["size_bytes"]}[objective]
+        self.timed_finalists = sorted(rows.values(), key=by_final)
         fastest = min(by_final(p) for p in rows.values())
         # Within timing noise of the best (two distillation lengths of one architecture time alike), the
         # better validation metric wins, then the longer distillation: speed alone would pick by noise.

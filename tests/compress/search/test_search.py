@@ -141,12 +141,16 @@ def test_the_written_recipe_reproduces_the_chosen_point(searched, tmp_path):
 def test_the_folder_holds_the_report_fronts_plots_and_machine(searched):
     out, result, _ = searched
     text = result.report_path.read_text()
-    for section in ("## Chosen point", "## Pareto front: metric vs latency", "## Pareto front: metric vs size"):
+    fronts = ("## Pareto front: metric vs latency", "## Pareto front: metric vs size")
+    for section in ("## Chosen point", "## Final timing", *fronts):
         assert section in text
     assert text.count("\n| ") >= 3 + 2 + 2 + 3  # chosen + baseline, two fronts, three trials (with headers)
     assert (out / "plots" / "metric_vs_latency.png").is_file() and (out / "plots" / "metric_vs_size.png").is_file()
     assert json.loads((out / "environment.json").read_text())["usable_cores"] >= 1
-    assert json.loads((out / "search.json").read_text())["status"] == "finished"
+    state = json.loads((out / "search.json").read_text())
+    assert state["status"] == "finished"
+    timed = [(p["label"], p["final"]["speedup"]) for p in state["finalists"]]
+    assert (result.chosen["label"], result.chosen["final"]["speedup"]) in timed  # the chosen row among them
 
 
 def test_a_folder_of_another_search_is_refused(searched):
