@@ -91,11 +91,12 @@ def fresh(entries: list[dict]) -> list[dict]:
     return [e for e in entries if not e.get("stale")]
 
 
-# A figure is marked unreliable past these: its calls vary by more than a quarter of their mean, or
+# A figure is marked unreliable past these: the middle 80% of its calls spread over more than half
+# their median (p10 to p90: a few stalled calls, which the median ignores, do not count), or
 # other processes took more than a quarter of the cores while it was timed. This process's own threads
 # are no competition: a load average counts them, so it flags every 2-thread timing on 2 cores, and
 # is the rule only where /proc/stat cannot tell other work apart (more runnable work than cores).
-MAX_CV = 0.25
+MAX_SPREAD = 0.5
 MAX_OTHER_SHARE = 0.25
 MAX_LOAD_PER_CORE = 1.0
 
@@ -142,6 +143,8 @@ def summarize(
     p50 = round(float(np.percentile(times, 50)), 4)
     mean = float(np.mean(times))
     cv = round(float(np.std(times)) / mean, 4) if mean > 0 else 0.0
+    p10, p90 = (round(float(np.percentile(times, q)), 4) for q in (10, 90))
+    spread = (p90 - p10) / p50 if p50 > 0 else 0.0
     load_after = load_per_core()
     others = other_cores_since(cpu_before)
     if others is not None:
@@ -150,16 +153,16 @@ def summarize(
         loaded = any(load is not None and load > MAX_LOAD_PER_CORE for load in (load_before, load_after))
     return Latency(
         **fields,
-        p10_ms=round(float(np.percentile(times, 10)), 4),
+        p10_ms=p10,
         cv=cv,
         load_before=load_before,
         load_after=load_after,
         other_cores=others,
-        unreliable=cv > MAX_CV or loaded,
+        unreliable=spread > MAX_SPREAD or loaded,
         measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         iterations=len(times),
         p50_ms=p50,
-        p90_ms=round(float(np.percentile(times, 90)), 4),
+        p90_ms=p90,
         p99_ms=round(float(np.percentile(times, 99)), 4),
         mean_ms=round(float(np.mean(times)), 4),
         throughput_per_s=round(fields["batch_size"] * 1000 / p50, 2),

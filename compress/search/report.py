@@ -134,8 +134,9 @@ def _timing_note(chosen: dict, baseline: dict) -> str:
         load += f" (this search's own threads included); other processes used {max(others):.2f} cores"
     if chosen.get("unreliable") or baseline.get("unreliable"):
         return (
-            f"**Timing unreliable**: {load}, or calls varying by more than a quarter of their mean; other work "
-            "on the machine slows the larger fp32 model the most, so speed-ups read high. Rerun on an idle machine."
+            f"**Timing unreliable**: {load}, or the middle 80% of calls spread over more than half their median; "
+            "other work on the machine slows the larger fp32 model the most, so speed-ups read high. Rerun on an "
+            "idle machine."
         )
     return f"Timing: {load}; calls vary by {max(chosen.get('cv', 0), baseline.get('cv', 0)):.0%} of their mean at most."
 

@@ -73,7 +73,9 @@ def test_noisy_or_loaded_timings_are_marked_unreliable(monkeypatch):
     assert (steady.p10_ms, steady.p90_ms, steady.unreliable) == (0.94, 1.06, False)
     assert steady.cv == 0.0632 and steady.load_before == steady.load_after == 0.2
     noisy = benchmark.summarize([1.0, 1.0, 3.0, 0.9, 1.0], 0.2, **FIELDS)
-    assert noisy.cv > benchmark.MAX_CV and noisy.unreliable
+    assert (noisy.p90_ms - noisy.p10_ms) / noisy.p50_ms > benchmark.MAX_SPREAD and noisy.unreliable
+    stalled = benchmark.summarize([1.0] * 18 + [0.95, 30.0], 0.2, **FIELDS)  # one stalled call of 20
+    assert stalled.cv > 1 and stalled.p50_ms == 1.0 and not stalled.unreliable
     loaded = benchmark.summarize([1.0, 1.0, 1.1, 0.9, 1.0], 3.5, **FIELDS)
     assert loaded.unreliable and loaded.load_before == 3.5
 
