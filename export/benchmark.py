@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from compress.data import take_rows
+from compress.recipe import usable_cores
 from export.report.environment import device_name
 from export.runtime import feed
 
@@ -101,10 +102,6 @@ MAX_OTHER_SHARE = 0.25
 MAX_LOAD_PER_CORE = 1.0
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def cpu_snapshot() -> tuple[float, float, float] | None:
     """(busy CPU seconds of the machine, steal included; of this process; wall clock), from /proc/stat.
     None where it is missing or counts other cores than this process may use (a container on a big host)."""
@@ -164,7 +161,7 @@ def summarize(
         p50_ms=p50,
         p90_ms=p90,
         p99_ms=round(float(np.percentile(times, 99)), 4),
-        mean_ms=round(float(np.mean(times)), 4),
+        mean_ms=round(mean, 4),
         throughput_per_s=round(fields["batch_size"] * 1000 / p50, 2),
     )
 

@@ -1,6 +1,5 @@
 """ONNX Runtime sessions and feeding them with modelpress batches."""
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -8,10 +7,11 @@ import numpy as np
 import torch
 
 from compress.data import flatten_inputs
+from compress.recipe import usable_cores
 
 
 def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 def make_session(path: Path, threads: int | None = None, provider: str = "CPUExecutionProvider"):

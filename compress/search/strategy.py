@@ -8,12 +8,11 @@ or more, the pruned candidate that lost least always has one.
 
 The last rung (``promote`` share of places) takes its finalists one at a time
 (``next_finalist``): first the pruned candidate that lost least (with one place: promote's
-ranking), then each time the cheapest one that
-the most the finalists so far won back would bring within the budget, so the slack is measured
-on the model and data rather than guessed; it ends early when no candidate would fit. (A
-finalist quantized over the budget is quantized again within it: ``Search.refit_quantization``.)
-The last rung's points, scored on the whole validation split, are the finalists. Only the
-validation split decides.
+ranking), then each time the cheapest one that the most the finalists so far won back would
+bring within the budget, so the slack is measured on the model and data rather than guessed; it
+ends early when no candidate would fit. (A finalist quantized over the budget is quantized again
+within it: ``Search.refit_quantization``.) The last rung's points, scored on the whole validation
+split, are the finalists. Only the validation split decides.
 
 Plain functions over trial records (see ``compress.search.trials``): a point is a dict with its
 ``validation_metric``, ``speedup`` (over fp32, timed beside it) and ``size_bytes``.
@@ -60,6 +59,11 @@ def best_within(points: list[dict], allowed: float, objective: str) -> dict | No
     return min(fitting, key=lambda p: cost(p, objective)) if fitting else None
 
 
+def least_drop(entry: tuple) -> float:
+    """The least drop among an entry's ``(candidate, points)`` points (none: infinite)."""
+    return min((p["drop"] for p in entry[1]), default=math.inf)
+
+
 def promote(entries: list[tuple], allowed: float, share: float, objective: str) -> list:
     """The candidates of ``entries`` (``(candidate, points)``) passed on to the next rung."""
     keep = max(1, math.ceil(len(entries) * share))
@@ -70,9 +74,6 @@ def promote(entries: list[tuple], allowed: float, share: float, objective: str) 
         if best is not None:
             return (0, cost(best, objective))
         return (1, min((p["drop"] for p in points), default=math.inf))
-
-    def least_drop(entry) -> float:
-        return min((p["drop"] for p in entry[1]), default=math.inf)
 
     chosen = sorted((entry for entry in entries if entry[1]), key=rank)[:keep]  # a failed trial has no points
     # Among the candidates a longer distillation changes: one that only quantizes gains nothing from it.
@@ -103,7 +104,7 @@ def next_finalist(entries: list[tuple], recovered: list[float], spec, places: in
     if not recovered:
         pruned = [entry for entry in scoreable if getattr(entry[0], "prunes", True)]
         if places >= 2 and pruned:
-            return min(pruned, key=lambda entry: min(p["drop"] for p in entry[1]))
+            return min(pruned, key=least_drop)
         allowed = spec.max_drop + spec.promote_slack
         chosen = promote(scoreable, allowed, 0.0, spec.objective)[0]
         return next(entry for entry in scoreable if entry[0] is chosen)
