@@ -16,9 +16,9 @@ import yaml
 from benchmarks.harness import Row, measure, timed, write_results
 from compress import api
 from compress.cli import demo_recipe_path
-from compress.data import take_rows
 from compress.demo.digits import load_data, pretrained_model
-from compress.evaluate import EVALUATORS
+from compress.models.data import take_rows
+from compress.models.evaluate import EVALUATORS
 
 # Row name -> the demo recipe's passes it keeps, and the artifact it ships.
 ROWS = {

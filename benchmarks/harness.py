@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from compress.data import take_rows
-from compress.evaluate import Evaluator, torch_predictor
-from compress.io import write_json_atomic, write_text_atomic
-from export.benchmark import warm
-from export.runtime import default_threads, feed, make_session, ort_predictor
+from compress.core.io import write_json_atomic, write_text_atomic
+from compress.models.data import take_rows
+from compress.models.evaluate import Evaluator, torch_predictor
+from export.measure.benchmark import warm
+from export.onnx.runtime import default_threads, feed, make_session, ort_predictor
 
 
 @dataclass

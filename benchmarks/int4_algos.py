@@ -1,7 +1,7 @@
 """Suite int4-algos: all-MiniLM-L6-v2 on STS-B dev, int4 with each weight-only algorithm ONNX Runtime ships.
 
 Rows: the fp32 ONNX export, then one modelpress ``int4`` artifact per algorithm that the installed
-ONNX Runtime ships (``export/int4_algorithms.py``: default, rtn, k_quant, hqq, gptq), all with the
+ONNX Runtime ships (``export/quantize/int4_algorithms.py``: default, rtn, k_quant, hqq, gptq), all with the
 settings of the shipped recipe ``minilm-quant.yaml``'s int4 variant (block 64, accuracy_level 4,
 opset 21, embedding table packed by ``default``), so rows differ only in how the MatMul weights
 were chosen. GPTQ calibrates on the recipe data's calibration split (``calibration.samples`` rows).
@@ -16,12 +16,12 @@ from pathlib import Path
 
 from benchmarks.harness import Row, measure, timed, write_results
 from benchmarks.minilm_sts import QUICK_NOTE, RECIPE, _stsb_path, encoder
-from compress.data import TaskData, take_rows
-from compress.evaluate import EVALUATORS
+from compress.models.data import TaskData, take_rows
+from compress.models.evaluate import EVALUATORS
 from compress.passes.quantize import OnnxQuantSpec
-from compress.recipe import load_recipe
-from export.benchmark import load_per_core
-from export.onnx_export import to_onnx
+from compress.recipe.schema import load_recipe
+from export.measure.benchmark import load_per_core
+from export.onnx.exporter import to_onnx
 
 
 def _int4_spec(recipe, algorithm: str) -> OnnxQuantSpec:
@@ -31,9 +31,9 @@ def _int4_spec(recipe, algorithm: str) -> OnnxQuantSpec:
 
 
 def run(out_dir: Path, work: Path, quick: bool = False) -> Path:
-    from compress.hf import stsb_data
-    from export import int4_algorithms
-    from export.quantized_artifacts import build_variant
+    from compress.models.hf import stsb_data
+    from export.quantize import int4_algorithms
+    from export.quantize.variants import build_variant
 
     evaluator = EVALUATORS["embedding_similarity"]
     full = stsb_data(_stsb_path())

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.harness import Row, measure, timed, write_results
-from compress.data import TaskData, take_rows
-from compress.evaluate import EVALUATORS
-from compress.recipe import load_recipe
-from export.onnx_export import to_onnx
+from compress.models.data import TaskData, take_rows
+from compress.models.evaluate import EVALUATORS
+from compress.recipe.schema import load_recipe
+from export.onnx.exporter import to_onnx
 
 RECIPES = Path(__file__).resolve().parent.parent / "compress" / "recipes"
 RECIPE = RECIPES / "minilm-quant.yaml"
@@ -35,7 +35,7 @@ QUICK_NOTE = f" (quick mode: the first {QUICK_DEPTH} of 6 blocks)"
 
 def encoder(quick: bool) -> torch.nn.Module:
     """all-MiniLM-L6-v2 in eval mode; in quick mode its first ``QUICK_DEPTH`` blocks only."""
-    from compress.hf import sentence_encoder
+    from compress.models.hf import sentence_encoder
     from compress.passes.layer_drop import drop_blocks, find_blocks
 
     model = sentence_encoder().eval()
@@ -81,7 +81,7 @@ def _bnb_nf4(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _modelpress_rows(model, recipe, data, evaluator, example, work: Path, quick: bool) -> list[Row]:
-    from export.quantized_artifacts import build_variant
+    from export.quantize.variants import build_variant
 
     rows = []
     for spec in recipe.passes[0].onnx_variants():
@@ -127,7 +127,7 @@ def _full_pipeline_rows(data: TaskData, work: Path, quick: bool) -> list[Row]:
 
 
 def run(out_dir: Path, work: Path, quick: bool = False) -> Path:
-    from compress.hf import stsb_data
+    from compress.models.hf import stsb_data
 
     evaluator = EVALUATORS["embedding_similarity"]
     full = stsb_data(_stsb_path())

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.harness import Row, measure, timed, write_results
-from compress.context import Context
-from compress.data import TaskData
-from compress.evaluate import EVALUATORS
+from compress.engine.context import Context
+from compress.models.data import TaskData
+from compress.models.evaluate import EVALUATORS
 from compress.passes.structured_prune import StructuredPruneConfig, structured_prune
-from export.onnx_export import export_onnx
+from export.onnx.exporter import export_onnx
 
 MODELS = {
     "resnet-50": ("ResNetConfig", {}),

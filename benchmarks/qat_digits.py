@@ -16,11 +16,11 @@ No latency: this suite is about accuracy, which does not depend on the machine's
 from pathlib import Path
 
 from compress import api
+from compress.core.io import write_json_atomic, write_text_atomic
 from compress.demo.digits import load_data
 from compress.demo.separable import OUTLIER_CHANNELS, OUTLIER_SCALE, TRAIN_EPOCHS, outlier_model, pretrained_model
-from compress.evaluate import EVALUATORS
-from compress.io import write_json_atomic, write_text_atomic
-from export.runtime import make_session, ort_predictor
+from compress.models.evaluate import EVALUATORS
+from export.onnx.runtime import make_session, ort_predictor
 
 SEED = 0
 QAT_EPOCHS = 10

@@ -10,15 +10,18 @@ Importing this package loads torch and pydantic only; ONNX Runtime and transform
 are imported when a step needs them.
 """
 
+# Importing the passes registers each one (``@register_pass``) before any recipe is read: the recipe
+# room below holds only the table, so it never imports the passes that fill it.
+import compress.passes  # noqa: E402, F401, I001
 from compress.api import CompressionResult, report_run, run, run_recipe
-from compress.config import PassConfig
-from compress.data import TaskData
-from compress.errors import InputError, ModelpressError, RecipeError, SelectionError
-from compress.evaluate import EVALUATORS, Evaluator
-from compress.recipe import Recipe, load_recipe
-from compress.registry import list_passes, register_pass
-from compress.reload import load
+from compress.core.config import PassConfig
+from compress.core.errors import InputError, ModelpressError, RecipeError, SelectionError
+from compress.engine.reload import load
+from compress.recipe.registry import list_passes, register_pass
+from compress.recipe.schema import Recipe, load_recipe
 from compress.search import search  # the function: compress.search(model, recipe, data, ...)
+from compress.models.data import TaskData
+from compress.models.evaluate import EVALUATORS, Evaluator
 
 __all__ = [
     "EVALUATORS",

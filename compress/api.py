@@ -12,19 +12,20 @@ from typing import Any
 
 import torch
 
-from compress import folder, log
-from compress.data import TaskData, as_task_data, take_rows
-from compress.distributed import init_from_environment, is_main
-from compress.errors import InputError, ModelpressError, OutputError
-from compress.evaluate import Evaluator, resolve_evaluator
-from compress.io import ensure_writable, read_json, set_active_folder, write_json_atomic, write_text_atomic
-from compress.loading import load_data, load_model
-from compress.metrics import weights_fingerprint
-from compress.pipeline import run_pipeline
+from compress.core import log
+from compress.core.distributed import init_from_environment, is_main
+from compress.core.errors import InputError, ModelpressError, OutputError
+from compress.core.io import ensure_writable, read_json, set_active_folder, write_json_atomic, write_text_atomic
+from compress.engine import folder
+from compress.engine.metrics import weights_fingerprint
+from compress.engine.pipeline import run_pipeline
+from compress.engine.stages import StageResult, read_stages
+from compress.models.data import TaskData, as_task_data, take_rows
+from compress.models.evaluate import Evaluator, resolve_evaluator
+from compress.models.loading import load_data, load_model
 from compress.quant.bnb import float_copy
 from compress.quant.fake_quant import float_twin
-from compress.recipe import Recipe, load_recipe
-from compress.stages import StageResult, read_stages
+from compress.recipe.schema import Recipe, load_recipe
 
 
 @dataclass
@@ -178,9 +179,9 @@ def _run_locked(
         _drop_stale_outputs(out, len(recipe.passes))
     outcome = CompressionResult(result.model, result.stages, out_dir=out)
     if export and recipe.export.enabled and is_main():  # rank 0 alone exports and reports
-        from export.artifacts import convert_to_ort, export_artifacts, measure_torch_sources
-        from export.evidence import store_evidence
-        from export.quantized_artifacts import export_quantized
+        from export.quantize.variants import export_quantized
+        from export.runfolder.artifacts import convert_to_ort, export_artifacts, measure_torch_sources
+        from export.runfolder.evidence import store_evidence
 
         # bitsandbytes layers export as the float weights they hold, QAT layers without fake quantization
         compressed = float_copy(float_twin(result.model))
@@ -214,9 +215,9 @@ def _drop_stale_outputs(out: Path, passes: int) -> None:
 
 
 def _write_manifest(out: Path, recipe: Recipe, baseline: torch.nn.Module) -> None:
-    from export.artifacts import read_artifacts
-    from export.report.environment import collect_environment
+    from export.measure.environment import collect_environment
     from export.report.manifest import build_manifest, write_manifest
+    from export.runfolder.artifacts import read_artifacts
 
     versions = collect_environment()["versions"]
     manifest = build_manifest(
@@ -237,9 +238,9 @@ def measure_and_report(
     """Measure the run's artifacts in ONNX Runtime and write report.json / .md / .html (``unscored``:
     why the metric is not scored, e.g. custom metric code not trusted). ``logged``: the warnings printed
     so far (``log.collect_warnings``); ``run_warnings``: those of the run, when this re-measures it."""
-    from export.artifacts import measure_artifacts
+    from export.measure.environment import collect_environment
     from export.report.build import build_report, write_report
-    from export.report.environment import collect_environment
+    from export.runfolder.artifacts import measure_artifacts
 
     artifacts = measure_artifacts(out, recipe, evaluator, data, unscored)
     report = build_report(recipe, read_stages(out), artifacts, collect_environment(), logged or [], run_warnings)
@@ -285,10 +286,10 @@ def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResul
         recipe = load_recipe(out / "recipe.yaml")
         if not any((out / "artifacts").glob("*.json")):
             raise InputError(f"{out}: no exported artifacts; run 'modelpress export RECIPE --out {out}' first")
-        from export.artifacts import artifacts_dir, measure_torch_sources, read_artifacts
-        from export.benchmark import mark_stale
-        from export.evidence import StoredData, reverify
-        from export.integrity import verify_run_folder
+        from export.measure.benchmark import mark_stale
+        from export.runfolder.artifacts import artifacts_dir, measure_torch_sources, read_artifacts
+        from export.runfolder.evidence import StoredData, reverify
+        from export.runfolder.integrity import verify_run_folder
 
         # Before anything is imported or measured: names stay inside the folder, files match the manifest.
         verify_run_folder(out)
@@ -328,7 +329,7 @@ def _torch_sources(out: Path, recipe: Recipe, trust_run: bool) -> tuple[dict[str
         return {}, "torch rows not re-measured: rebuilding the torch model runs the run's code; pass --trust-run"
     if recipe.model is None:
         return {}, "torch rows not re-measured: the recipe names no model factory or checkpoint (a Python API run)"
-    from compress.reload import load
+    from compress.engine.reload import load
 
     try:
         sources = {"compressed": load(out)}
@@ -342,7 +343,7 @@ def _torch_sources(out: Path, recipe: Recipe, trust_run: bool) -> tuple[dict[str
 
 def _remeasure_inputs(out, recipe, run_info, stored, trust_run):
     """The evaluator and eval batches to re-measure with, and why the metric is not scored (or None)."""
-    from compress.evaluate import EVALUATORS
+    from compress.models.evaluate import EVALUATORS
 
     metric = str(stored.meta["metric"])
     if trust_run and recipe.data is not None:

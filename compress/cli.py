@@ -13,7 +13,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from compress.errors import ModelpressError
+from compress.core.errors import ModelpressError
 
 EXAMPLES = {
     "run": "example:\n  modelpress run recipe.yaml --out runs/my-model",
@@ -92,8 +92,8 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_passes(args) -> int:
-    from compress.describe import describe_pass
-    from compress.registry import get_pass, list_passes
+    from compress.recipe.describe import describe_pass
+    from compress.recipe.registry import get_pass, list_passes
 
     names = [get_pass(args.name).name] if args.name else list_passes()  # an unknown name: exit 2 with hints
     for name in names:
@@ -108,7 +108,7 @@ def _cmd_passes(args) -> int:
 def _cmd_schema(args) -> int:
     import json
 
-    from compress.describe import recipe_schema
+    from compress.recipe.describe import recipe_schema
 
     print(json.dumps(recipe_schema(), indent=2))
     return 0
@@ -123,7 +123,7 @@ def _bench_suites() -> list[str]:
 
 
 def _version() -> str:
-    from export.report.environment import package_version
+    from export.measure.environment import package_version
 
     return package_version("modelpress") or "unknown (not installed)"
 
@@ -215,7 +215,7 @@ def _save_traceback() -> Path:
     import time
     import traceback
 
-    from compress.io import active_folder
+    from compress.core.io import active_folder
 
     text = f"--- internal error {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n{traceback.format_exc()}"
     folder = active_folder()
@@ -252,8 +252,8 @@ def _add_verbosity(parser: argparse.ArgumentParser, default) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compress import log
-    from compress.io import set_active_folder
+    from compress.core import log
+    from compress.core.io import set_active_folder
 
     args = build_parser().parse_args(argv)
     log.set_verbosity(quiet=args.quiet, verbose=args.verbose)

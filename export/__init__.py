@@ -4,7 +4,7 @@ onnxruntime is imported only when a session is made, so importing this package s
 """
 
 from export.errors import ExportError, ParityError, ShapeMismatch, ToleranceExceeded
-from export.onnx_export import OnnxModel, to_onnx
+from export.onnx.exporter import OnnxModel, to_onnx
 from export.report.build import build_report, write_report
 from export.report.render import render_html, render_markdown
 

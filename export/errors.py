@@ -1,6 +1,6 @@
 """Typed export failures: each names the artifact, the output and the measured gap."""
 
-from compress.errors import ModelpressError
+from compress.core.errors import ModelpressError
 
 
 class ExportError(ModelpressError):

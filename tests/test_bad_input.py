@@ -17,7 +17,7 @@ from tests.tiny_models import mlp
 
 FACTORIES = """
 import torch
-from compress.data import TaskData
+from compress.models.data import TaskData
 from tests.tiny_models import vector_data
 
 

@@ -9,7 +9,7 @@ import yaml
 
 import compress.passes
 from compress.cli import main
-from compress.registry import get_pass, list_passes
+from compress.recipe.registry import get_pass, list_passes
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "compress" / "recipes").glob("*.yaml"))
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import compress
-from compress.evaluate import EVALUATORS, torch_predictor
+from compress.models.evaluate import EVALUATORS, torch_predictor
 from export.report.build import SCHEMA_FILE
 from tests.tiny_models import TINY_ARCHS
 

@@ -253,7 +253,7 @@ def test_run_leaves_the_callers_module_unchanged(tmp_path):
 
 def _api_error(tmp_path, data, metric="accuracy") -> str:
     import compress
-    from compress.errors import ModelpressError
+    from compress.core.errors import ModelpressError
 
     recipe = {"export": {"enabled": False}, "task": {"metric": "accuracy"}}
     with pytest.raises(ModelpressError) as caught:

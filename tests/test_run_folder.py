@@ -13,14 +13,14 @@ import torch
 import yaml
 
 import compress
-from compress.errors import OutputError
+from compress.core.errors import OutputError
 from tests.tiny_models import mlp, vector_data
 
 SLOW_METRIC = """
 import os
 import time
 
-from compress.evaluate import accuracy
+from compress.models.evaluate import accuracy
 
 
 def gated_accuracy(predict, batches):
@@ -78,7 +78,7 @@ def test_two_processes_on_one_folder_one_is_refused_and_the_folder_is_whole(tmp_
 
 
 def test_a_lock_is_released_when_its_process_dies(tmp_path):
-    from compress import folder
+    from compress.engine import folder
 
     out = tmp_path / "out"
     out.mkdir()
@@ -140,7 +140,7 @@ import os
 import pathlib
 import time
 
-from compress.evaluate import accuracy
+from compress.models.evaluate import accuracy
 
 
 def hang_in_quantize(predict, batches):

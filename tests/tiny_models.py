@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.data import TaskData
+from compress.models.data import TaskData
 
 
 class MLP(nn.Module):
@@ -76,7 +76,7 @@ def tiny_bert_encoder():
     """A 2-layer BERT (random weights) with mean pooling, as the MiniLM workload is built."""
     from transformers import BertConfig, BertModel
 
-    from compress.hf import SentenceEncoder
+    from compress.models.hf import SentenceEncoder
 
     config = BertConfig(
         vocab_size=50,

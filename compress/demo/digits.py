@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress import log
-from compress.data import TaskData
-from compress.errors import OutputError
-from compress.io import write_atomic
+from compress.core import log
+from compress.core.errors import OutputError
+from compress.core.io import write_atomic
+from compress.models.data import TaskData
 
 CACHE_NAME = "digits_resnet-v2.safetensors"
 IMAGE_SIZE = 16

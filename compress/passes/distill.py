@@ -6,7 +6,7 @@ Losses, by ``loss``:
   al. 2015), mixed with cross-entropy on hard labels by ``alpha`` when batches carry labels;
 - ``embedding_mse`` / ``embedding_cosine``: for encoders on unlabelled text, the student
   output is pulled towards the teacher's (Reimers & Gurevych 2020).
-Layer-wise (``layerwise``, see ``compress.layerwise``): for a transformer whose blocks were
+Layer-wise (``layerwise``, see ``compress.training.layerwise``): for a transformer whose blocks were
 pruned or dropped, every student block's output is pulled to its mapped teacher block's
 (MSE) and its self-attention relations to the teacher's (MiniLMv2), on top of the output
 loss. ``auto`` turns this on when the blocks are found, hold attention and changed shape,
@@ -26,17 +26,23 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from compress import log
-from compress.config import PassConfig
-from compress.data import call_model, first_tensor, to_device, training_inputs
-from compress.distributed import average_gradients, barrier, is_main, mean_across_ranks, shard, world_size
-from compress.errors import InputError
-from compress.feature_distill import FeatureLoss, FeatureMatch, taps
-from compress.io import write_atomic
-from compress.layerwise import RelationLoss, choose
-from compress.recipe import ModelSpec
-from compress.registry import register_pass
-from compress.training import restore_trainable_state, trainable_state, training_progress, warmup_cosine, zeros_kept
+from compress.core import log
+from compress.core.config import PassConfig
+from compress.core.distributed import average_gradients, barrier, is_main, mean_across_ranks, shard, world_size
+from compress.core.errors import InputError
+from compress.core.io import write_atomic
+from compress.models.data import call_model, first_tensor, to_device, training_inputs
+from compress.recipe.registry import register_pass
+from compress.recipe.schema import ModelSpec
+from compress.training.feature_distill import FeatureLoss, FeatureMatch, taps
+from compress.training.layerwise import RelationLoss, choose
+from compress.training.loop import (
+    restore_trainable_state,
+    trainable_state,
+    training_progress,
+    warmup_cosine,
+    zeros_kept,
+)
 
 
 class Device(str, Enum):
@@ -142,7 +148,7 @@ LOSSES = {
 def _teacher(config: DistillConfig, ctx) -> torch.nn.Module:
     if config.teacher is None:
         return ctx.teacher
-    from compress.loading import load_model
+    from compress.models.loading import load_model
 
     return load_model(config.teacher)
 

@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, model_validator
 
-from compress.blocks import block_lists
-from compress.config import PassConfig
-from compress.data import call_model, first_tensor, model_device, to_device, training_inputs
-from compress.errors import InputError, first_line
-from compress.metrics import count_params
-from compress.registry import register_pass
+from compress.core.config import PassConfig
+from compress.core.errors import InputError, first_line
+from compress.engine.metrics import count_params
+from compress.models.blocks import block_lists
+from compress.models.data import call_model, first_tensor, model_device, to_device, training_inputs
+from compress.recipe.registry import register_pass
 
 # Config fields holding the depth (GPT-2 names it n_layer, T5 num_layers); fields naming one entry per block.
 DEPTH_FIELDS = ("num_hidden_layers", "n_layer", "num_layers")

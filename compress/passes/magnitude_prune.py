@@ -20,11 +20,11 @@ import torch
 from pydantic import Field, field_validator
 from torch.nn.utils import prune as torch_prune
 
-from compress.config import PassConfig
-from compress.errors import SelectionError
-from compress.registry import register_pass
-from compress.select import WEIGHT_LAYERS, select_modules
-from compress.training import fit_to_teacher
+from compress.core.config import PassConfig
+from compress.core.errors import SelectionError
+from compress.models.select import WEIGHT_LAYERS, select_modules
+from compress.recipe.registry import register_pass
+from compress.training.loop import fit_to_teacher
 
 PRUNABLE = WEIGHT_LAYERS
 

@@ -9,7 +9,7 @@ then fine-tunes with the ``distill`` loss and training loop from the model as it
 pipeline. The observers keep tracking the ranges during training and freeze in eval mode.
 
 The stage metric is the fake-quant torch model's. At export, that model goes to ONNX as
-QuantizeLinear/DequantizeLinear with the learned scales (``export/qat_artifact.py``, artifact
+QuantizeLinear/DequantizeLinear with the learned scales (``export/quantize/qat_artifact.py``, artifact
 ``compressed-int8_qat``), whose ORT outputs are checked against it within one quantization step
 of the last quantized layer's output; the ``compressed`` fp32 artifact holds the QAT-trained
 weights without quantization.
@@ -17,10 +17,11 @@ weights without quantization.
 
 from pydantic import Field, PositiveInt, model_validator
 
-from compress import log
-from compress.config import StrictModel
-from compress.data import call_model, flatten_inputs, training_inputs
-from compress.errors import InputError
+from compress.core import log
+from compress.core.config import StrictModel
+from compress.core.errors import InputError
+from compress.models.data import call_model, flatten_inputs, training_inputs
+from compress.models.select import select_modules
 from compress.passes.distill import DistillConfig, distill
 from compress.quant.fake_quant import (
     QUANTIZED_LAYERS,
@@ -32,14 +33,13 @@ from compress.quant.fake_quant import (
     quantized_layers,
     refresh_activation_qparams,
 )
-from compress.registry import register_pass
-from compress.select import select_modules
+from compress.recipe.registry import register_pass
 
 DEFAULT_ARTIFACT = "compressed-int8_qat"
 
 
 class QatOnnxSpec(StrictModel):
-    """The int8 QDQ artifact of a QAT model (built by ``export/qat_artifact.py``)."""
+    """The int8 QDQ artifact of a QAT model (built by ``export/quantize/qat_artifact.py``)."""
 
     scheme: str = "int8_qat"
     name: str = Field(DEFAULT_ARTIFACT, pattern=r"^[A-Za-z0-9_.-]+$")

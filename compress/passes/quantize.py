@@ -3,7 +3,7 @@
 ``bitsandbytes`` quantizes the torch model's Linear layers (LLM.int8, NF4, FP4); the
 stage's metric is then measured on the quantized torch model. ``onnx`` lists the
 quantized ONNX artifacts to build at export time with ``onnxruntime.quantization``
-(see ``export/quantize.py``): int8 dynamic, int8 static QDQ with calibration, or 4-bit
+(see ``export/quantize/onnx_quant.py``): int8 dynamic, int8 static QDQ with calibration, or 4-bit
 weight-only MatMulNBits that also packs embedding tables. Without ``onnx``, a torch
 int8 model gets an int8 ONNX twin and a 4-bit one a 4-bit twin with the same block
 size; with neither side given, ``scheme: auto`` picks per model family.
@@ -20,15 +20,15 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field, PositiveInt, model_validator
 
-from compress import log
-from compress.config import PassConfig, StrictModel
-from compress.data import flatten_inputs, training_inputs
-from compress.errors import InputError, SelectionError, first_line
+from compress.core import log
+from compress.core.config import PassConfig, StrictModel
+from compress.core.errors import InputError, SelectionError, first_line
+from compress.models.data import flatten_inputs, training_inputs
+from compress.models.select import select_modules
 from compress.quant.bnb import dequantized_weight, quantize_named, replace_module
 from compress.quant.budget import candidate_count, fit_budget
 from compress.quant.sqnr import layer_sqnr
-from compress.registry import register_pass
-from compress.select import select_modules
+from compress.recipe.registry import register_pass
 
 BNB_BLOCK_SIZES = Literal[32, 64, 128, 256, 512, 1024, 2048, 4096]  # what bitsandbytes' kernels take
 ORT_BLOCK_SIZES = Literal[16, 32, 64, 128, 256]  # MatMulNBits: a power of two >= 16
@@ -87,7 +87,7 @@ class OnnxQuantSpec(StrictModel):
     block_size / symmetric / accuracy_level: int4 (accuracy_level 4 = int8 compute, fastest on CPU).
     algorithm: int4 weight-only algorithm of ONNX Runtime: ``default`` (blockwise round-to-nearest),
         ``rtn``, ``k_quant``, ``hqq``, ``gptq`` (calibrated on ``calibration.samples`` rows); which the
-        installed ONNX Runtime ships is checked when the pass runs (``export/int4_algorithms.py``).
+        installed ONNX Runtime ships is checked when the pass runs (``export/quantize/int4_algorithms.py``).
     gptq: GPTQ's settings.
     quantize_embeddings: int4 also packs Gather tables (embeddings); needs export.opset >= 21.
     int4_embeddings: int8_dynamic packs Gather tables (embeddings) as int4 blocks of ``block_size``
@@ -270,7 +270,7 @@ def _check_int4_algorithms(config: QuantizeConfig) -> list[OnnxQuantSpec]:
     int4 = [spec for spec in config.onnx_variants() if spec.scheme == "int4"]
     if not int4:
         return []
-    from export import int4_algorithms  # onnxruntime, only when a recipe asks for int4
+    from export.quantize import int4_algorithms  # onnxruntime, only when a recipe asks for int4
 
     for spec in int4:
         int4_algorithms.check_spec(spec)

@@ -19,11 +19,12 @@ import torch
 import torch_pruning as tp
 from pydantic import Field
 
-from compress import log
-from compress.config import PassConfig
-from compress.data import call_model, first_tensor
-from compress.errors import SelectionError, first_line
-from compress.metrics import count_macs, count_params
+from compress.core import log
+from compress.core.config import PassConfig
+from compress.core.errors import SelectionError, first_line
+from compress.engine.metrics import count_macs, count_params
+from compress.models.data import call_model, first_tensor
+from compress.models.select import WEIGHT_LAYERS, select_modules
 from compress.pruning.activation_importance import ChannelStats, input_stats
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
 from compress.pruning.compensation import compensate_group
@@ -40,9 +41,8 @@ from compress.pruning.steps import (
     rounded_cut,
 )
 from compress.pruning.widths import AUTO, resolve_round_to, rounded_width
-from compress.registry import register_pass
-from compress.select import WEIGHT_LAYERS, select_modules
-from compress.training import fit_to_teacher
+from compress.recipe.registry import register_pass
+from compress.training.loop import fit_to_teacher
 
 PRUNABLE = WEIGHT_LAYERS
 

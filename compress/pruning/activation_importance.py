@@ -17,8 +17,8 @@ from itertools import islice
 import torch
 import torch_pruning as tp
 
-from compress.data import call_model, model_device, to_device, training_inputs
-from compress.errors import InputError
+from compress.core.errors import InputError
+from compress.models.data import call_model, model_device, to_device, training_inputs
 from compress.pruning.conv1d import in_rows, is_conv1d
 
 

@@ -14,7 +14,7 @@ import re
 
 import torch
 
-from compress.errors import ModelpressError
+from compress.core.errors import ModelpressError
 from compress.pruning.attention_layouts import LAYOUTS, AttentionLayout
 from compress.pruning.attention_structure import layout_by_structure, looks_like_attention
 from compress.pruning.compensation import compensate_columns

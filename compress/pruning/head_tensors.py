@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from compress.data import call_model
-from compress.errors import ModelpressError
+from compress.core.errors import ModelpressError
+from compress.models.data import call_model
 from compress.pruning.attention import Found, attention_modules
 
 

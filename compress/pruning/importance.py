@@ -12,8 +12,8 @@ from itertools import islice
 import torch
 import torch_pruning as tp
 
-from compress.data import call_model, first_tensor
-from compress.errors import InputError
+from compress.core.errors import InputError
+from compress.models.data import call_model, first_tensor
 from compress.pruning.activation_importance import ActivationAwareImportance, ChannelStats
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch_pruning as tp
 
-from compress.data import call_model, first_tensor
-from compress.errors import first_line
+from compress.core.errors import first_line
+from compress.models.data import call_model, first_tensor
 
 # Each round excludes at least one more group; a model needing more is not one exclude away from working.
 MAX_ROUNDS = 8

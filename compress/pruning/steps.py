@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 import torch_pruning as tp
 
-from compress.errors import ModelpressError, first_line
+from compress.core.errors import ModelpressError, first_line
 from compress.pruning.widths import round_group
 
 

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from compress import log
+from compress.core import log
 
 # A layer the cheap signal could not measure ranks as the most sensitive: measure it rather than guess.
 UNMEASURED = -math.inf

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from compress.data import batch_size_of, call_model, model_device, take_rows, to_device, training_inputs
+from compress.models.data import batch_size_of, call_model, model_device, take_rows, to_device, training_inputs
 
 EPSILON = float(np.finfo(float).eps)  # ORT's floor on both norms: identical outputs give a finite figure
 

@@ -13,7 +13,7 @@ choice), ``driver`` (the search itself: folder, space, rungs, report).
 import the modules with ``from compress.search.space import build_space`` (not ``import ... as``).
 """
 
-from compress.search.spec import SearchSpec
+from compress.recipe.search_spec import SearchSpec
 
 
 def search(model, recipe=None, data=None, **options):

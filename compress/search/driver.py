@@ -13,17 +13,18 @@ from typing import Any
 
 import torch
 
-from compress import folder, log
 from compress.api import run_identity
-from compress.data import as_task_data
-from compress.evaluate import resolve_evaluator
-from compress.io import ensure_writable, set_active_folder, write_json_atomic
-from compress.recipe import Recipe, load_recipe
+from compress.core import log
+from compress.core.io import ensure_writable, set_active_folder, write_json_atomic
+from compress.engine import folder
+from compress.models.data import as_task_data
+from compress.models.evaluate import resolve_evaluator
+from compress.recipe.schema import Recipe, load_recipe
+from compress.recipe.search_spec import SearchSpec, parse_search_spec
 from compress.search import report, strategy
 from compress.search.rungs import NothingWithinBudget, Search
 from compress.search.search_folder import STATE, claim, measured_on
 from compress.search.space import Space, build_space
-from compress.search.spec import SearchSpec, parse_search_spec
 from compress.search.trials import TrialRunner
 
 __all__ = ["NothingWithinBudget", "SearchResult", "run_search", "search_recipe"]
@@ -66,7 +67,7 @@ def run_search(
     """
     recipe: Recipe = load_recipe(recipe if recipe is not None else {})
     if data is None:
-        from compress.loading import load_data
+        from compress.models.loading import load_data
 
         data = load_data(recipe.data, search_dir)
     overrides = dict(objective=objective, batch_size=batch_size, max_drop=max_drop, budget_minutes=budget_minutes)
@@ -141,7 +142,7 @@ def _search(runner: TrialRunner, space: Space, spec: SearchSpec, identity: dict,
 
 def search_recipe(source: str | Path, trust_checkpoint: bool = False, **options) -> SearchResult:
     """Load the recipe's model and data (factories, checkpoint) and ``run_search`` it (the CLI's path)."""
-    from compress.loading import load_data, load_model
+    from compress.models.loading import load_data, load_model
 
     recipe = load_recipe(source)
     model_spec = recipe.model

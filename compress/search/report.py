@@ -13,12 +13,12 @@ from pathlib import Path
 
 import yaml
 
-from compress.io import write_json_atomic, write_text_atomic
-from compress.recipe import Recipe
+from compress.core.io import write_json_atomic, write_text_atomic
+from compress.recipe.schema import Recipe
+from compress.recipe.search_spec import SearchSpec
 from compress.search import strategy
 from compress.search.rungs import TIE_TOLERANCE
 from compress.search.space import trial_recipe
-from compress.search.spec import SearchSpec
 
 
 def chosen_passes(trial: dict, chosen: dict) -> list[dict]:
@@ -160,7 +160,7 @@ def _plots(out: Path, points: list[dict], metric: str) -> list[str]:
 
 def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec) -> Path:
     """report.md, the plots and environment.json of a finished search."""
-    from export.report.environment import collect_environment
+    from export.measure.environment import collect_environment
 
     environment = {**collect_environment(), "load_average": list(os.getloadavg())}
     write_json_atomic(out / "environment.json", environment)

@@ -9,11 +9,11 @@ the budget is chosen (within timing noise, the better validation metric).
 import math
 import time
 
-from compress import log
-from compress.errors import InputError, ModelpressError, OutputError, first_line
+from compress.core import log
+from compress.core.errors import InputError, ModelpressError, OutputError, first_line
+from compress.recipe.search_spec import SearchSpec
 from compress.search import strategy
 from compress.search.space import Space
-from compress.search.spec import SearchSpec
 from compress.search.trials import TrialLog, TrialRunner, trial_key, validation_subset
 
 MAX_FINALISTS = 8  # timed together at the end: bounded, as each row costs the report's timing budget
@@ -191,7 +191,7 @@ class Search:
 
     def _final_timing_seconds(self) -> float:
         """What the last timing will take at most: every finalist and the baseline, its seconds each."""
-        from export.benchmark import ROUNDS, TURN_WARMUP_SECONDS
+        from export.measure.benchmark import ROUNDS, TURN_WARMUP_SECONDS
 
         rows = min(len(self.finalists()), MAX_FINALISTS) + 1
         return rows * (self.final_timing()["max_seconds"] + ROUNDS * TURN_WARMUP_SECONDS)

@@ -9,9 +9,9 @@ import re
 import shutil
 from pathlib import Path
 
-from compress import folder
-from compress.errors import OutputError
-from compress.io import read_json
+from compress.core.errors import OutputError
+from compress.core.io import read_json
+from compress.engine import folder
 
 STATE = "search.json"
 # What a search folder holds, all written by the search: a folder holding these without our
@@ -23,8 +23,8 @@ LAYOUT = {"trials": re.compile(r"[0-9a-f]{16}/[^/]+\.onnx(\.data)?"), "plots": r
 
 def measured_on(threads: int | None) -> dict:
     """What the recorded timings and results hold for: this CPU, the thread count, modelpress's version."""
-    from export.report.environment import cpu_model, package_version
-    from export.runtime import default_threads
+    from export.measure.environment import cpu_model, package_version
+    from export.onnx.runtime import default_threads
 
     return {"cpu": cpu_model(), "threads": threads or default_threads(), "modelpress": package_version("modelpress")}
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from compress import log
-from compress.errors import InputError, RecipeError, first_line
-from compress.recipe import Recipe
-from compress.search.spec import SearchSpec
-from compress.select import _matches
+from compress.core import log
+from compress.core.errors import InputError, RecipeError, first_line
+from compress.models.select import _matches
+from compress.recipe.schema import Recipe
+from compress.recipe.search_spec import SearchSpec
 
 # Kind -> default axes. Ratios listed from no pruning up; 0.875 keeps an eighth of each width.
 DEFAULT_AXES = {

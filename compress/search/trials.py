@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-from compress import log
-from compress.data import TaskData
-from compress.errors import InputError, first_line
-from compress.evaluate import Evaluator
-from compress.io import write_text_atomic
-from compress.recipe import Recipe
+from compress.core import log
+from compress.core.errors import InputError, first_line
+from compress.core.io import write_text_atomic
+from compress.models.data import TaskData
+from compress.models.evaluate import Evaluator
+from compress.recipe.schema import Recipe
 from compress.search.space import trial_recipe
 
 TRIALS_FILE = "trials.jsonl"
@@ -206,7 +206,7 @@ class TrialRunner:
 
     def score_path(self, path: str, batches) -> float:
         """The metric of one ONNX file of the search folder, in ONNX Runtime, on ``batches``."""
-        from export.runtime import make_session, ort_predictor
+        from export.onnx.runtime import make_session, ort_predictor
 
         return self.evaluator.score(ort_predictor(make_session(self.out / path, self.threads)), batches)
 
@@ -225,15 +225,15 @@ class TrialRunner:
 
     @property
     def threads(self) -> int:
-        from export.runtime import default_threads
+        from export.onnx.runtime import default_threads
 
         return self.recipe.report.threads or default_threads()
 
     def time_points(self, paths: dict[str, Path], timing: dict[str, float]) -> dict[str, dict]:
         """p50 latency of each ONNX file at the search's batch size, the rows taking turns."""
-        from export.artifacts import heldout_inputs
-        from export.benchmark import benchmark_sessions
-        from export.runtime import make_session
+        from export.measure.benchmark import benchmark_sessions
+        from export.onnx.runtime import make_session
+        from export.runfolder.artifacts import heldout_inputs
 
         sample = next(heldout_inputs(self.evaluator, self.data))
         sessions = {name: make_session(self.out / path, self.threads) for name, path in paths.items()}

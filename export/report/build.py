@@ -9,9 +9,9 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from compress.io import write_json_atomic, write_text_atomic
-from compress.recipe import Recipe
-from compress.stages import StageResult
+from compress.core.io import write_json_atomic, write_text_atomic
+from compress.engine.stages import StageResult
+from compress.recipe.schema import Recipe
 from export.report.plots import write_plots
 from export.report.render import render_html, render_markdown
 from export.report.summary import headline_latency

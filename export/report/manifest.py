@@ -10,9 +10,9 @@ import datetime
 import hashlib
 from pathlib import Path
 
-from compress.io import write_json_atomic
-from compress.recipe import Recipe
-from compress.stages import StageResult
+from compress.core.io import write_json_atomic
+from compress.engine.stages import StageResult
+from compress.recipe.schema import Recipe
 
 SCHEMA = "modelpress.manifest/1"
 

@@ -6,7 +6,7 @@ matplotlib runs headless (Agg) and is imported only when a report is written.
 
 from pathlib import Path
 
-from compress.io import write_atomic
+from compress.core.io import write_atomic
 from export.report.summary import headline_latency, pareto_front
 
 PLOT_DIR = "plots"

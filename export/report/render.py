@@ -11,7 +11,7 @@ import math
 import re
 from pathlib import Path
 
-from export.benchmark import latency_key
+from export.measure.benchmark import latency_key
 from export.report.summary import pareto_front
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks.__main__ import main
 from benchmarks.minilm_sts import _stsb_path
-from export import int4_algorithms
+from export.quantize import int4_algorithms
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 

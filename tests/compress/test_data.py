@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import compress
-from compress.errors import InputError
+from compress.core.errors import InputError
 
 X, Y = torch.randn(100, 4), torch.zeros(100, dtype=torch.long)
 

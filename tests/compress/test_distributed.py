@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import sys, torch
 import compress
-from compress.data import TaskData
-from compress.distributed import rank
+from compress.models.data import TaskData
+from compress.core.distributed import rank
 from tests.tiny_models import mlp, vector_data
 
 teacher = mlp()
@@ -62,7 +62,7 @@ def test_two_gloo_processes_agree_and_match_one_process(tmp_path):
     stage = json.loads(next((tmp_path / "p2" / "stages").glob("01-*/stage.json")).read_text())
     assert stage["record"]["processes"] == 2
 
-    from compress.data import TaskData  # noqa: F401  (same data as the script, rebuilt here)
+    from compress.models.data import TaskData  # noqa: F401  (same data as the script, rebuilt here)
     from tests.tiny_models import mlp, vector_data
 
     teacher = mlp()
@@ -81,8 +81,8 @@ def test_two_gloo_processes_agree_and_match_one_process(tmp_path):
 LAYERWISE_SCRIPT = """
 import sys, torch
 import compress
-from compress.data import TaskData
-from compress.distributed import rank
+from compress.models.data import TaskData
+from compress.core.distributed import rank
 from tests.compress.passes.test_distill_layerwise import bert_encoder
 from tests.tiny_models import token_data
 
@@ -130,7 +130,7 @@ class _Reduced(Exception):
 
 def test_nccl_reduces_on_the_gpu_never_a_cpu_tensor(monkeypatch):
     """Under NCCL the loss and stop flags are all-reduced as device tensors: NCCL rejects CPU tensors."""
-    import compress.distributed as dist
+    import compress.core.distributed as dist
 
     devices = []
 
@@ -156,6 +156,6 @@ def test_nccl_reduces_on_the_gpu_never_a_cpu_tensor(monkeypatch):
 
 
 def test_the_nccl_device_is_the_current_cuda_device():
-    import compress.distributed as dist
+    import compress.core.distributed as dist
 
     assert dist.REDUCTION_DEVICES["nccl"] is dist._current_cuda_device

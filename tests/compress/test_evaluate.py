@@ -4,8 +4,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from compress.errors import InputError
-from compress.evaluate import EVALUATORS, resolve_evaluator
+from compress.core.errors import InputError
+from compress.models.evaluate import EVALUATORS, resolve_evaluator
 
 
 def test_accuracy_counts_correct_argmax():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from compress.evaluate import EVALUATORS
-from compress.hf import read_stsb, stsb_data
+from compress.models.evaluate import EVALUATORS
+from compress.models.hf import read_stsb, stsb_data
 from tests.tiny_models import tiny_bert
 
 ROWS = [

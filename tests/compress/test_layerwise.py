@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compress.errors import InputError
-from compress.layerwise import choose, find_blocks, layer_map, plan, relation_loss
+from compress.core.errors import InputError
+from compress.training.layerwise import choose, find_blocks, layer_map, plan, relation_loss
 from tests.tiny_models import residual_cnn, tiny_bert, tiny_gpt2, tiny_transformer
 
 

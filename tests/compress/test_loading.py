@@ -4,9 +4,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from compress.errors import InputError
-from compress.loading import import_object, load_data, load_model
-from compress.recipe import DataSpec, ModelSpec
+from compress.core.errors import InputError
+from compress.core.factories import import_object
+from compress.models.loading import load_data, load_model
+from compress.recipe.schema import DataSpec, ModelSpec
 from tests.tiny_models import mlp
 
 

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from compress import log
+from compress.core import log
 
 
 def _third_party_noise():

@@ -5,11 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from compress import registry
-from compress.evaluate import EVALUATORS, torch_predictor
-from compress.pipeline import run_pipeline
-from compress.recipe import load_recipe
-from compress.stages import read_stages
+from compress.engine.pipeline import run_pipeline
+from compress.engine.stages import read_stages
+from compress.models.evaluate import EVALUATORS, torch_predictor
+from compress.recipe import registry
+from compress.recipe.schema import load_recipe
 from tests.tiny_models import mlp, vector_data
 
 RECIPE = {
@@ -111,7 +111,7 @@ def test_different_input_model_does_not_reuse_stages(tmp_path, call_log):
 
 def test_resumed_stage_repeats_its_warnings(tmp_path, monkeypatch):
     """A warning printed while a stage ran reaches the report of a run that resumes that stage."""
-    from compress import log
+    from compress.core import log
 
     spec = registry.get_pass("magnitude_prune")
 

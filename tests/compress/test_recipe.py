@@ -2,9 +2,9 @@
 
 import pytest
 
-from compress.errors import RecipeError
+from compress.core.errors import RecipeError
 from compress.passes.magnitude_prune import MagnitudePruneConfig
-from compress.recipe import Recipe, load_recipe, parse_recipe
+from compress.recipe.schema import Recipe, load_recipe, parse_recipe
 
 
 def problems(doc) -> list[str]:

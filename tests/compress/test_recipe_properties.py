@@ -3,9 +3,9 @@
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compress.errors import RecipeError
-from compress.recipe import Recipe, parse_recipe
-from compress.registry import get_pass, list_passes
+from compress.core.errors import RecipeError
+from compress.recipe.registry import get_pass, list_passes
+from compress.recipe.schema import Recipe, parse_recipe
 
 SCALARS = (
     st.none()

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compress.config import PassConfig
-from compress.errors import RecipeError
-from compress.registry import get_pass, list_passes, register_pass
+from compress.core.config import PassConfig
+from compress.core.errors import RecipeError
+from compress.recipe.registry import get_pass, list_passes, register_pass
 
 ROOT = Path(__file__).resolve().parents[2]
 

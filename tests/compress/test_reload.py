@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import compress
-from compress.errors import InputError
+from compress.core.errors import InputError
 from tests.tiny_models import TINY_ARCHS
 
 QUICK = {"batch_sizes": [1], "warmup": 0, "iterations": 1, "max_seconds": 0.1}

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from compress.errors import SelectionError
-from compress.select import select_modules
+from compress.core.errors import SelectionError
+from compress.models.select import select_modules
 from tests.tiny_models import residual_cnn
 
 LINEAR_CONV = (torch.nn.Linear, torch.nn.Conv2d)

@@ -1,7 +1,7 @@
 """One naming rule for quantized artifacts, whichever path asked for them."""
 
 from compress.passes import OnnxQuantSpec, QuantizeConfig
-from export.quantized_artifacts import variant_name
+from export.quantize.variants import variant_name
 from tests.tiny_models import TINY_ARCHS
 
 

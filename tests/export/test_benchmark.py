@@ -3,10 +3,10 @@ torch-side timing, and merging measurements of several machines."""
 
 import torch
 
-from export.benchmark import ROUNDS, benchmark_sessions, benchmark_torch, merge_latency, summarize, time_calls
-from export.onnx_export import to_onnx
-from export.report.environment import device_name
-from export.runtime import make_session
+from export.measure.benchmark import ROUNDS, benchmark_sessions, benchmark_torch, merge_latency, summarize, time_calls
+from export.measure.environment import device_name
+from export.onnx.exporter import to_onnx
+from export.onnx.runtime import make_session
 from tests.tiny_models import mlp
 
 FIELDS = dict(device="cpu", device_name="x", runtime="torch", provider="torch-cpu", batch_size=1, threads=1)
@@ -66,7 +66,7 @@ def test_merge_replaces_what_this_machine_measured_again_and_keeps_the_rest():
 
 
 def test_noisy_or_loaded_timings_are_marked_unreliable(monkeypatch):
-    import export.benchmark as benchmark
+    import export.measure.benchmark as benchmark
 
     monkeypatch.setattr(benchmark, "load_per_core", lambda: 0.2)
     steady = benchmark.summarize([1.0, 1.0, 1.1, 0.9, 1.0], 0.2, **FIELDS)
@@ -92,7 +92,7 @@ def test_a_measurement_beside_a_busy_thread_records_spread_and_load():
     thread = threading.Thread(target=burn)
     thread.start()
     try:
-        from export.benchmark import load_per_core
+        from export.measure.benchmark import load_per_core
 
         result = summarize(time_calls(lambda: sum(range(2000)), 2, 20, 5.0), load_per_core(), **FIELDS)
     finally:
@@ -116,7 +116,7 @@ def test_unreliable_entries_are_named_in_the_report_summary():
 
 def test_only_other_processes_cpu_makes_a_timing_unreliable(monkeypatch):
     """This process's own threads (a 2-thread session on 2 cores) are no competition; other processes are."""
-    import export.benchmark as benchmark
+    import export.measure.benchmark as benchmark
 
     monkeypatch.setattr(benchmark, "usable_cores", lambda: 2)
     monkeypatch.setattr(benchmark, "load_per_core", lambda: 1.2)  # the load average counts our own threads
@@ -131,7 +131,7 @@ def test_only_other_processes_cpu_makes_a_timing_unreliable(monkeypatch):
 
 
 def test_a_cpu_snapshot_counts_this_machines_cores_or_is_none():
-    from export.benchmark import cpu_snapshot
+    from export.measure.benchmark import cpu_snapshot
 
     snapshot = cpu_snapshot()
     assert snapshot is None or snapshot[0] >= snapshot[1] > 0  # the machine was at least as busy as this process

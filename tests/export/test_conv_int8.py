@@ -5,7 +5,7 @@ from onnx import TensorProto, helper
 
 import compress
 from compress.passes.quantize import OnnxQuantSpec
-from export.quantize import resolve_scheme, scheme_advice, weight_share
+from export.quantize.onnx_quant import resolve_scheme, scheme_advice, weight_share
 from tests.tiny_models import TINY_ARCHS
 
 

@@ -7,8 +7,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.edge import merge_support, provider_support, to_ort_format
-from export.onnx_export import to_onnx
+from export.measure.edge import merge_support, provider_support, to_ort_format
+from export.onnx.exporter import to_onnx
 from tests.tiny_models import TINY_ARCHS
 from tests.tolerances import FP32_EXPORT_ATOL
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from compress.passes.quantize import OnnxQuantSpec
-from compress.recipe import ExportSpec
+from compress.recipe.schema import ExportSpec
 from export.errors import ExportError
-from export.onnx_export import export_onnx
-from export.runtime import make_session
+from export.onnx.exporter import export_onnx
+from export.onnx.runtime import make_session
 
 
 class DataDependentBranch(torch.nn.Module):

@@ -15,12 +15,12 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from compress.passes.quantize import OnnxQuantSpec
-from export.guardrail import flag_artifacts
-from export.onnx_export import to_onnx
-from export.profile import FILE_HINTS, grown_ops
-from export.quantize import _int8_dynamic
+from export.measure.guardrail import flag_artifacts
+from export.measure.profile import FILE_HINTS, grown_ops
+from export.onnx.exporter import to_onnx
+from export.onnx.scratch import own_cwd
+from export.quantize.onnx_quant import _int8_dynamic
 from export.report.build import recommend
-from export.scratch import own_cwd
 
 CPU = "cpu0"
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import compress
-from compress.errors import InputError
-from compress.metrics import sqnr_db
+from compress.core.errors import InputError
+from compress.engine.metrics import sqnr_db
 from compress.passes.quantize import OnnxQuantSpec
-from export import int4_algorithms
-from export.runtime import make_session, ort_predictor
+from export.onnx.runtime import make_session, ort_predictor
+from export.quantize import int4_algorithms
 from tests.tiny_models import TINY_ARCHS
 from tests.tolerances import INT4_ONE_LAYER_SQNR_DB, INT4_SQNR_DB
 

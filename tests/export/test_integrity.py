@@ -5,11 +5,11 @@ import shutil
 import pytest
 import torch
 
-from compress.errors import InputError
-from compress.io import read_json, write_json_atomic
-from export.artifacts import file_facts, graph_facts
-from export.integrity import verify_run_folder
-from export.onnx_export import to_onnx
+from compress.core.errors import InputError
+from compress.core.io import read_json, write_json_atomic
+from export.onnx.exporter import to_onnx
+from export.runfolder.artifacts import file_facts, graph_facts
+from export.runfolder.integrity import verify_run_folder
 from tests.tiny_models import mlp
 
 

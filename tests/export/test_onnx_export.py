@@ -6,10 +6,10 @@ import onnx
 import pytest
 import torch
 
-from compress.data import call_model, first_tensor, take_rows
+from compress.models.data import call_model, first_tensor, take_rows
 from export.errors import ExportError
-from export.onnx_export import to_onnx
-from export.runtime import make_session, ort_predictor
+from export.onnx.exporter import to_onnx
+from export.onnx.runtime import make_session, ort_predictor
 from tests.tiny_models import TINY_ARCHS
 from tests.tolerances import FP32_EXPORT_ATOL
 
@@ -131,7 +131,7 @@ def test_external_data_keeps_the_weights_beside_the_graph(tmp_path):
 
 
 def test_opset_14_is_written_and_recorded_as_14(tmp_path):
-    from export.artifacts import graph_facts
+    from export.runfolder.artifacts import graph_facts
     from tests.tiny_models import mlp
 
     exported = to_onnx(mlp(), torch.randn(2, 12), tmp_path / "m.onnx", opset=14)
@@ -145,7 +145,7 @@ def test_opset_14_is_written_and_recorded_as_14(tmp_path):
 
 
 def test_an_opset_the_exporter_cannot_honour_is_refused(tmp_path, monkeypatch):
-    import export.onnx_export as onnx_export
+    import export.onnx.exporter as onnx_export
 
     # The dynamo exporter keeps opset 18 where it cannot convert down; stand in for that case.
     monkeypatch.setattr(onnx_export, "file_opset", lambda path: 18)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import compress
-from compress.evaluate import Evaluator
+from compress.models.evaluate import Evaluator
 from compress.passes.quantize import OnnxQuantSpec
-from export import quantize as quantize_module
-from export.quantize import resolve_scheme
+from export.quantize import onnx_quant as quantize_module
+from export.quantize.onnx_quant import resolve_scheme
 from tests.tiny_models import TINY_ARCHS
 
 

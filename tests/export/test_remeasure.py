@@ -11,8 +11,8 @@ import yaml
 
 import compress
 from compress.cli import main
-from compress.evaluate import Evaluator
-from export.evidence import StoredData, store_heldout
+from compress.models.evaluate import Evaluator
+from export.runfolder.evidence import StoredData, store_heldout
 from tests.tiny_models import mlp, token_data, vector_data
 
 QUICK_REPORT = {"batch_sizes": [1], "warmup": 1, "iterations": 3, "max_seconds": 1.0}
@@ -200,7 +200,7 @@ def test_torch_rows_of_an_api_run_stay_marked_even_with_trust_run(tmp_path):
 
 
 def test_warnings_printed_during_the_run_are_in_the_report_and_kept_by_re_measurement(tmp_path):
-    from compress.recipe import usable_cores
+    from compress.recipe.schema import usable_cores
 
     recipe = {
         # Static int8 asks for 512 calibration rows where vector_data has 8; 1024 threads are capped to the cores.

@@ -3,7 +3,7 @@
 import os
 
 import compress
-from export.scratch import own_cwd
+from export.onnx.scratch import own_cwd
 from tests.tiny_models import TINY_ARCHS
 
 

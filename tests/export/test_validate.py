@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from compress.recipe import ParitySpec
+from compress.recipe.schema import ParitySpec
 from export.errors import ShapeMismatch, ToleranceExceeded
-from export.onnx_export import to_onnx
-from export.runtime import make_session
-from export.validate import compare_outputs, cosine, validate
+from export.onnx.exporter import to_onnx
+from export.onnx.runtime import make_session
+from export.onnx.validate import compare_outputs, cosine, validate
 from tests.tiny_models import mlp, vector_data
 
 

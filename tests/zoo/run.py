@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compress.context import Context
-from compress.data import TaskData, call_model, first_tensor, flatten_inputs
-from compress.errors import ModelpressError
-from compress.metrics import count_params
+from compress.core.errors import ModelpressError
+from compress.engine.context import Context
+from compress.engine.metrics import count_params
+from compress.models.data import TaskData, call_model, first_tensor, flatten_inputs
 from compress.passes.quantize import OnnxQuantSpec
 from compress.passes.structured_prune import StructuredPruneConfig, structured_prune
-from export.onnx_export import export_onnx
-from export.quantize import SCHEMES, resolve_scheme
+from export.onnx.exporter import export_onnx
+from export.quantize.onnx_quant import SCHEMES, resolve_scheme
 from tests.zoo.archs import ATTENTION_FAMILIES, ZOO, build, example_inputs
 
 RATIO, HEAD_RATIO = 0.3, 0.25
@@ -27,7 +27,7 @@ INT8_MIN_COSINE = 0.9
 
 
 def _onnx_output(path: Path, inputs) -> np.ndarray:
-    from export.runtime import make_session
+    from export.onnx.runtime import make_session
 
     names, tensors = flatten_inputs(inputs)
     return make_session(path).run(None, {n: t.numpy() for n, t in zip(names, tensors)})[0]

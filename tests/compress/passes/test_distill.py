@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from compress.context import Context
-from compress.data import TaskData
-from compress.errors import InputError, SelectionError
+from compress.core.errors import InputError, SelectionError
+from compress.engine.context import Context
+from compress.models.data import TaskData
 from compress.passes.distill import DistillConfig, distill, logits_loss
-from compress.recipe import ModelSpec
+from compress.recipe.schema import ModelSpec
 from tests.tiny_models import mlp, vector_data
 
 
@@ -118,7 +118,7 @@ def test_step_budget_and_validation_split_are_used():
 
 
 def test_a_pass_stopped_by_time_records_planned_and_run_steps_and_the_report_warns():
-    from compress.stages import StageResult
+    from compress.engine.stages import StageResult
     from export.report.build import stage_warnings
 
     teacher, data = teacher_labelled_data()

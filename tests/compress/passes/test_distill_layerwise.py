@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compress.context import Context
-from compress.errors import InputError
+from compress.core.errors import InputError
+from compress.engine.context import Context
 from compress.passes.distill import DistillConfig, distill
 from tests.compress.passes.test_distill import run_distill
 
@@ -17,7 +17,7 @@ def bert_encoder(layers=2, seed=0, hidden=32):
     """A tiny BERT sentence encoder without dropout, so runs compare exactly."""
     from transformers import BertConfig, BertModel
 
-    from compress.hf import SentenceEncoder
+    from compress.models.hf import SentenceEncoder
 
     torch.manual_seed(seed)
     config = BertConfig(
@@ -53,7 +53,7 @@ def head_pruned(model, keep_layers=None, noise=0.1):
 
 def block_distance(student, teacher, mapping, data):
     """Mean MSE between each student block's output and its mapped teacher block's, over the eval batches."""
-    from compress.feature_distill import taps
+    from compress.training.feature_distill import taps
 
     names = [f"encoder.encoder.layer.{i}" for i in range(len(mapping))]
     teacher_names = [f"encoder.encoder.layer.{t}" for t in mapping]

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 import compress
-from compress.blocks import block_lists
-from compress.context import Context
-from compress.data import TaskData
-from compress.errors import InputError, RecipeError
+from compress.core.errors import InputError, RecipeError
+from compress.engine.context import Context
+from compress.models.blocks import block_lists
+from compress.models.data import TaskData
 from compress.passes.layer_drop import LayerDropConfig, layer_drop
-from compress.recipe import load_recipe
+from compress.recipe.schema import load_recipe
 from tests.tiny_models import MLP, TinyTransformer, tiny_gpt2, tiny_vit, token_data
 
 
@@ -22,7 +22,7 @@ def bert4():
     """A 4-layer BERT sentence encoder (random weights, mean pooling), as the MiniLM workload is built."""
     from transformers import BertConfig, BertModel
 
-    from compress.hf import SentenceEncoder
+    from compress.models.hf import SentenceEncoder
 
     torch.manual_seed(0)
     config = BertConfig(

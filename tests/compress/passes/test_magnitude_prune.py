@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from compress.context import Context
-from compress.errors import RecipeError, SelectionError
+from compress.core.errors import RecipeError, SelectionError
+from compress.engine.context import Context
 from compress.passes.magnitude_prune import PRUNABLE, MagnitudePruneConfig, cubic_schedule, magnitude_prune
-from compress.recipe import parse_recipe
+from compress.recipe.schema import parse_recipe
 from tests.tiny_models import TINY_ARCHS, vector_data
 
 

@@ -7,10 +7,10 @@ import torch
 from onnx import numpy_helper
 
 import compress
-from compress.errors import ModelpressError, RecipeError, SelectionError
+from compress.core.errors import ModelpressError, RecipeError, SelectionError
 from compress.quant.fake_quant import QuantizedLayer, quantized_layers
-from compress.recipe import parse_recipe
-from export.runtime import make_session
+from compress.recipe.schema import parse_recipe
+from export.onnx.runtime import make_session
 from tests.tiny_models import DepthwiseSeparableCNN, image_data, seeded
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")

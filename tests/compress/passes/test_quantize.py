@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import compress
-from compress.errors import RecipeError, SelectionError
-from compress.evaluate import Evaluator
+from compress.core.errors import RecipeError, SelectionError
+from compress.models.evaluate import Evaluator
 from compress.passes.quantize import QuantizeConfig
 from compress.quant.bnb import float_copy, quantized_layers
-from compress.recipe import parse_recipe
+from compress.recipe.schema import parse_recipe
 from tests.tiny_models import MLP, vector_data
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

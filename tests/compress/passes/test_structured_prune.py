@@ -7,17 +7,17 @@ import onnx
 import pytest
 import torch
 
-from compress.context import Context
-from compress.data import call_model, first_tensor, take_rows
-from compress.errors import InputError, SelectionError
-from compress.evaluate import EVALUATORS
-from compress.metrics import count_params
+from compress.core.errors import InputError, SelectionError
+from compress.engine.context import Context
+from compress.engine.metrics import count_params
+from compress.engine.pipeline import run_pipeline
+from compress.models.data import call_model, first_tensor, take_rows
+from compress.models.evaluate import EVALUATORS
 from compress.passes.structured_prune import PruneError, StructuredPruneConfig, structured_prune
-from compress.pipeline import run_pipeline
-from compress.recipe import ParitySpec, load_recipe
-from export.onnx_export import to_onnx
-from export.runtime import make_session
-from export.validate import validate
+from compress.recipe.schema import ParitySpec, load_recipe
+from export.onnx.exporter import to_onnx
+from export.onnx.runtime import make_session
+from export.onnx.validate import validate
 from tests.tiny_models import TINY_ARCHS, image_data, mlp, residual_cnn, vector_data
 from tests.tolerances import FP32_EXPORT_ATOL
 

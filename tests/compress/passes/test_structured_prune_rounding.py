@@ -7,14 +7,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from compress.context import Context
-from compress.data import take_rows
+from compress.engine.context import Context
+from compress.models.data import take_rows
 from compress.passes.structured_prune import PruneError, StructuredPruneConfig, structured_prune
 from compress.pruning.attention import attention_modules
-from compress.recipe import ParitySpec
-from export.onnx_export import to_onnx
-from export.runtime import make_session
-from export.validate import validate
+from compress.recipe.schema import ParitySpec
+from export.onnx.exporter import to_onnx
+from export.onnx.runtime import make_session
+from export.onnx.validate import validate
 from tests.compress.passes.test_structured_prune_transformers import ARCHS, FFN, FFN_FIELD
 from tests.tiny_models import image_data, mlp, seeded, tiny_bert, token_data, vector_data
 from tests.tolerances import FP32_EXPORT_ATOL
@@ -134,8 +134,8 @@ def test_ffn_layer_ratios_are_rounded_and_heads_stay_whole(arch):
 
 
 def test_round_to_is_validated():
-    from compress.errors import RecipeError
-    from compress.recipe import load_recipe
+    from compress.core.errors import RecipeError
+    from compress.recipe.schema import load_recipe
 
     with pytest.raises(RecipeError, match="round_to"):
         load_recipe({"passes": [{"pass": "structured_prune", "round_to": "fast"}]})

@@ -5,14 +5,14 @@ import copy
 import pytest
 import torch
 
-from compress.context import Context
-from compress.data import call_model, first_tensor
-from compress.evaluate import EVALUATORS
+from compress.engine.context import Context
+from compress.engine.pipeline import run_pipeline
+from compress.models.data import call_model, first_tensor
+from compress.models.evaluate import EVALUATORS
 from compress.passes.structured_prune import StructuredPruneConfig, structured_prune
-from compress.pipeline import run_pipeline
 from compress.pruning.attention import attention_modules, head_counts, head_scores
 from compress.pruning.conv1d import in_rows, out_width
-from compress.recipe import load_recipe
+from compress.recipe.schema import load_recipe
 from tests.tiny_models import image_data, tiny_bert, tiny_gpt2, tiny_vit, token_data
 
 FFN = {"tiny_bert": r"re:.*intermediate\.dense", "tiny_vit": r"re:.*mlp\.fc1", "tiny_gpt2": r"re:.*mlp\.c_fc"}

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from compress.data import TaskData, call_model, first_tensor
-from compress.errors import InputError
+from compress.core.errors import InputError
+from compress.models.data import TaskData, call_model, first_tensor
 from compress.pruning.activation_importance import input_stats
 from compress.pruning.attention import prune_heads
 from compress.pruning.conv1d import is_conv1d

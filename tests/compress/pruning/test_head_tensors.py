@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from compress.context import Context
-from compress.data import TaskData
+from compress.engine.context import Context
+from compress.models.data import TaskData
 from compress.passes.structured_prune import StructuredPruneConfig, restore, structured_prune
 from compress.pruning.attention import attention_modules, prune_heads
 from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, tied_groups

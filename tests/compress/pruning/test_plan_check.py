@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from compress.context import Context
-from compress.data import TaskData
+from compress.engine.context import Context
+from compress.models.data import TaskData
 from compress.passes.structured_prune import PruneError, StructuredPruneConfig, structured_prune
 from tests.tiny_models import TINY_ARCHS, mlp, vector_data
 

@@ -2,9 +2,9 @@
 
 import dataclasses
 
-from compress import registry
 from compress.api import run
-from export.runtime import make_session, ort_predictor
+from compress.recipe import registry
+from export.onnx.runtime import make_session, ort_predictor
 
 
 def counting(monkeypatch, name: str, calls: list, interrupt_at: int | None = None):

@@ -5,11 +5,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from compress.errors import OutputError
-from compress.recipe import load_recipe
+from compress.core.errors import OutputError
+from compress.recipe.schema import load_recipe
+from compress.recipe.search_spec import SearchSpec
 from compress.search.rungs import NothingWithinBudget, Search
 from compress.search.space import build_space
-from compress.search.spec import SearchSpec
 from compress.search.trials import trial_key, validation_subset
 from tests.compress.search.test_search import model, task_data
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 import compress
 from compress.cli import build_parser
-from compress.data import TaskData
-from compress.errors import OutputError
+from compress.core.errors import OutputError
+from compress.models.data import TaskData
 from compress.search import trials as trials_module  # compress.search itself is the function
 from compress.search.trials import TrialRunner, validation_subset
 from tests.compress.search.helpers import counting, rerun_artifact
@@ -79,7 +79,7 @@ def searched(tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
     counts = {"first": {"prune": [], "distill": [], "trials": []}, "second": {"prune": [], "distill": [], "trials": []}}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("export.benchmark.ROUNDS", 2)
+        patch.setattr("export.measure.benchmark.ROUNDS", 2)
         patch.setattr(trials_module, "TRIAL_TIMING", {"warmup": 1, "iterations": 4, "max_seconds": 0.2})
         real_run = TrialRunner.run
         for attempt, interrupt in (("first", 2), ("second", None)):
@@ -174,11 +174,11 @@ def test_the_command_line_maps_flags_onto_the_search_section():
 def test_a_trial_the_passes_refuse_is_recorded_as_failed_and_not_run_again(tmp_path):
     from types import SimpleNamespace
 
-    from compress.errors import SelectionError
-    from compress.recipe import load_recipe
+    from compress.core.errors import SelectionError
+    from compress.recipe.schema import load_recipe
+    from compress.recipe.search_spec import SearchSpec
     from compress.search.rungs import Search
     from compress.search.space import build_space
-    from compress.search.spec import SearchSpec
 
     calls = []
 
@@ -199,10 +199,10 @@ def test_a_trial_the_passes_refuse_is_recorded_as_failed_and_not_run_again(tmp_p
 def test_finalists_within_timing_noise_are_told_apart_by_metric_then_distillation_length(tmp_path):
     from types import SimpleNamespace
 
-    from compress.recipe import load_recipe
+    from compress.recipe.schema import load_recipe
+    from compress.recipe.search_spec import SearchSpec
     from compress.search.rungs import Search
     from compress.search.space import build_space
-    from compress.search.spec import SearchSpec
 
     p50 = {"baseline": 10.0, "short/compressed": 1.00, "long/compressed": 1.03, "slow/compressed": 2.0}
 
@@ -224,7 +224,7 @@ def test_no_point_within_the_budget_is_a_clear_result_not_a_crash(tmp_path, monk
     """When no scored point qualifies (here: every point is refused), the search names the closest one."""
     from compress.search import driver
 
-    monkeypatch.setattr("export.benchmark.ROUNDS", 2)
+    monkeypatch.setattr("export.measure.benchmark.ROUNDS", 2)
     monkeypatch.setattr(trials_module, "TRIAL_TIMING", {"warmup": 1, "iterations": 4, "max_seconds": 0.2})
     monkeypatch.setattr(driver.Search, "finalists", lambda self: [])
     search = {**RECIPE["search"], "max_drop": 0.0, "distill_fractions": [1.0]}
@@ -238,10 +238,10 @@ def test_no_point_within_the_budget_is_a_clear_result_not_a_crash(tmp_path, monk
 def test_a_finalist_quantized_over_the_budget_is_quantized_again_within_the_room_its_fp32_point_leaves(tmp_path):
     from types import SimpleNamespace
 
-    from compress.recipe import load_recipe
+    from compress.recipe.schema import load_recipe
+    from compress.recipe.search_spec import SearchSpec
     from compress.search.rungs import Search
     from compress.search.space import build_space
-    from compress.search.spec import SearchSpec
 
     runs = []
 

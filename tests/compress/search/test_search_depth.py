@@ -8,7 +8,7 @@ and loaded by its longer rung; the written recipe drops the blocks again and rep
 import torch
 
 import compress
-from compress.data import TaskData
+from compress.models.data import TaskData
 from compress.search import trials as trials_module  # compress.search itself is the function
 from tests.compress.search.helpers import counting, rerun_artifact
 from tests.tiny_models import tiny_bert, token_data
@@ -48,7 +48,7 @@ def task_data() -> TaskData:
 
 
 def test_depth_candidates_drop_blocks_once_and_the_recipe_reproduces(tmp_path, monkeypatch):
-    monkeypatch.setattr("export.benchmark.ROUNDS", 2)
+    monkeypatch.setattr("export.measure.benchmark.ROUNDS", 2)
     monkeypatch.setattr(trials_module, "TRIAL_TIMING", {"warmup": 1, "iterations": 4, "max_seconds": 0.2})
     drops, prunes = [], []
     counting(monkeypatch, "layer_drop", drops)

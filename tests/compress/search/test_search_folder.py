@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from compress.errors import OutputError
+from compress.core.errors import OutputError
 from compress.search.search_folder import STATE, claim, measured_on
-from export.report.environment import package_version
+from export.measure.environment import package_version
 
 KEY = "0123456789abcdef"
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from compress.errors import RecipeError
-from compress.recipe import load_recipe
+from compress.core.errors import RecipeError
+from compress.recipe.schema import load_recipe
+from compress.recipe.search_spec import SearchSpec, parse_search_spec
 from compress.search.space import DEFAULT_AXES, Candidate, build_space, scaled_distill
-from compress.search.spec import SearchSpec, parse_search_spec
 from tests.tiny_models import mlp, residual_cnn, tiny_bert
 
 

@@ -76,7 +76,7 @@ def test_a_trial_label_gives_both_limits_of_a_step_bounded_distillation():
 
 
 def test_the_last_rung_takes_the_safest_first_then_what_the_measured_recovery_brings_within_budget():
-    from compress.search.spec import SearchSpec
+    from compress.recipe.search_spec import SearchSpec
 
     spec = SearchSpec(max_drop=1.0, promote_slack=3.0)
     entries = [

@@ -2,8 +2,8 @@
 
 import itertools
 
-from compress.errors import InputError
-from compress.recipe import load_recipe
+from compress.core.errors import InputError
+from compress.recipe.schema import load_recipe
 from compress.search.report import figure
 from compress.search.trials import TrialRunner, validation_subset
 from tests.compress.search.test_search import model, task_data

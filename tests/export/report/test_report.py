@@ -5,10 +5,10 @@ import json
 import jsonschema
 import pytest
 
-from compress.recipe import load_recipe
-from compress.stages import StageResult
+from compress.engine.stages import StageResult
+from compress.recipe.schema import load_recipe
+from export.measure.environment import GPU_NOT_MEASURED, collect_environment
 from export.report.build import SCHEMA, SCHEMA_FILE, build_report, recommend, write_report
-from export.report.environment import GPU_NOT_MEASURED, collect_environment
 from export.report.render import render_html, render_markdown
 from export.report.summary import pareto_front
 

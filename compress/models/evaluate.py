@@ -1,0 +1,139 @@
+"""Built-in evaluators, looked up by the recipe's ``task.metric``.
+
+An evaluator scores a ``predict(inputs) -> Tensor`` function on batches. The same
+evaluator scores the torch model after each stage and each exported artifact in ONNX
+Runtime, so the two figures are comparable. Any callable ``(predict, batches) -> float``
+can replace them (``task.metric: package.module:function``).
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from compress.core.errors import InputError
+from compress.models.data import call_model, first_tensor, flatten_inputs, model_device, to_device
+
+Predict = Callable[[Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """A metric: its name, how it scores, and which parts of a batch are model inputs."""
+
+    name: str
+    score: Callable[[Predict, Iterable], float]
+    inputs_of: Callable[[Any], list] = lambda batch: [batch[0]]
+    is_classifier: bool = False
+
+
+def accuracy(predict: Predict, batches: Iterable) -> float:
+    """Share of batches' ``(inputs, labels)`` whose argmax equals the label."""
+    correct = total = 0
+    for inputs, labels in batches:
+        outputs = predict(inputs)
+        labels = torch.as_tensor(labels)  # a list of ints through the API works too
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise InputError(f"accuracy: labels are {labels.dtype}; eval batches must be (inputs, integer labels)")
+        width = outputs.shape[-1]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= width):
+            raise InputError(
+                f"accuracy: labels range over [{int(labels.min())}, {int(labels.max())}] but the model has "
+                f"{width} outputs; labels must be class indices in [0, {width - 1}]"
+            )
+        correct += int((outputs.argmax(-1) == labels).sum())
+        total += len(labels)
+    if total == 0:
+        raise InputError("accuracy: the eval split is empty; give it at least one (inputs, labels) batch")
+    return correct / total
+
+
+def embedding_similarity(predict: Predict, batches: Iterable) -> float:
+    """Spearman (x100) of cosine(embed(a), embed(b)) against gold scores, as STS reports it."""
+    from scipy.stats import spearmanr
+
+    cosines, gold = [], []
+    for inputs_a, inputs_b, scores in batches:
+        a, b = predict(inputs_a).float(), predict(inputs_b).float()
+        cosines.append(torch.nn.functional.cosine_similarity(a, b, dim=-1))
+        gold.append(torch.as_tensor(scores, dtype=torch.float32))
+    if len(gold) == 0:
+        raise InputError("embedding_similarity: the eval split is empty; give it (inputs_a, inputs_b, scores) batches")
+    return float(spearmanr(torch.cat(cosines).numpy(), torch.cat(gold).numpy()).statistic * 100)
+
+
+EVALUATORS = {
+    "accuracy": Evaluator("accuracy", accuracy, is_classifier=True),
+    "embedding_similarity": Evaluator("spearman", embedding_similarity, inputs_of=lambda b: [b[0], b[1]]),
+}
+
+
+def checked(name: str, score: Callable[[Predict, Iterable], float]) -> Callable[[Predict, Iterable], float]:
+    """``score`` that must return a finite number: a NaN or a string is never ranked or recommended."""
+
+    def score_checked(predict: Predict, batches: Iterable) -> float:
+        value = score(predict, batches)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            shown = repr(value)[:60]
+            raise InputError(f"task.metric {name}: returned {type(value).__name__} {shown}; it must return a number")
+        if not math.isfinite(value):
+            raise InputError(
+                f"task.metric {name}: returned {value}; the model's outputs or the eval data are degenerate "
+                "(NaN outputs, constant predictions); check them"
+            )
+        return float(value)
+
+    return score_checked
+
+
+def resolve_evaluator(metric: "str | Callable | Evaluator", search_dir=None) -> Evaluator:
+    """An Evaluator from a built-in name, ``package.module:function``, or a callable; its score is checked."""
+    evaluator = _resolve(metric, search_dir)
+    if getattr(evaluator.score, "__name__", "") == "score_checked":
+        return evaluator
+    return dataclasses.replace(evaluator, score=checked(evaluator.name, evaluator.score))
+
+
+def _resolve(metric: "str | Callable | Evaluator", search_dir=None) -> Evaluator:
+    if isinstance(metric, Evaluator):
+        return metric
+    if callable(metric):
+        return Evaluator(getattr(metric, "__name__", "metric"), metric)
+    if metric in EVALUATORS:
+        return EVALUATORS[metric]
+    if ":" in metric:
+        from compress.core.factories import import_object
+
+        return _resolve(import_object(metric, "task.metric", search_dir))
+    raise InputError(
+        f"task.metric: unknown metric {metric!r}; use one of {sorted(EVALUATORS)} or package.module:function"
+    )
+
+
+def torch_predictor(model: torch.nn.Module) -> Predict:
+    """``predict`` for a torch model, in eval mode and without gradients, on the model's device."""
+
+    @torch.no_grad()
+    def predict(inputs):
+        device = model_device(model)
+        try:
+            return first_tensor(call_model(model, to_device(inputs, device))).cpu()
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            # The first batch was checked before any work; a later one of another shape lands here.
+            names, tensors = flatten_inputs(inputs)
+            shapes = ", ".join(
+                f"{n} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for n, t in zip(names, tensors)
+            )
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise InputError(
+                f"the model cannot run on an eval batch ({shapes}): {type(exc).__name__}: {reason}; "
+                "every batch must be shaped and typed like the first"
+            ) from None
+
+    model.eval()
+    return predict
