@@ -4,8 +4,6 @@
 -> report (metric in ONNX Runtime, latency, report.json/report.md).
 """
 
-import copy
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,13 +12,13 @@ import torch
 
 from compress.core import log
 from compress.core.distributed import init_from_environment, is_main
-from compress.core.errors import InputError, ModelpressError, OutputError
-from compress.core.io import ensure_writable, read_json, set_active_folder, write_json_atomic, write_text_atomic
+from compress.core.errors import InputError, ModelpressError
+from compress.core.io import read_json, set_active_folder, write_json_atomic
 from compress.engine import folder
+from compress.engine.job import claimed, drop_stale_outputs, prepare_job
 from compress.engine.metrics import weights_fingerprint
 from compress.engine.pipeline import run_pipeline
 from compress.engine.stages import StageResult, read_stages
-from compress.models.data import TaskData, as_task_data, take_rows
 from compress.models.evaluate import Evaluator, resolve_evaluator
 from compress.models.loading import load_data, load_model
 from compress.quant.bnb import float_copy
@@ -48,62 +46,6 @@ class CompressionResult:
         return {s.name: s.metric for s in self.stages}
 
 
-def _example_inputs(evaluator: Evaluator, data: TaskData, recipe: Recipe) -> Any:
-    # Two rows for a dynamic batch: torch.export specializes dimensions of size 1, which would fix the axis.
-    rows = 2 if recipe.export.dynamic_batch else recipe.export.fixed_batch_size
-    for batch in data.batches("eval"):
-        return take_rows(evaluator.inputs_of(batch)[0], rows)
-    raise InputError("task data: the eval split is empty; it must hold at least one batch")
-
-
-def _claim_folder(out_dir: Path, recipe: Recipe, identity: dict, force: bool) -> None:
-    """Lock the folder, then refuse one holding another run (other recipe or inputs) unless ``force``,
-    which clears modelpress's own files there; files modelpress did not write are never touched."""
-    ensure_writable(out_dir)
-    folder.lock(out_dir)  # before --force: a folder in use is never cleared
-    folder.check_collisions(out_dir)
-    previous = read_json(out_dir / "run.json")
-    owner = previous.get("identity") if isinstance(previous, dict) else None
-    if owner is None or owner == identity:
-        return
-    if not force:
-        raise OutputError(
-            f"{out_dir}: holds a run of recipe {owner.get('name') if isinstance(owner, dict) else owner!r} "
-            "with other inputs (model/data/task); choose another --out folder, or pass --force to replace that run"
-        )
-    folder.remove_ours(out_dir, (*folder.FOLDERS, *folder.TOP_FILES))
-
-
-def run_identity(recipe: Recipe, model: torch.nn.Module, data: TaskData) -> dict:
-    """The recipe's identity; for an in-memory model (no model section) also its structure and initial
-    weights, and the first eval batch, so two different models never share one run folder."""
-    identity = recipe.identity()
-    if recipe.model is None:
-        digest = hashlib.sha256(weights_fingerprint(model).encode() + repr(model).encode())
-        for batch in data.batches("eval"):
-            digest.update(repr(batch).encode())  # torch's repr summarizes large tensors: bounded
-            break
-        identity = {**identity, "inputs": digest.hexdigest()}
-    return identity
-
-
-def _save_recipe(out_dir: Path, recipe: Recipe, identity: dict, search_dir: Path | None) -> None:
-    import yaml
-
-    write_text_atomic(out_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    _write_run_info(out_dir, recipe, identity, search_dir)
-
-
-def _write_run_info(out_dir: Path, recipe: Recipe, identity: dict, search_dir: Path | None) -> None:
-    run_info = {
-        "recipe_sha256": recipe.sha256(),
-        "identity": identity,
-        "search_dir": str(search_dir or ""),
-        "files": sorted({*folder.files_written(out_dir), "run.json"}),
-    }
-    write_json_atomic(out_dir / "run.json", run_info)
-
-
 def run(
     model: torch.nn.Module,
     recipe: Any,
@@ -127,91 +69,50 @@ def run(
     run goes. ``model`` itself is left unchanged (the passes work on a copy) unless ``inplace``. Under
     torchrun every rank runs the passes (training ones with DDP) and rank 0 alone writes.
     """
+    from export.quantize.variants import export_quantized  # onnx loads when a run starts, not on import
+    from export.runfolder.artifacts import convert_to_ort, export_artifacts, measure_torch_sources
+    from export.runfolder.evidence import store_evidence
+
     # From the recipe's validation on, every warning printed reaches the report (``collect_warnings``).
     with log.collect_warnings() as logged:
         init_from_environment()
-        recipe = load_recipe(recipe)
-        data = as_task_data(data)
-        metric = evaluator or recipe.task.metric  # what scored the run: a built-in name can be re-scored from arrays
-        evaluator = resolve_evaluator(metric, search_dir)
-        if example_inputs is None:
-            example_inputs = _example_inputs(evaluator, data, recipe)
-        out = Path(out_dir or Path("runs") / recipe.name)
-        identity = run_identity(recipe, model, data)
-        if not inplace:
-            try:
-                model = copy.deepcopy(model)  # the caller's module keeps its weights, layers and mode
-            except Exception as exc:  # noqa: BLE001  (a module holding uncopyable state: locks, handles)
-                raise InputError(
-                    f"model: cannot be copied ({type(exc).__name__}: {exc}); pass inplace=True to let the passes "
-                    "change it in place"
-                ) from None
-        try:
+        job = prepare_job(model, recipe, data, example_inputs, out_dir, evaluator, search_dir, inplace)
+        recipe, data, evaluator, out = job.recipe, job.data, job.evaluator, job.out
+        with claimed(job, force):
+            result = run_pipeline(job.model, recipe, data, evaluator, job.example_inputs, out)
+            outcome = CompressionResult(result.model, result.stages, out_dir=out)
             if is_main():
-                _claim_folder(out, recipe, identity, force)
-                set_active_folder(out)
-                _save_recipe(out, recipe, identity, search_dir)
-            with log.run_log(out):  # everything printed, third-party output included, kept in run.log
-                return _run_locked(
-                    model,
-                    recipe,
-                    data,
-                    evaluator,
-                    example_inputs,
-                    out,
-                    identity,
-                    search_dir,
-                    export,
-                    report,
-                    metric,
-                    logged,
-                )
-        finally:
-            if is_main():
-                folder.unlock(out)
+                drop_stale_outputs(out, len(recipe.passes))
+            if not (export and recipe.export.enabled and is_main()):  # rank 0 alone exports and reports
+                return outcome
+            sources = _exported_sources(result, recipe)
+            outcome.artifacts = export_artifacts(out, sources, recipe, evaluator, data, job.example_inputs)
+            # What `modelpress report` re-measures from, without the data factory or any other code of the run.
+            store_evidence(out, {name: module for name, (module, _) in sources.items()}, evaluator, data, job.metric)
+            variants = [spec for config in recipe.passes for spec in config.onnx_variants()]
+            compressed, stage = sources["compressed"]
+            outcome.artifacts += export_quantized(
+                out, compressed, stage, variants, recipe, evaluator, data, job.example_inputs, result.model
+            )
+            if recipe.export.ort_format:
+                outcome.artifacts = convert_to_ort(out, recipe)
+            if report:
+                measure_torch_sources(out, _timed_sources(result, recipe), recipe, evaluator, data)
+                outcome.report_path, outcome.artifacts = measure_and_report(out, recipe, evaluator, data, logged=logged)
+            _write_manifest(out, recipe, result.baseline)
+            return outcome
 
 
-def _run_locked(
-    model, recipe, data, evaluator, example_inputs, out, identity, search_dir, export, report, metric, logged
-):
-    result = run_pipeline(model, recipe, data, evaluator, example_inputs, out)
-    if is_main():
-        _drop_stale_outputs(out, len(recipe.passes))
-    outcome = CompressionResult(result.model, result.stages, out_dir=out)
-    if export and recipe.export.enabled and is_main():  # rank 0 alone exports and reports
-        from export.quantize.variants import export_quantized
-        from export.runfolder.artifacts import convert_to_ort, export_artifacts, measure_torch_sources
-        from export.runfolder.evidence import store_evidence
-
-        # bitsandbytes layers export as the float weights they hold, QAT layers without fake quantization
-        compressed = float_copy(float_twin(result.model))
-        models = {"compressed": (compressed, result.stages[-1].name)}
-        if recipe.export.baseline:
-            models = {"baseline": (result.baseline, "baseline"), **models}
-        outcome.artifacts = export_artifacts(out, models, recipe, evaluator, data, example_inputs)
-        # What `modelpress report` re-measures from, without the data factory or any other code of the run.
-        store_evidence(out, {name: module for name, (module, _) in models.items()}, evaluator, data, metric)
-        variants = [spec for config in recipe.passes for spec in config.onnx_variants()]
-        outcome.artifacts += export_quantized(
-            out, compressed, result.stages[-1].name, variants, recipe, evaluator, data, example_inputs, result.model
-        )
-        if recipe.export.ort_format:
-            outcome.artifacts = convert_to_ort(out, recipe)
-        if report:
-            sources = {"compressed": result.model, **({"baseline": result.baseline} if recipe.export.baseline else {})}
-            measure_torch_sources(out, sources, recipe, evaluator, data)
-            outcome.report_path, outcome.artifacts = measure_and_report(out, recipe, evaluator, data, logged=logged)
-        _write_manifest(out, recipe, result.baseline)
-    if is_main():
-        _write_run_info(out, recipe, identity, search_dir)
-    return outcome
+def _exported_sources(result, recipe: Recipe) -> dict[str, tuple[torch.nn.Module, str]]:
+    """Artifact name -> (float module, stage it came from). bitsandbytes layers export as the float
+    weights they hold, QAT layers without their fake quantization."""
+    sources = {"compressed": (float_copy(float_twin(result.model)), result.stages[-1].name)}
+    return {"baseline": (result.baseline, "baseline"), **sources} if recipe.export.baseline else sources
 
 
-def _drop_stale_outputs(out: Path, passes: int) -> None:
-    """Stages past this recipe's last pass, and the artifacts and report every run rewrites, are removed:
-    the report then lists exactly this run's stages and artifacts."""
-    stale = [p.name for p in (out / "stages").glob("*") if p.name[:2].isdigit() and int(p.name[:2]) > passes]
-    folder.remove_ours(out, (*(f"stages/{name}" for name in stale), *folder.OUTPUTS))
+def _timed_sources(result, recipe: Recipe) -> dict[str, torch.nn.Module]:
+    """The torch modules timed beside the artifacts (as they run in torch, bitsandbytes layers included)."""
+    return {"compressed": result.model, **({"baseline": result.baseline} if recipe.export.baseline else {})}
 
 
 def _write_manifest(out: Path, recipe: Recipe, baseline: torch.nn.Module) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from compress.api import run_identity
+from compress.engine.job import run_identity
 from compress.core import log
 from compress.core.io import ensure_writable, set_active_folder, write_json_atomic
 from compress.engine import folder
