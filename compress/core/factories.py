@@ -7,7 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from compress.core import log
 from compress.core.errors import InputError
+
+# Modules of modelpress's own factories that moved when the packages were grouped by job: recipes
+# (and committed run folders) written before keep working, with a warning naming the new path.
+RENAMED_MODULES = {"compress.hf": "compress.models.hf"}
 
 
 def import_object(spec: str, what: str, search_dir: Path | None = None) -> Any:
@@ -15,6 +20,9 @@ def import_object(spec: str, what: str, search_dir: Path | None = None) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise InputError(f"{what}: {spec!r} is not of the form package.module:function")
+    if module_name in RENAMED_MODULES:
+        module_name = RENAMED_MODULES[module_name]
+        log.warn(f"{what}: {spec} moved to {module_name}:{attr}; write that in the recipe")
     if search_dir is not None and str(search_dir) not in sys.path:
         sys.path.append(str(search_dir))
     try:

@@ -76,3 +76,10 @@ def test_factory_next_to_the_recipe_is_found(tmp_path):
     )
     data = load_data(DataSpec(factory="my_factories:data"), search_dir=tmp_path)
     assert len(list(data.batches("eval"))) == 3
+
+
+def test_a_factory_of_a_moved_module_still_loads_and_names_its_new_path(capsys):
+    from compress.models.hf import stsb_data
+
+    assert import_object("compress.hf:stsb_data", "data.factory") is stsb_data
+    assert "moved to compress.models.hf:stsb_data" in " ".join(capsys.readouterr().err.split())
