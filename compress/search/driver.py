@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from compress.engine.job import run_identity
 from compress.core import log
 from compress.core.io import ensure_writable, set_active_folder, write_json_atomic
 from compress.engine import folder
+from compress.engine.job import run_identity
 from compress.models.data import as_task_data
 from compress.models.evaluate import resolve_evaluator
 from compress.recipe.schema import Recipe, load_recipe
