@@ -16,7 +16,7 @@ import torch
 
 from compress.core import log
 from compress.core.errors import InputError, ModelpressError, first_line
-from compress.core.io import write_atomic, write_json_atomic
+from compress.core.io import write_atomic
 from compress.models.data import TaskData
 from compress.models.evaluate import Evaluator
 from compress.quant.budget import candidate_count, fit_budget
@@ -41,7 +41,7 @@ from export.quantize.onnx_quant import (
 )
 from export.quantize.records import checked, quantized_record
 from export.quantize.sensitivity import node_sqnr
-from export.runfolder.artifacts import artifacts_dir
+from export.runfolder.artifacts import artifacts_dir, save_record
 
 
 def _attention_dims(torch_model: torch.nn.Module) -> tuple[int, int]:
@@ -260,11 +260,5 @@ def export_quantized(
                 "requested_opset": spec.opset or recipe.export.opset,
             }
         record["source_stage"] = source_stage
-        outcome = f"  {name}: {record['status']}" + (f" ({record['error']})" if "error" in record else "")
-        if record["status"] == "passed":
-            log.info(outcome)
-        else:
-            log.warn(outcome, collect=False)  # the report shows the failure from the record
-        write_json_atomic(artifacts_dir(out_dir) / f"{name}.json", record)
-        records.append(record)
+        records.append(save_record(out_dir, record))
     return records

@@ -132,14 +132,20 @@ def export_artifacts(
                 record["error"] = "parity failed: " + "; ".join(parity.failures)
         except ModelpressError as exc:
             record.update(status="failed", error=str(exc))
-        outcome = f"  {name}: {record['status']}" + (f" ({record['error']})" if "error" in record else "")
-        if record["status"] == "passed":
-            log.info(outcome)
-        else:
-            log.warn(outcome, collect=False)  # the report shows the failure from the record
-        write_json_atomic(artifacts_dir(out_dir) / f"{name}.json", record)
-        records.append(record)
+        records.append(save_record(out_dir, record))
     return records
+
+
+def save_record(out_dir: Path, record: dict) -> dict:
+    """Say how an artifact ended (a failure as a warning, which the report shows from the record) and
+    write its record beside it."""
+    outcome = f"  {record['name']}: {record['status']}" + (f" ({record['error']})" if "error" in record else "")
+    if record["status"] == "passed":
+        log.info(outcome)
+    else:
+        log.warn(outcome, collect=False)
+    write_json_atomic(artifacts_dir(out_dir) / f"{record['name']}.json", record)
+    return record
 
 
 def read_artifacts(out_dir: Path) -> list[dict]:
