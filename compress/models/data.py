@@ -114,6 +114,13 @@ def call_model(model: torch.nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+def is_kv_cache(value: Any) -> bool:
+    """A Hugging Face key/value cache (``DynamicCache``, ``EncoderDecoderCache``, ...), which decoders
+    return beside their logits when ``use_cache`` is on (the default of every config on the Hub). One
+    forward pass needs none of it: outputs skip it, so a decoder exports and scores without the cache."""
+    return any(cls.__name__ == "Cache" and cls.__module__.startswith("transformers") for cls in type(value).__mro__)
+
+
 def first_tensor(output: Any) -> torch.Tensor:
     """The tensor a model output stands for: itself, or its first element or value."""
     if isinstance(output, torch.Tensor):

@@ -15,7 +15,7 @@ import torch
 from torch.export import Dim
 
 from compress.core.io import write_atomic
-from compress.models.data import first_tensor, flatten_inputs, rebuild_inputs
+from compress.models.data import first_tensor, flatten_inputs, is_kv_cache, rebuild_inputs
 from export.errors import ExportError
 
 # torch's exporter logs one warning per missing torchvision op; they are noise here.
@@ -40,7 +40,8 @@ class OnnxModel:
 
 def output_tensors(output: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
     """Every tensor of a model output with a stable path: ``""`` for a lone tensor, else the tuple
-    index or dict key of each (nested paths joined by ``_``). None entries (HF outputs) are skipped."""
+    index or dict key of each (nested paths joined by ``_``). None entries and key/value caches (HF
+    outputs) are skipped: a single forward pass is exported without its cache."""
     if isinstance(output, torch.Tensor):
         return [(prefix, output)]
     if isinstance(output, Mapping):
@@ -49,7 +50,8 @@ def output_tensors(output: Any, prefix: str = "") -> list[tuple[str, torch.Tenso
         items = enumerate(output)
     else:
         return first_tensor(output)  # raises the one-line InputError for unsupported types
-    return [pair for key, value in items if value is not None for pair in output_tensors(value, _join(prefix, key))]
+    kept = [(key, value) for key, value in items if value is not None and not is_kv_cache(value)]
+    return [pair for key, value in kept for pair in output_tensors(value, _join(prefix, key))]
 
 
 def _join(prefix: str, key: Any) -> str:

@@ -154,3 +154,24 @@ def test_an_opset_the_exporter_cannot_honour_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match=r"export.opset 14 cannot be honoured: the exporter wrote opset 18"):
         to_onnx(mlp(), torch.randn(2, 12), tmp_path / "m.onnx", opset=14)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_decoder_that_returns_its_cache_exports_one_forward_pass_without_it(tmp_path):
+    """Hub configs have use_cache on: the model returns a DynamicCache beside its logits. One forward
+    pass (a scorer, a classifier) needs none of it, so the file holds the logits only."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2
+    )
+    config.vocab_size = 64
+    assert config.use_cache  # the default the Hub ships
+    model = LlamaForCausalLM(config).eval()
+    inputs = {"input_ids": torch.randint(0, 64, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long)}
+    exported = to_onnx(model, inputs, tmp_path / "m.onnx", output_name="logits")
+    session = make_session(exported.path)
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    torch.testing.assert_close(ort_predictor(session)(inputs), expected, atol=1e-4, rtol=0)
