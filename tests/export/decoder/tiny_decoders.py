@@ -16,8 +16,10 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "mistral": ("MistralConfig", GQA_KV),
     "gemma2": ("Gemma2Config", {**GQA_KV, "head_dim": 8}),  # default head_dim is 256
     "phi3": ("Phi3Config", GQA_KV),
-    "opt": ("OPTConfig", {"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                          "word_embed_proj_dim": 32}),  # fmt: skip
+    "opt": (
+        "OPTConfig",
+        {"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "word_embed_proj_dim": 32},
+    ),  # fmt: skip
     "gpt_neox": ("GPTNeoXConfig", GQA),
     "falcon": ("FalconConfig", {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}),  # multi-query
     "bloom": ("BloomConfig", {"hidden_size": 32, "n_layer": 2, "n_head": 4}),
