@@ -4,7 +4,8 @@ This package owns the decoder-with-past path of modelpress: the ONNX signature t
 onnxruntime-genai share (``input_ids``, ``attention_mask``, ``position_ids`` where the family uses
 them, ``past_key_values.{i}.key|value`` in; ``logits``, ``present.{i}.key|value`` out), the per-family
 facts that signature needs (``families``), the export itself (``kv_export``), greedy-generation
-parity against torch (``parity``) and the onnxruntime-genai folder (``genai_folder``).
+parity against torch (``parity``), the onnxruntime-genai folder (``genai_folder``) and the
+experimental onnxscript ORT fusions over the exported graph (``ort_fusions``).
 
 Nothing here imports transformers or onnxruntime at import time; they are imported where used.
 """

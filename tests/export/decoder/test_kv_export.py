@@ -111,3 +111,17 @@ def test_position_ids_follow_optimum():
     assert uses_position_ids(falcon)
     falcon.config.alibi = True
     assert not uses_position_ids(falcon)
+
+
+def test_ort_fusions_keep_parity(exported, tmp_path):
+    from export.decoder.ort_fusions import fuse_for_ort
+
+    model, decoder, _ = exported("llama")
+    counts = fuse_for_ort(decoder.path, tmp_path / "fused.onnx")
+    # What onnxscript 0.7.2 fuses on this graph today (see ort_fusions' docstring): norms and MHA, no GQA.
+    assert counts["SkipSimplifiedLayerNormalization"] == 2 * NUM_LAYERS
+    assert counts["MultiHeadAttention"] + counts["GroupQueryAttention"] == NUM_LAYERS
+
+    ids, mask = left_padded_prompts()
+    record = generation_parity(model, onnx_session(tmp_path / "fused.onnx"), ids, mask, steps=4)
+    assert record.ok, record
