@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from compress.models.data import TaskData
+from compress.models.evaluate import metric_loss
 
 
 @dataclass
@@ -30,6 +31,11 @@ class Context:
     scratch_dir: Path | None = None
     history: list[dict] = field(default_factory=list)
     facts: dict = field(default_factory=dict)
+    higher_is_better: bool = True  # the task metric's direction (perplexity: False)
+
+    def metric_loss(self, reference: float, value: float) -> float:
+        """How much worse ``value`` scores than ``reference`` (positive: worse), whatever the metric's direction."""
+        return metric_loss(reference, value, self.higher_is_better)
 
     def record(self, **facts: Any) -> None:
         """Add facts about the running pass (kept indices, per-layer sparsity...) to its record."""

@@ -131,6 +131,7 @@ def run_pipeline(
         lambda m, split="eval": _measure(m, evaluator, data, split),
         recipe.seed,
         out_dir,
+        higher_is_better=evaluator.higher_is_better,
     )
     ctx.history = [s.record for s in stages[1:]]
     if not stages:

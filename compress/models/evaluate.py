@@ -3,7 +3,12 @@
 An evaluator scores a ``predict(inputs) -> Tensor`` function on batches. The same
 evaluator scores the torch model after each stage and each exported artifact in ONNX
 Runtime, so the two figures are comparable. Any callable ``(predict, batches) -> float``
-can replace them (``task.metric: package.module:function``).
+can replace them (``task.metric: package.module:function``); one whose lower values are better
+says so with an attribute, ``my_metric.higher_is_better = False``.
+
+Every comparison of two figures (the budget, the best epoch, the recommendation, the front, the
+search) goes through ``metric_loss``, so a lower-is-better metric such as ``perplexity`` counts a
+rise as the loss.
 """
 
 import dataclasses
@@ -27,7 +32,14 @@ class Evaluator:
     name: str
     score: Callable[[Predict, Iterable], float]
     inputs_of: Callable[[Any], list] = lambda batch: [batch[0]]
-    is_classifier: bool = False
+    is_classifier: bool = False  # the output's last axis holds classes (or next-token logits): top-1 is meaningful
+    higher_is_better: bool = True
+
+
+def metric_loss(reference: float, value: float, higher_is_better: bool = True) -> float:
+    """How much worse ``value`` is than ``reference``, in the metric's units: positive when worse (a drop
+    of accuracy, a rise of perplexity), negative when better."""
+    return reference - value if higher_is_better else value - reference
 
 
 def accuracy(predict: Predict, batches: Iterable) -> float:
@@ -65,9 +77,35 @@ def embedding_similarity(predict: Predict, batches: Iterable) -> float:
     return float(spearmanr(torch.cat(cosines).numpy(), torch.cat(gold).numpy()).statistic * 100)
 
 
+def perplexity(predict: Predict, batches: Iterable) -> float:
+    """Token-weighted perplexity of a causal LM on ``(inputs, labels)`` batches: exp of the mean
+    next-token negative log-likelihood over every labelled token (labels are the input ids, -100
+    where a token is padding, as Hugging Face's ``labels``), each token weighing the same whatever
+    its sentence's length (lm-eval's rolling log-likelihood does the same). Lower is better."""
+    nll, tokens = 0.0, 0
+    for inputs, labels in batches:
+        logits = predict(inputs).float()
+        labels = torch.as_tensor(labels)
+        if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(labels.shape):
+            raise InputError(
+                f"perplexity: the model gives {tuple(logits.shape)} for labels {tuple(labels.shape)}; it needs "
+                "next-token logits [batch, tokens, vocabulary] and labels [batch, tokens] (a causal LM and text data)"
+            )
+        targets = labels[:, 1:]
+        counted = targets != -100
+        log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+        picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        nll -= float(picked[counted].double().sum())
+        tokens += int(counted.sum())
+    if tokens == 0:
+        raise InputError("perplexity: the eval split holds no labelled token; give it sentences of 2 tokens or more")
+    return math.exp(nll / tokens)
+
+
 EVALUATORS = {
     "accuracy": Evaluator("accuracy", accuracy, is_classifier=True),
     "embedding_similarity": Evaluator("spearman", embedding_similarity, inputs_of=lambda b: [b[0], b[1]]),
+    "perplexity": Evaluator("perplexity", perplexity, is_classifier=True, higher_is_better=False),
 }
 
 
@@ -103,7 +141,10 @@ def _resolve(metric: "str | Callable | Evaluator", search_dir=None) -> Evaluator
     if isinstance(metric, Evaluator):
         return metric
     if callable(metric):
-        return Evaluator(getattr(metric, "__name__", "metric"), metric)
+        higher = getattr(metric, "higher_is_better", True)
+        if not isinstance(higher, bool):
+            raise InputError(f"task.metric: its higher_is_better attribute is {higher!r}; set it to True or False")
+        return Evaluator(getattr(metric, "__name__", "metric"), metric, higher_is_better=higher)
     if metric in EVALUATORS:
         return EVALUATORS[metric]
     if ":" in metric:

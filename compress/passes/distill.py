@@ -298,7 +298,7 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
             metric = ctx.evaluate(model, split)
             history.append({"epoch": epoch, "loss": round(loss, 6), split: metric})
             log.info(f"  distill epoch {epoch}: loss {loss:.4f}, {split} metric {metric:.4f}")
-            if metric >= best_metric:  # on ties the later epoch wins: it has seen more steps at lower lr
+            if ctx.metric_loss(best_metric, metric) <= 0:  # ties: the later epoch, more steps at lower lr
                 best_metric, best_state, best_epoch, stale = metric, trainable_state(model), epoch, 0
             else:
                 stale += 1

@@ -244,7 +244,7 @@ def _quantize_torch(model: torch.nn.Module, config: QuantizeConfig, ctx) -> torc
     budget = None
     if config.max_metric_drop is not None:
         candidates = candidate_count(config.sensitivity_candidates)
-        budget = fit_budget(names, score, reference, config.max_metric_drop, rank, candidates)
+        budget = fit_budget(names, score, reference, config.max_metric_drop, rank, candidates, ctx.higher_is_better)
     float_layers = budget.float_layers if budget else []
     quantized = [name for name in names if name not in float_layers]
     quantize_named(model, quantized, spec)

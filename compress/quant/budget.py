@@ -7,8 +7,8 @@ layers first (``rank``: each layer's output SQNR in dB on calibration data, quan
 lower is more sensitive) and the metric is measured only for the ``candidates`` lowest.
 Layers then fall back one at a time in the measured order (largest drop first), and after
 the candidates in the cheap order. The same search serves bitsandbytes layers in torch and
-weight nodes in an ONNX graph; only ``score`` and ``rank`` differ. Metrics are
-higher-is-better (accuracy, Spearman).
+weight nodes in an ONNX graph; only ``score`` and ``rank`` differ. ``higher_is_better`` says
+the metric's direction: the drop is a fall of accuracy or Spearman, a rise of perplexity.
 """
 
 import math
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from compress.core import log
+from compress.models.evaluate import metric_loss
 
 # A layer the cheap signal could not measure ranks as the most sensitive: measure it rather than guess.
 UNMEASURED = -math.inf
@@ -39,10 +40,11 @@ class BudgetResult:
     evaluations: int = 1
     sqnr_db: dict[str, float | None] = field(default_factory=dict)
     candidates: int | None = None
+    higher_is_better: bool = True
 
     @property
     def drop(self) -> float:
-        return self.reference - self.metric
+        return metric_loss(self.reference, self.metric, self.higher_is_better)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "drop": self.drop}
@@ -65,6 +67,7 @@ def fit_budget(
     budget: float | None,
     rank: Callable[[], dict[str, float | None] | None] | None = None,
     candidates: int | None = None,
+    higher_is_better: bool = True,
 ) -> BudgetResult:
     """Quantize ``layers`` within ``budget`` (max metric drop from ``reference``).
 
@@ -75,9 +78,14 @@ def fit_budget(
     With no budget, every layer is quantized. When no fallback meets the budget, the best
     variant found is returned with ``met=False``.
     """
+
+    def loss(metric: float) -> float:
+        return metric_loss(reference, metric, higher_is_better)
+
     full = score(layers)
-    if budget is None or reference - full <= budget or not layers:
-        return BudgetResult(reference, full, [], budget is None or reference - full <= budget, budget)
+    if budget is None or loss(full) <= budget or not layers:
+        met = budget is None or loss(full) <= budget
+        return BudgetResult(reference, full, [], met, budget, higher_is_better=higher_is_better)
     sqnr_db = rank() if rank is not None and candidates is not None else None
     cheap = sqnr_db is not None  # None from rank: no calibration data to rank on; measure every layer
     sqnr_db = sqnr_db or {}
@@ -88,22 +96,31 @@ def fit_budget(
     else:
         measured = list(layers)
     log.info(
-        f"  budget: drop {reference - full:.4f} > {budget}; measuring the sensitivity of {len(measured)} "
+        f"  budget: drop {loss(full):.4f} > {budget}; measuring the sensitivity of {len(measured)} "
         f"of {len(layers)} layers" + (" (the lowest output SQNR)" if cheap else "")
     )
-    sensitivity = {layer: reference - score([layer]) for layer in measured}
+    sensitivity = {layer: loss(score([layer])) for layer in measured}
     ranked = sorted(measured, key=lambda layer: sensitivity[layer], reverse=True)
     ranked += [layer for layer in cheap_order(sqnr_db, layers) if layer not in sensitivity]
     best = BudgetResult(
-        reference, full, [], False, budget, sensitivity, 1 + len(measured), sqnr_db, len(measured) if cheap else None
+        reference,
+        full,
+        [],
+        False,
+        budget,
+        sensitivity,
+        1 + len(measured),
+        sqnr_db,
+        len(measured) if cheap else None,
+        higher_is_better,
     )
     for count in range(1, len(ranked)):  # all layers float would be no quantization at all
         kept_float = ranked[:count]
         metric = score([layer for layer in layers if layer not in kept_float])
         best.evaluations += 1
-        if metric > best.metric:
+        if loss(metric) < loss(best.metric):
             best.metric, best.float_layers = metric, kept_float
-        if reference - metric <= budget:
+        if loss(metric) <= budget:
             best.metric, best.float_layers, best.met = metric, kept_float, True
             break
     verdict = "met" if best.met else "NOT met (best variant kept)"

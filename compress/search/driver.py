@@ -94,13 +94,15 @@ def run_search(
             for line in space.describe():
                 log.info(f"search: {line}")
             runner = TrialRunner(model, without_search, data, resolved, metric, out, spec.batch_size, search_dir)
-            return _search(runner, space, spec, identity, resolved.name)
+            return _search(runner, space, spec, identity, resolved.name, resolved.higher_is_better)
     finally:
         folder.unlock(out)
 
 
-def _search(runner: TrialRunner, space: Space, spec: SearchSpec, identity: dict, metric_name: str) -> SearchResult:
-    search = Search(runner, space, spec, metric_name)
+def _search(
+    runner: TrialRunner, space: Space, spec: SearchSpec, identity: dict, metric_name: str, higher_is_better: bool
+) -> SearchResult:
+    search = Search(runner, space, spec, metric_name, higher_is_better)
     state = {"identity": identity, "spec": spec.model_dump(mode="json"), "space": space.describe()}
     write_json_atomic(runner.out / STATE, {**state, "status": "running"})
     if runner.data.validation is None:
@@ -120,6 +122,7 @@ def _search(runner: TrialRunner, space: Space, spec: SearchSpec, identity: dict,
         "stopped_by_budget": search.stopped_by_budget,
         "elapsed_seconds": round(search.elapsed(), 1),
         "metric": metric_name,
+        "higher_is_better": higher_is_better,
         "chosen": chosen,
         "baseline": baseline,
         "finalists": [

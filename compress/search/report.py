@@ -79,9 +79,9 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:.3f}"
 
 
-def _front_table(points: list[dict], objective: str) -> list[str]:
+def _front_table(points: list[dict], objective: str, higher_is_better: bool) -> list[str]:
     lines = ["| point | validation | Δ vs fp32 (pt) | speed-up vs fp32 | size (MB) |", "|---|---|---|---|---|"]
-    for p in strategy.front(points, objective):
+    for p in strategy.front(points, objective, higher_is_better):
         lines.append(
             f"| {p['label']} | {p['validation_metric']:.4f} | {_delta(p):+.2f} | {p['speedup']:.2f}x "
             f"| {_mb(p['size_bytes'])} |"
@@ -141,7 +141,7 @@ def _timing_note(chosen: dict, baseline: dict) -> str:
     return f"Timing: {load}; calls vary by {max(chosen.get('cv', 0), baseline.get('cv', 0)):.0%} of their mean at most."
 
 
-def _plots(out: Path, points: list[dict], metric: str) -> list[str]:
+def _plots(out: Path, points: list[dict], metric: str, higher_is_better: bool) -> list[str]:
     from export.report.plots import plot_front
 
     names = [p["label"] for p in points]
@@ -153,7 +153,8 @@ def _plots(out: Path, points: list[dict], metric: str) -> list[str]:
     }
     for name, (costs, xlabel) in plots.items():
         path = out / "plots" / f"{name}.png"
-        if plot_front(list(zip(costs, [p["validation_metric"] for p in points])), names, xlabel, ylabel, name, path):
+        points_xy = list(zip(costs, [p["validation_metric"] for p in points]))
+        if plot_front(points_xy, names, xlabel, ylabel, name, path, higher_is_better):
             drawn.append(f"![{name}](plots/{name}.png)")
     return drawn
 
@@ -165,6 +166,7 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
     environment = {**collect_environment(), "load_average": list(os.getloadavg())}
     write_json_atomic(out / "environment.json", environment)
     chosen, baseline, metric = summary["chosen"], summary["baseline"], summary["metric"]
+    higher = summary.get("higher_is_better", True)
     complete = [
         p for t in trials if t["validation_complete"] for p in t["points"] if p["status"] == "passed" and "speedup" in p
     ]
@@ -216,13 +218,13 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
         "",
         "## Pareto front: metric vs latency",
         "",
-        *_front_table(complete, "latency"),
+        *_front_table(complete, "latency", higher),
         "",
         "## Pareto front: metric vs size",
         "",
-        *_front_table(complete, "size"),
+        *_front_table(complete, "size", higher),
         "",
-        *_plots(out, complete, metric),
+        *_plots(out, complete, metric, higher),
         "",
         "## Trials",
         "",

@@ -38,9 +38,12 @@ def trial_label(candidate, passes: list[dict]) -> str:
 class Search:
     """One search's state: the space, the trial log, the trials done and the time spent."""
 
-    def __init__(self, runner: TrialRunner, space: Space, spec: SearchSpec, metric_name: str):
+    def __init__(
+        self, runner: TrialRunner, space: Space, spec: SearchSpec, metric_name: str, higher_is_better: bool = True
+    ):
         self.runner, self.space, self.spec = runner, space, spec
         self.size = strategy.point_size(metric_name)
+        self.higher_is_better = higher_is_better
         self.metric_name = metric_name
         self.log = TrialLog(runner.out)
         self.trials: list[dict] = []
@@ -97,7 +100,9 @@ class Search:
             self._refuse_empty_cut(passes, record)
             for point in record["points"]:
                 if point["status"] == "passed":
-                    point["drop"] = strategy.drop(point, self.reference(record["validation_batches"]), self.size)
+                    point["drop"] = strategy.drop(
+                        point, self.reference(record["validation_batches"]), self.size, self.higher_is_better
+                    )
             record = self._labelled(record, label, passes)
             if not record.pop("crashed", False):
                 self.log.add(record)

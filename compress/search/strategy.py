@@ -20,10 +20,12 @@ Plain functions over trial records (see ``compress.search.trials``): a point is 
 
 import math
 
+from compress.models.evaluate import metric_loss
 from export.report.summary import pareto_front
 
-# A point of each built-in metric, in its units: accuracy is a share, Spearman is already x100.
-POINT_SIZE = {"accuracy": 0.01, "spearman": 1.0}
+# A point of each built-in metric, in its units: accuracy is a share, Spearman is already x100, a point
+# of perplexity is one unit of it (a rise: perplexity is lower-is-better).
+POINT_SIZE = {"accuracy": 0.01, "spearman": 1.0, "perplexity": 1.0}
 
 
 def point_size(metric_name: str) -> float:
@@ -38,9 +40,10 @@ def point_label(trial_label: str, artifact: str, prunes_or_quantizes: bool) -> s
     return f"{trial_label} (fp32)" if artifact == "compressed" else f"{trial_label} + {artifact}"
 
 
-def drop(point: dict, reference: float, size: float) -> float:
-    """How many points ``point`` lies below the fp32 reference (negative: above it)."""
-    return (reference - point["validation_metric"]) / size
+def drop(point: dict, reference: float, size: float, higher_is_better: bool = True) -> float:
+    """How many points ``point`` lies below the fp32 reference (negative: above it); for a lower-is-better
+    metric (perplexity), how many points it rises above it."""
+    return metric_loss(reference, point["validation_metric"], higher_is_better) / size
 
 
 def cost(point: dict, objective: str) -> float:
@@ -114,7 +117,7 @@ def next_finalist(entries: list[tuple], recovered: list[float], spec, places: in
     return min(fitting, key=lambda pair: pair[0])[1] if fitting else None
 
 
-def front(points: list[dict], objective: str) -> list[dict]:
+def front(points: list[dict], objective: str, higher_is_better: bool = True) -> list[dict]:
     """The points no other point beats on both the objective and the validation metric."""
-    indices = pareto_front([(cost(p, objective), p["validation_metric"]) for p in points])
+    indices = pareto_front([(cost(p, objective), p["validation_metric"]) for p in points], higher_is_better)
     return sorted((points[i] for i in indices), key=lambda p: cost(p, objective))

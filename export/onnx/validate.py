@@ -103,19 +103,21 @@ def compare_predictions(
     ort_predict = ort_outputs_predictor(session)
     names = [o.name for o in session.get_outputs()]
     tallies = {name: _Tally() for name in names}
-    agree, samples = 0, 0
+    agree, positions, samples = 0, 0, 0
     for inputs in input_batches:
         expected_all, actual_all = torch_predict(inputs), ort_predict(inputs)
         if len(expected_all) != len(actual_all):
             raise ShapeMismatch(f"torch gives {len(expected_all)} outputs, the ONNX file {len(actual_all)}")
         for name, expected, actual in zip(names, expected_all, actual_all):
             tallies[name].add(name, expected.float(), actual.float())
+        # Top-1 per position of the class axis: one per row for a classifier, one per token for next-token
+        # logits (the teacher-forced agreement of a causal LM, every token judged on its own).
         same = expected_all[0].argmax(-1) == actual_all[0].argmax(-1)
-        agree += int(same.reshape(same.shape[0], -1).all(1).sum())
+        agree, positions = agree + int(same.sum()), positions + same.numel()
         samples += batch_size_of(inputs)
         if samples >= tolerance.samples:
             break
-    top1 = agree / samples if classifier and samples else None
+    top1 = agree / positions if classifier and positions else None
     max_diff = max((t.max_diff for t in tallies.values()), default=0.0)
     min_cos = min((t.min_cos for t in tallies.values()), default=1.0)
     failures = sorted({cause for t in tallies.values() for cause in t.nonfinite})

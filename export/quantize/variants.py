@@ -172,6 +172,7 @@ def build_variant(
                 spec.max_metric_drop,
                 rank,
                 candidate_count(spec.sensitivity_candidates),
+                evaluator.higher_is_better,
             )
         float_nodes = budget.float_layers if budget else []
         write_atomic(path, lambda tmp: quantize([n for n in nodes if n not in float_nodes], tmp))

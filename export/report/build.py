@@ -11,10 +11,11 @@ from typing import Any
 
 from compress.core.io import write_json_atomic, write_text_atomic
 from compress.engine.stages import StageResult
+from compress.models.evaluate import metric_loss
 from compress.recipe.schema import Recipe
 from export.report.plots import write_plots
 from export.report.render import render_html, render_markdown
-from export.report.summary import headline_latency
+from export.report.summary import headline_latency, higher_is_better
 
 SCHEMA = "modelpress.report/2"
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
@@ -38,21 +39,18 @@ def recommend(artifacts: list[dict], budget: float, device_name: str | None) -> 
     base = next((a for a in artifacts if a["name"] == "baseline" and "metric" in a), None)
     if base is None:
         return None
-    candidates = []
+    candidates, higher = [], higher_is_better(artifacts)
     for artifact in artifacts:
         latency = headline_latency(artifact, device_name)
         if artifact.get("status") != "passed" or "metric" not in artifact or latency is None:
             continue
-        drop = base["metric"]["value"] - artifact["metric"]["value"]
+        drop = metric_loss(base["metric"]["value"], artifact["metric"]["value"], higher)
         if drop <= budget:
             warned = bool(artifact.get("warnings"))
-            candidates.append(
-                (warned, latency["p50_ms"], -artifact["metric"]["value"], artifact["size_bytes"], artifact)
-            )
+            candidates.append((warned, latency["p50_ms"], drop, artifact["size_bytes"], artifact))
     if not candidates:
         return None
-    warned, p50, _, _, best = min(candidates, key=lambda c: c[:4])
-    drop = base["metric"]["value"] - best["metric"]["value"]
+    warned, p50, drop, _, best = min(candidates, key=lambda c: c[:4])
     base_p50 = headline_latency(base, device_name)["p50_ms"]
     return {
         "name": best["name"],

@@ -7,7 +7,7 @@ matplotlib runs headless (Agg) and is imported only when a report is written.
 from pathlib import Path
 
 from compress.core.io import write_atomic
-from export.report.summary import headline_latency, pareto_front
+from export.report.summary import headline_latency, higher_is_better, pareto_front
 
 PLOT_DIR = "plots"
 PRECISION_COLOURS = {"float32": "#4c72b0", "int8": "#dd8452", "nf4": "#55a868", "fp4": "#c44e52"}
@@ -26,11 +26,18 @@ def _tradeoff(report: dict, cost_of, xlabel: str, title: str, path: Path) -> boo
             points.append((cost, artifact["metric"]["value"]))
             names.append(artifact["name"])
     metric = report["artifacts"][0].get("metric", {}).get("name", "metric") if report["artifacts"] else "metric"
-    return plot_front(points, names, xlabel, f"{metric} (ONNX Runtime)", title, path)
+    higher = higher_is_better(report["artifacts"])
+    return plot_front(points, names, xlabel, f"{metric} (ONNX Runtime)", title, path, higher)
 
 
 def plot_front(
-    points: list[tuple[float, float]], names: list[str], xlabel: str, ylabel: str, title: str, path: Path
+    points: list[tuple[float, float]],
+    names: list[str],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+    higher_is_better: bool = True,
 ) -> bool:
     """Scatter of ``(cost, metric)`` points, named, the Pareto front dashed; False when there are none.
     Shared by the run report (one point per artifact) and ``modelpress search`` (one per trial's artifact)."""
@@ -41,7 +48,7 @@ def plot_front(
 
     if not points:
         return False
-    front = sorted(pareto_front(points), key=lambda i: points[i][0])
+    front = sorted(pareto_front(points, higher_is_better), key=lambda i: points[i][0])
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
     axes.scatter([p[0] for p in points], [p[1] for p in points], color="#4c72b0", zorder=3)
     axes.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="#c44e52", label="Pareto front")

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from export.measure.benchmark import latency_key
-from export.report.summary import pareto_front
+from export.report.summary import higher_is_better, pareto_front
 
 
 def _ratio(value: float | None, base: float | None) -> str:
@@ -69,7 +69,8 @@ def _artifacts(report: dict) -> list:
     artifacts = report["artifacts"]
     base = next((a for a in artifacts if a["name"] == "baseline"), {})
     measured = [a for a in artifacts if "metric" in a and "size_bytes" in a]
-    front = {measured[i]["name"] for i in pareto_front([(a["size_bytes"], a["metric"]["value"]) for a in measured])}
+    points = [(a["size_bytes"], a["metric"]["value"]) for a in measured]
+    front = {measured[i]["name"] for i in pareto_front(points, higher_is_better(measured))}
     rows = []
     for a in artifacts:
         metric = f"{a['metric']['name']} {a['metric']['value']:.4f}" if "metric" in a else "not measured"

@@ -2,8 +2,17 @@
 artifacts and the latency entry that stands for an artifact when artifacts are compared."""
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both cost (lower) and metric (higher)."""
+def higher_is_better(artifacts: list[dict]) -> bool:
+    """The direction of the artifacts' metric, as their records say it (records written before the
+    field existed hold higher-is-better metrics)."""
+    return next((a["metric"].get("higher_is_better", True) for a in artifacts if "metric" in a), True)
+
+
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = True) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and metric (better: higher, or
+    lower for a metric such as perplexity)."""
+    sign = 1 if higher_is_better else -1
+    points = [(cost, sign * metric) for cost, metric in points]
     front = []
     for i, (cost, metric) in enumerate(points):
         dominated = any(

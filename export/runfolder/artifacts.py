@@ -189,7 +189,12 @@ def measure_artifacts(
                 record.pop("metric", None)  # an old figure would pass for a measured one
                 continue
             value = evaluator.score(ort_predictor(sessions[record["name"]]), data.batches("eval"))
-            record["metric"] = {"name": evaluator.name, "value": value, "runtime": "onnxruntime"}
+            record["metric"] = {
+                "name": evaluator.name,
+                "value": value,
+                "runtime": "onnxruntime",
+                "higher_is_better": evaluator.higher_is_better,
+            }
         latency = benchmark_sessions(
             sessions, sample, _batch_sizes(recipe), threads, spec.warmup, spec.iterations, spec.max_seconds
         )

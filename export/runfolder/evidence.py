@@ -7,6 +7,7 @@ inputs. ``modelpress report DIR`` then scores the metric, and checks parity agai
 reference, from the folder alone: no code named by the folder is imported.
 """
 
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -67,6 +68,7 @@ def store_heldout(out_dir: Path, evaluator: Evaluator, data: TaskData, metric: A
         "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
         "builtin_metric": builtin,
         "is_classifier": evaluator.is_classifier,
+        "higher_is_better": evaluator.higher_is_better,
         "kinds": kinds,
         "batches": count,
         "rows": rows,
@@ -140,8 +142,11 @@ class StoredData:
     def evaluator(self, evaluator: Evaluator | None) -> Evaluator:
         """``evaluator`` (built-in or trusted) reading stored batches; a stand-in that only feeds inputs."""
         groups = len(self.meta["kinds"])
-        base = evaluator or Evaluator(self.meta["metric"], score=None, is_classifier=self.meta["is_classifier"])
-        return Evaluator(base.name, base.score, lambda b: list(b[:groups]), base.is_classifier)
+        higher = self.meta.get("higher_is_better", True) is not False  # data, never code: a bool or the default
+        base = evaluator or Evaluator(
+            self.meta["metric"], score=None, is_classifier=self.meta["is_classifier"], higher_is_better=higher
+        )
+        return dataclasses.replace(base, inputs_of=lambda b: list(b[:groups]))
 
 
 def inputs_in_order(data: StoredData) -> list[Any]:

@@ -9,20 +9,7 @@ import torch
 from export.decoder.genai_folder import genai_config, write_genai_folder
 from export.decoder.kv_export import DecoderOnnx
 from export.errors import ExportError
-from tests.export.decoder.tiny_decoders import tiny_decoder
-
-
-def word_level_tokenizer(vocab_size: int = 128):
-    """A whitespace word-level tokenizer over the tiny vocabulary: ids 0-2 are pad, bos, eos."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<pad>"
-    )
+from tests.tiny_decoders import tiny_decoder, word_level_tokenizer
 
 
 def test_genai_config_names_the_cache_and_the_tokens(tmp_path):

@@ -13,7 +13,7 @@ import torch
 from export.decoder import decoder_shape, export_decoder, uses_position_ids
 from export.decoder.parity import generation_parity, onnx_session, teacher_forced_top1
 from export.errors import ExportError
-from tests.export.decoder.tiny_decoders import FAMILIES, tiny_decoder
+from tests.tiny_decoders import FAMILIES, tiny_decoder
 
 NUM_LAYERS = 2
 # The families whose graph has no position_ids input (Optimum's convention): ALiBi from the mask.

@@ -33,3 +33,16 @@ def tiny_decoder(family: str, seed: int = 0) -> torch.nn.Module:
     config = getattr(transformers, config_class)(**COMMON, **sizes)
     torch.manual_seed(seed)
     return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def word_level_tokenizer(vocab_size: int = 128):
+    """A whitespace word-level tokenizer over the tiny vocabulary: ids 0-2 are pad, bos, eos."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<pad>"
+    )
