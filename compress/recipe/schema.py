@@ -96,6 +96,11 @@ class ExportSpec(StrictModel):
         "auto", description="torch exporter of fp32 artifacts; auto: dynamo, falling back to TorchScript on failure"
     )
     output_name: str = Field("output", max_length=200)
+    kv_cache: bool = Field(
+        True,
+        description="a causal LM (a Hugging Face model that generates) is exported with its KV cache, in the "
+        "onnxruntime-genai/Optimum signature, so the artifact can generate; false: one forward pass",
+    )
     parity: ParitySpec = Field(default_factory=ParitySpec)
 
 

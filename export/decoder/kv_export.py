@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch.export import Dim
 
+from compress.core.io import write_atomic
 from export.decoder.families import decoder_shape, uses_position_ids
 from export.errors import ExportError
 
@@ -159,7 +160,7 @@ def _finalise(tmp: Path, path: Path, external: bool) -> None:
         data = path.name + ".data"
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data)
     else:
-        onnx.save(model, str(path))
+        write_atomic(path, lambda target: onnx.save(model, str(target)))  # a reader never sees half a file
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # noqa: BLE001  (the checker raises several types; all mean the same)
@@ -191,6 +192,7 @@ def export_decoder(model: torch.nn.Module, path: Path | str, *, opset: int = 18)
     inputs = _example_inputs(shape, with_positions, dtype)
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
     tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with torch.no_grad():
             _run_exporter(

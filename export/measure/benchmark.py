@@ -213,9 +213,9 @@ def benchmark_sessions(
     per_round = max(1, iterations // ROUNDS)
     for batch_size in batch_sizes:
         load_before, cpu_before = load_per_core(), cpu_snapshot()
-        inputs = feed(take_rows(sample_inputs, batch_size))
+        rows = take_rows(sample_inputs, batch_size)
         times: dict[str, list[float]] = {name: [] for name in sessions}
-        calls = {name: _runner(session, inputs) for name, session in sessions.items()}
+        calls = {name: _runner(session, feed(rows, session)) for name, session in sessions.items()}
         for call in calls.values():
             time_calls(call, warmup, 0, 0)
         for _ in range(ROUNDS):

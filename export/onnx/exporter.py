@@ -229,15 +229,39 @@ def _check_opset(path: Path, opset: int) -> None:
         )
 
 
+def generates(model: torch.nn.Module) -> bool:
+    """A Hugging Face decoder that generates text (a causal LM): its artifact is worth a KV cache.
+    Encoder-decoders generate too, but their step is another graph: they export one forward pass."""
+    can_generate = getattr(model, "can_generate", None)
+    config = getattr(model, "config", None)
+    return callable(can_generate) and bool(can_generate()) and not getattr(config, "is_encoder_decoder", False)
+
+
 def export_onnx(
-    model: torch.nn.Module, example_inputs: Any, path: Path, *args: Any, exporter: str = "auto", **kwargs: Any
+    model: torch.nn.Module,
+    example_inputs: Any,
+    path: Path,
+    opset: int = 18,
+    *args: Any,
+    exporter: str = "auto",
+    kv_cache: bool = False,
+    **kwargs: Any,
 ) -> tuple[OnnxModel, dict]:
     """``to_onnx`` with the exporter choice; returns the file and the facts of which exporter made it.
 
     ``auto`` tries dynamo first (the maintained exporter) and falls back to TorchScript, which
     traces one concrete run and so survives what torch.export refuses (data-dependent branches,
     views over non-contiguous strides in windowed attention). Both failing raises both causes.
+    With ``kv_cache``, a causal LM is exported with its cache (``export.decoder``: one graph for the
+    prefill and each decoding step, dynamic axes), the rest as above.
     """
+    if kv_cache and generates(model):
+        from export.decoder.kv_export import export_decoder
+
+        made = export_decoder(model, path, opset=opset)
+        names = list(made.input_names), list(made.output_names)
+        return OnnxModel(path, *names, opset), {"exporter": "dynamo", "kv_cache": True}
+    args = (opset, *args)
     if exporter != "auto":
         return to_onnx(model, example_inputs, path, *args, exporter=exporter, **kwargs), {"exporter": exporter}
     try:

@@ -1,4 +1,10 @@
-"""ONNX Runtime sessions and feeding them with modelpress batches."""
+"""ONNX Runtime sessions and feeding them with modelpress batches.
+
+A decoder exported with its KV cache (``export/decoder``) is measured like any artifact, as one
+forward pass over the batch: ``feed(inputs, session)`` adds what the batch does not hold, an empty
+past and the positions ``generate()`` would give, and the predictors return every output but the
+``present.*`` cache.
+"""
 
 from pathlib import Path
 from typing import Any
@@ -26,9 +32,40 @@ def make_session(path: Path, threads: int | None = None, provider: str = "CPUExe
     return ort.InferenceSession(str(path), sess_options=options, providers=[provider])
 
 
-def feed(inputs: Any) -> dict[str, np.ndarray]:
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def feed(inputs: Any, session=None) -> dict[str, np.ndarray]:
+    """A batch as ONNX Runtime takes it; with ``session``, completed for a decoder with its KV cache."""
     names, tensors = flatten_inputs(inputs)
-    return {name: t.detach().cpu().numpy() for name, t in zip(names, tensors)}
+    arrays = {name: t.detach().cpu().numpy() for name, t in zip(names, tensors)}
+    return arrays if session is None else complete_feed(session, arrays)
+
+
+def complete_feed(session, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` plus the inputs a decoder-with-past declares and one forward pass does not carry: each
+    layer's past, empty ([batch, kv heads, 0, head size]), and ``position_ids`` from the attention mask
+    (its running count less one, padding at 1, as ``generate()`` does). Other files: unchanged."""
+    missing = [i for i in session.get_inputs() if i.name not in arrays]
+    if not missing or "input_ids" not in arrays:
+        return arrays
+    batch = arrays["input_ids"].shape[0]
+    mask = arrays.get("attention_mask", np.ones_like(arrays["input_ids"]))
+    extra = {}
+    for declared in missing:
+        if declared.name.startswith(PAST_PREFIX):
+            heads, size = declared.shape[1], declared.shape[3]
+            extra[declared.name] = np.zeros((batch, heads, 0, size), dtype=ORT_TYPES.get(declared.type, np.float32))
+        elif declared.name == "position_ids":
+            positions = np.cumsum(mask, axis=-1) - 1
+            extra[declared.name] = np.where(mask == 0, 1, positions).astype(np.int64)
+    return {**arrays, **extra}
+
+
+def scored_outputs(session) -> list[str]:
+    """The outputs a batch is judged on: all but a decoder's ``present.*`` cache."""
+    return [o.name for o in session.get_outputs() if not o.name.startswith(PRESENT_PREFIX)]
 
 
 def fixed_batch_size(session) -> int | None:
@@ -45,17 +82,21 @@ def _run_in_chunks(session, inputs: Any, size: int) -> list[np.ndarray]:
     for start in range(0, rows, size):
         index = torch.arange(start, start + size).clamp(max=rows - 1)
         chunk = {name: t[index].detach().cpu().numpy() for name, t in zip(names, tensors)}
-        outputs.append([out[: rows - start] for out in session.run(None, chunk)])
+        outputs.append([out[: rows - start] for out in session.run(scored_outputs(session), chunk)])
     return [np.concatenate(parts) for parts in zip(*outputs)]
 
 
 def ort_outputs_predictor(session):
-    """``predict(inputs) -> list[Tensor]``, every output of the session in file order. An artifact
+    """``predict(inputs) -> list[Tensor]``, every scored output of the session in file order. An artifact
     with fixed input shapes gets its inputs in chunks of its batch size."""
     size = fixed_batch_size(session)
+    names = scored_outputs(session)
 
     def predict(inputs):
-        outputs = session.run(None, feed(inputs)) if size is None else _run_in_chunks(session, inputs, size)
+        if size is not None:
+            outputs = _run_in_chunks(session, inputs, size)
+        else:
+            outputs = session.run(names, feed(inputs, session))
         return [torch.from_numpy(np.asarray(out)) for out in outputs]
 
     return predict

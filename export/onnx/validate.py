@@ -17,7 +17,7 @@ from compress.models.data import batch_size_of, call_model, model_device, to_dev
 from compress.recipe.schema import ParitySpec, Recipe
 from export.errors import ShapeMismatch, ToleranceExceeded
 from export.onnx.exporter import output_tensors
-from export.onnx.runtime import ort_outputs_predictor
+from export.onnx.runtime import ort_outputs_predictor, scored_outputs
 
 
 @dataclass
@@ -101,7 +101,7 @@ def compare_predictions(
     """``compare_outputs`` with the expected outputs from ``torch_predict(inputs) -> list[Tensor]``
     (a live module, or torch outputs stored in the run folder)."""
     ort_predict = ort_outputs_predictor(session)
-    names = [o.name for o in session.get_outputs()]
+    names = scored_outputs(session)
     tallies = {name: _Tally() for name in names}
     agree, positions, samples = 0, 0, 0
     for inputs in input_batches:

@@ -89,6 +89,7 @@ def _prepare(spec, torch_model, recipe: Recipe, example_inputs, work: Path) -> P
         export.dynamic_batch,
         export.output_name,
         exporter=spec.exporter,
+        kv_cache=export.kv_cache,
     )
     if "exporter_fallback" in made_by:
         log.warn(f"  fp32 source exported with TorchScript ({made_by['exporter_fallback']})")

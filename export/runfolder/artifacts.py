@@ -116,6 +116,7 @@ def export_artifacts(
                 spec.dynamic_batch,
                 spec.output_name,
                 exporter=spec.exporter,
+                kv_cache=spec.kv_cache,
                 external_data=spec.external_data,
             )
             record.update(made_by)

@@ -1,6 +1,7 @@
 """A causal LM through a recipe, as a user writes it: the model and its tokenizer from a local Hugging
 Face folder, text data, perplexity as the task metric; exported without the cache and scored in ONNX
-Runtime on the same tokens, with the teacher-forced top-1 agreement as parity."""
+Runtime on the same tokens, with the teacher-forced top-1 agreement as parity. The artifact is the
+decoder with its KV cache, measured as one forward pass from an empty past."""
 
 import json
 
@@ -12,6 +13,7 @@ import compress
 from compress.models.evaluate import perplexity, torch_predictor
 from compress.models.hf import causal_lm
 from compress.models.text import text_data
+from export.onnx.runtime import make_session
 from tests.tiny_decoders import tiny_decoder, word_level_tokenizer
 
 EVAL = [" ".join(f"w{(7 * i + 3 * j) % 120 + 3}" for j in range(12)) for i in range(8)]
@@ -55,6 +57,9 @@ def test_recipe_run_scores_perplexity_in_onnx_runtime(model_folder, tmp_path):
     assert result.failures == []
     artifacts = {a["name"]: a for a in result.artifacts}
     for name, stage in (("baseline", "baseline"), ("compressed", "magnitude_prune")):
+        assert artifacts[name]["kv_cache"] is True  # the artifact can generate
+        session = make_session(tmp_path / "run" / artifacts[name]["path"])
+        assert "past_key_values.1.value" in [i.name for i in session.get_inputs()]
         metric = artifacts[name]["metric"]
         assert metric["name"] == "perplexity" and metric["higher_is_better"] is False
         # the same tokens scored in ONNX Runtime as in torch, within fp32 rounding
