@@ -72,6 +72,7 @@ def run(
     from export.quantize.variants import export_quantized  # onnx loads when a run starts, not on import
     from export.runfolder.artifacts import convert_to_ort, export_artifacts, measure_torch_sources
     from export.runfolder.evidence import store_evidence
+    from export.runfolder.generation import write_generation_folders
 
     # From the recipe's validation on, every warning printed reaches the report (``collect_warnings``).
     with log.collect_warnings() as logged:
@@ -87,13 +88,15 @@ def run(
                 return outcome
             sources = _exported_sources(result, recipe)
             outcome.artifacts = export_artifacts(out, sources, recipe, evaluator, data, job.example_inputs)
+            floats = {name: module for name, (module, _) in sources.items()}
             # What `modelpress report` re-measures from, without the data factory or any other code of the run.
-            store_evidence(out, {name: module for name, (module, _) in sources.items()}, evaluator, data, job.metric)
+            store_evidence(out, floats, evaluator, data, job.metric)
             variants = [spec for config in recipe.passes for spec in config.onnx_variants()]
             compressed, stage = sources["compressed"]
             outcome.artifacts += export_quantized(
                 out, compressed, stage, variants, recipe, evaluator, data, job.example_inputs, result.model
             )
+            outcome.artifacts = write_generation_folders(out, outcome.artifacts, floats, data.tokenizer)
             if recipe.export.ort_format:
                 outcome.artifacts = convert_to_ort(out, recipe)
             if report:

@@ -26,13 +26,15 @@ class TaskData:
     ``eval`` (required, held out from training) scores every stage and artifact;
     ``train`` feeds fine-tuning and distillation; ``validation`` selects the best
     checkpoint during training (``eval`` when absent); ``calibration`` feeds
-    statistics-driven passes (``train`` when absent).
+    statistics-driven passes (``train`` when absent). ``tokenizer``: the one text splits were made
+    with (``compress.models.text``), saved beside a decoder's generation folder.
     """
 
     eval: BatchSource
     train: BatchSource | None = None
     validation: BatchSource | None = None
     calibration: BatchSource | None = None
+    tokenizer: Any = None
 
     def __post_init__(self) -> None:
         for split in ("eval", "train", "validation", "calibration"):

@@ -152,4 +152,4 @@ def text_data(
             return None
         return text_batches(read_texts(source, limit), tokenizer, max_length, batch_size, pack)
 
-    return TaskData(eval=split(eval), train=split(train), validation=split(validation))
+    return TaskData(eval=split(eval), train=split(train), validation=split(validation), tokenizer=tokenizer)

@@ -13,12 +13,13 @@ GroupQueryAttention graphs provide.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from export.decoder.families import DecoderShape, decoder_shape, text_config
-from export.decoder.kv_export import DecoderOnnx, export_decoder
+from export.decoder.families import DecoderShape, decoder_shape, text_config, uses_position_ids
+from export.decoder.kv_export import DecoderOnnx, export_decoder, past_names
 from export.errors import ExportError
 
 # Hugging Face model_type -> onnxruntime-genai model type. onnxruntime-genai picks its decoder
@@ -126,6 +127,47 @@ def write_genai_folder(
     elif decoder.path != target:
         shutil.copyfile(decoder.path, target)
         decoder = DecoderOnnx(**{**decoder.__dict__, "path": target})
+    config = genai_config(decoder, model.config, getattr(model, "generation_config", None))
+    (folder / "genai_config.json").write_text(json.dumps(config, indent=4) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def _link(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (no second copy of the weights), copied where links fail."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def genai_folder_for(onnx_path: Path, folder: Path, model: Any, tokenizer: Any = None) -> Path:
+    """An onnxruntime-genai folder around a decoder file already written (the float artifact or a
+    quantized one: the same inputs and outputs): the file linked in as ``model.onnx`` with its external
+    data, ``genai_config.json`` from ``model``'s config, and the tokenizer files when given."""
+    genai_type(decoder_shape(model.config).model_type)  # refuse before writing anything
+    folder.mkdir(parents=True, exist_ok=True)
+    _link(onnx_path, folder / "model.onnx")
+    data = onnx_path.with_name(onnx_path.name + ".data")
+    if data.exists():  # the graph names its data file by the artifact's name: keep that name
+        _link(data, folder / data.name)
+    shape = decoder_shape(model.config)
+    names = ["input_ids", "attention_mask"] + (["position_ids"] if uses_position_ids(model) else [])
+    names += past_names(shape.num_layers, "past_key_values")
+    decoder = DecoderOnnx(
+        path=folder / "model.onnx",
+        model_type=shape.model_type,
+        num_layers=shape.num_layers,
+        num_kv_heads=shape.num_kv_heads,
+        head_dim=shape.head_dim,
+        vocab_size=shape.vocab_size,
+        input_names=tuple(names),
+        output_names=("logits", *past_names(shape.num_layers, "present")),
+        dtype="float32",
+        opset=0,  # not read by the config
+    )
     config = genai_config(decoder, model.config, getattr(model, "generation_config", None))
     (folder / "genai_config.json").write_text(json.dumps(config, indent=4) + "\n")
     if tokenizer is not None:

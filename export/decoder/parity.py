@@ -49,6 +49,25 @@ class ParityRecord:
     def ok(self) -> bool:
         return self.within_tolerance and self.tokens_agree
 
+    def to_dict(self) -> dict:
+        """The record an artifact keeps: per step the gap and its tolerance, and whether greedy tokens agree."""
+        return {
+            "steps": len(self.max_abs_diff) - 1,
+            "max_abs_diff": [round(d, 9) for d in self.max_abs_diff],
+            "tolerance": [round(t, 9) for t in self.tolerance],
+            "within_tolerance": self.within_tolerance,
+            "tokens_agree": self.tokens_agree,
+            "prompts": len(self.torch_tokens),
+        }
+
+
+def decoding_parity(model: torch.nn.Module, session: Any, inputs: dict, steps: int = 4, rows: int = 4) -> dict:
+    """The generation check of an exported decoder on the first ``rows`` prompts of a text batch
+    (``input_ids`` and ``attention_mask``): prefill, then ``steps`` greedy steps, as a record."""
+    ids, mask = inputs["input_ids"][:rows], inputs.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else mask[:rows]
+    return generation_parity(model, session, ids, mask, steps).to_dict()
+
 
 def onnx_session(path: Path | str, threads: int = 1) -> Any:
     """A CPU InferenceSession; one intra-op thread by default (parity, not speed, is measured)."""

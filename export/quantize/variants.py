@@ -75,8 +75,9 @@ def _optimized(path: Path, model_type: str, torch_model: torch.nn.Module, keep_g
     return graph
 
 
-def _prepare(spec, torch_model, recipe: Recipe, example_inputs, work: Path) -> Path:
-    """The fp32 graph this variant quantizes: exported, optionally fused, pre-processed, nodes named."""
+def _prepare(spec, torch_model, recipe: Recipe, example_inputs, work: Path) -> tuple[Path, dict]:
+    """The fp32 graph this variant quantizes (exported, optionally fused, pre-processed, nodes named)
+    and the facts of its export (which exporter; ``kv_cache`` for a decoder that generates)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source = work / "source.onnx"
@@ -101,7 +102,7 @@ def _prepare(spec, torch_model, recipe: Recipe, example_inputs, work: Path) -> P
     with own_cwd():  # ORT writes its temporary files into the cwd
         quant_pre_process(str(source.resolve()), str(prepared.resolve()), skip_symbolic_shape=True)
     onnx.save(name_nodes(onnx.load(str(prepared))), str(prepared))
-    return prepared
+    return prepared, made_by
 
 
 def _calibrates(spec, scheme: str) -> bool:
@@ -125,7 +126,7 @@ def build_variant(
     path = artifacts_dir(out_dir) / f"{name}.onnx"
     with tempfile.TemporaryDirectory(prefix="modelpress-quant-") as scratch:
         work = Path(scratch)
-        prepared = _prepare(spec, torch_model, recipe, example_inputs, work)
+        prepared, made_by = _prepare(spec, torch_model, recipe, example_inputs, work)
         graph = onnx.load(str(prepared))
         scheme = resolve_scheme(spec, graph)
         advice = scheme_advice(spec, graph)
@@ -191,6 +192,7 @@ def build_variant(
             CalibrationReader(data, spec.calibration.samples).provenance() if _calibrates(spec, scheme) else None
         ),
         **({"scheme_advice": advice} if advice else {}),
+        **({"kv_cache": True} if made_by.get("kv_cache") else {}),
         **({"int4": int4_algorithms.facts(onnx.load(str(path)), spec, int4_ops(spec))} if scheme == "int4" else {}),
     )
     why = "quantized output too far from fp32"

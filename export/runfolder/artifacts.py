@@ -128,9 +128,14 @@ def export_artifacts(
                 model, session, heldout_inputs(evaluator, data), recipe.export.parity, evaluator.is_classifier
             )
             record["parity"] = parity.to_dict()
-            record["status"] = "passed" if parity.passed else "failed"
-            if not parity.passed:
-                record["error"] = "parity failed: " + "; ".join(parity.failures)
+            failures = list(parity.failures)
+            if made_by.get("kv_cache"):  # the file generates: its decoding steps are checked too
+                record["generation_parity"] = _decoding_parity(model, session, evaluator, data)
+                if not record["generation_parity"]["within_tolerance"]:
+                    failures.append("decoding steps differ from torch beyond tolerance")
+            record["status"] = "passed" if not failures else "failed"
+            if failures:
+                record["error"] = "parity failed: " + "; ".join(failures)
         except ModelpressError as exc:
             record.update(status="failed", error=str(exc))
         records.append(save_record(out_dir, record))
@@ -147,6 +152,14 @@ def save_record(out_dir: Path, record: dict) -> dict:
         log.warn(outcome, collect=False)
     write_json_atomic(artifacts_dir(out_dir) / f"{record['name']}.json", record)
     return record
+
+
+def _decoding_parity(model, session, evaluator: Evaluator, data: TaskData) -> dict:
+    """Prefill and 4 greedy steps of the decoder against torch, on the first held-out prompts."""
+    from export.decoder.parity import decoding_parity
+
+    inputs = next(iter(heldout_inputs(evaluator, data)))
+    return decoding_parity(model, session, inputs)
 
 
 def read_artifacts(out_dir: Path) -> list[dict]:

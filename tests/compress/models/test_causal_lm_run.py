@@ -65,8 +65,27 @@ def test_recipe_run_scores_perplexity_in_onnx_runtime(model_folder, tmp_path):
         # the same tokens scored in ONNX Runtime as in torch, within fp32 rounding
         assert metric["value"] == pytest.approx(result.metrics[stage], rel=1e-4)
         assert artifacts[name]["parity"]["top1_agreement"] >= 0.99  # teacher-forced, token by token
+        decoding = artifacts[name]["generation_parity"]  # prefill and 4 greedy steps against torch
+        assert decoding["within_tolerance"] and decoding["tokens_agree"] and decoding["steps"] == 4
+        assert artifacts[name]["genai_folder"] == f"artifacts/{name}.genai"
     assert result.metrics["magnitude_prune"] > result.metrics["baseline"] > 1.0  # pruning costs perplexity
     report = json.loads(result.report_path.read_text())
     # within the default budget of 0.01 perplexity only the baseline qualifies; the rise is named
     assert report["summary"]["recommended"]["name"] == "baseline"
     assert torch.isfinite(torch.tensor(report["stages"][1]["metric"]["value"]))
+    _generates_like_torch(tmp_path / "run" / "artifacts" / "compressed.genai", result.model)
+
+
+def _generates_like_torch(folder, model, prompt=(1, 17, 33, 45, 9), new_tokens=8):
+    """onnxruntime-genai runs the run's folder as is, and its greedy tokens are torch's."""
+    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
+    og_model = og.Model(str(folder))
+    params = og.GeneratorParams(og_model)
+    params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
+    generator = og.Generator(og_model, params)
+    generator.append_tokens(list(prompt))
+    while not generator.is_done():
+        generator.generate_next_token()
+    ids = torch.tensor([prompt])
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens)
+    assert [int(t) for t in generator.get_sequence(0)] == expected[0].tolist()
