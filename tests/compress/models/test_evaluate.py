@@ -31,7 +31,7 @@ def test_empty_eval_split_is_an_input_error():
 
 
 def test_custom_metric_by_path_and_unknown_names():
-    evaluator = resolve_evaluator("tests.compress.test_evaluate:constant_metric")
+    evaluator = resolve_evaluator("tests.compress.models.test_evaluate:constant_metric")
     assert evaluator.score(None, []) == 42.0
     with pytest.raises(InputError, match="unknown metric 'acc'"):
         resolve_evaluator("acc")

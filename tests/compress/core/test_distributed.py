@@ -11,7 +11,7 @@ import torch
 
 from tests.compress.passes.test_distill import agreement
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = """
 import sys, torch
 import compress

@@ -9,7 +9,7 @@ from compress.core.config import PassConfig
 from compress.core.errors import RecipeError
 from compress.recipe.registry import get_pass, list_passes, register_pass
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_duplicate_registration_raises():
