@@ -86,7 +86,12 @@ def read_texts(source: "str | Path | Sequence[str]", limit: int | None = None) -
 
 
 def load_tokenizer(tokenizer: Any, gguf_file: str | None = None) -> Any:
-    """A tokenizer object as is, or the one saved in a Hugging Face folder (or its GGUF file)."""
+    """A tokenizer object as is, or the one saved in a Hugging Face folder (or its GGUF file); None:
+    SmolLM2-135M-Instruct's, as ``compress.models.hf.causal_lm`` loads that model by default."""
+    if tokenizer is None:
+        from compress.models.hf import SMOLLM2_GGUF, smollm2_path
+
+        tokenizer, gguf_file = smollm2_path(), gguf_file or SMOLLM2_GGUF
     if not isinstance(tokenizer, (str, Path)):
         return tokenizer
     from transformers import AutoTokenizer
@@ -133,7 +138,7 @@ def text_batches(
 
 def text_data(
     eval: "str | Path | Sequence[str]",
-    tokenizer: Any,
+    tokenizer: Any = None,
     train: "str | Path | Sequence[str] | None" = None,
     validation: "str | Path | Sequence[str] | None" = None,
     max_length: int = 128,
