@@ -18,8 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from export.decoder.families import DecoderShape, decoder_shape, text_config, uses_position_ids
-from export.decoder.kv_export import DecoderOnnx, export_decoder, past_names
+from export.decoder.families import DecoderShape, decoder_shape, text_config
+from export.decoder.kv_export import DecoderOnnx, export_decoder
 from export.errors import ExportError
 
 # Hugging Face model_type -> onnxruntime-genai model type. onnxruntime-genai picks its decoder
@@ -153,21 +153,7 @@ def genai_folder_for(onnx_path: Path, folder: Path, model: Any, tokenizer: Any =
     data = onnx_path.with_name(onnx_path.name + ".data")
     if data.exists():  # the graph names its data file by the artifact's name: keep that name
         _link(data, folder / data.name)
-    shape = decoder_shape(model.config)
-    names = ["input_ids", "attention_mask"] + (["position_ids"] if uses_position_ids(model) else [])
-    names += past_names(shape.num_layers, "past_key_values")
-    decoder = DecoderOnnx(
-        path=folder / "model.onnx",
-        model_type=shape.model_type,
-        num_layers=shape.num_layers,
-        num_kv_heads=shape.num_kv_heads,
-        head_dim=shape.head_dim,
-        vocab_size=shape.vocab_size,
-        input_names=tuple(names),
-        output_names=("logits", *past_names(shape.num_layers, "present")),
-        dtype="float32",
-        opset=0,  # not read by the config
-    )
+    decoder = DecoderOnnx.of(folder / "model.onnx", model, opset=0)  # the opset is not read by the config
     config = genai_config(decoder, model.config, getattr(model, "generation_config", None))
     (folder / "genai_config.json").write_text(json.dumps(config, indent=4) + "\n")
     if tokenizer is not None:

@@ -53,6 +53,24 @@ class DecoderOnnx:
     dtype: str  # of the past/present tensors and logits, numpy spelling ("float32")
     opset: int
 
+    @classmethod
+    def of(cls, path: Path, model: torch.nn.Module, opset: int) -> "DecoderOnnx":
+        """The file ``export_decoder`` writes for ``model`` (or wrote: a quantized copy has the same I/O)."""
+        shape = decoder_shape(model.config)
+        names = ["input_ids", "attention_mask"] + (["position_ids"] if uses_position_ids(model) else [])
+        return cls(
+            path=path,
+            model_type=shape.model_type,
+            num_layers=shape.num_layers,
+            num_kv_heads=shape.num_kv_heads,
+            head_dim=shape.head_dim,
+            vocab_size=shape.vocab_size,
+            input_names=(*names, *past_names(shape.num_layers, "past_key_values")),
+            output_names=("logits", *past_names(shape.num_layers, "present")),
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+            opset=opset,
+        )
+
     @property
     def uses_position_ids(self) -> bool:
         return "position_ids" in self.input_names
@@ -185,9 +203,8 @@ def export_decoder(model: torch.nn.Module, path: Path | str, *, opset: int = 18)
     shape = decoder_shape(model.config)
     with_positions = uses_position_ids(model)
     dtype = next(model.parameters()).dtype
-    names = ["input_ids", "attention_mask"] + (["position_ids"] if with_positions else [])
-    names += past_names(shape.num_layers, "past_key_values")
-    outputs = ["logits", *past_names(shape.num_layers, "present")]
+    planned = DecoderOnnx.of(path, model, opset)
+    names, outputs = list(planned.input_names), list(planned.output_names)
     wrapper = _WithPast(model.eval(), with_positions).eval()
     inputs = _example_inputs(shape, with_positions, dtype)
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
@@ -217,15 +234,4 @@ def export_decoder(model: torch.nn.Module, path: Path | str, *, opset: int = 18)
         for leftover in (tmp, tmp.with_name(tmp.name + ".data")):
             if leftover.exists():
                 os.remove(leftover)
-    return DecoderOnnx(
-        path=path,
-        model_type=shape.model_type,
-        num_layers=shape.num_layers,
-        num_kv_heads=shape.num_kv_heads,
-        head_dim=shape.head_dim,
-        vocab_size=shape.vocab_size,
-        input_names=tuple(names),
-        output_names=tuple(outputs),
-        dtype=str(dtype).removeprefix("torch."),
-        opset=opset,
-    )
+    return planned
