@@ -150,7 +150,7 @@ def causal_lm(path: str | None = None, gguf_file: str | None = None) -> torch.nn
     if path is None:
         path, gguf_file = str(smollm2_path()), gguf_file or SMOLLM2_GGUF
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise InputError(f"model: no causal LM in {path} ({str(exc).splitlines()[0]})") from None
     return model.eval()

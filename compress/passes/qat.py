@@ -25,6 +25,8 @@ from compress.models.select import select_modules
 from compress.passes.distill import DistillConfig, distill
 from compress.quant.fake_quant import (
     QUANTIZED_LAYERS,
+    REDUCED_QMAX,
+    WEIGHT_QMAX,
     conv_bn_pairs,
     fold_batchnorms,
     insert_fake_quant,
@@ -59,6 +61,9 @@ class QatConfig(DistillConfig):
     name: name of the int8 ONNX artifact.
     parity_steps: ORT vs fake-quant torch tolerance, in quantization steps of the last quantized
         layer's output.
+    reduce_range: weights on 7 bits ([-64, 63]), which x86 CPUs without VNNI multiply without
+        saturating (``compress/quant/isa.py``); a choice of the recipe, not of the machine, so that
+        the same recipe trains the same model everywhere.
     opset: opset of the QDQ artifact (13-20: per-channel QuantizeLinear, TorchScript exporter).
 
     Training is bounded by ``epochs`` and ``max_steps``; ``max_seconds`` is refused, so that the
@@ -72,6 +77,7 @@ class QatConfig(DistillConfig):
     learn_ranges: bool = False
     name: str = Field(DEFAULT_ARTIFACT, pattern=r"^[A-Za-z0-9_.-]+$")
     parity_steps: float = Field(1.0, gt=0.0, le=100.0)
+    reduce_range: bool = False
     opset: int = Field(17, ge=13, le=20)
     epochs: int = Field(3, ge=1, le=100_000)
     lr: float = Field(1e-4, gt=0.0, le=1.0)
@@ -114,14 +120,15 @@ def _calibrate(model, data, samples: int) -> int:
     return rows
 
 
-def _prepare(model, pairs: list, names: list, averaging_constant: float) -> None:
+def _prepare(model, pairs: list, names: list, averaging_constant: float, weight_qmax: int) -> None:
     fold_batchnorms(model, [tuple(pair) for pair in pairs])
-    insert_fake_quant(model, names, averaging_constant)
+    insert_fake_quant(model, names, averaging_constant, weight_qmax)
 
 
 def restore(model, record: dict, example_inputs) -> None:
     """On resume: the same folds and wrappers, so the saved weights and quantizer state load again."""
-    _prepare(model, record["folded_batchnorms"], record["quantized_layers"], record["averaging_constant"])
+    qmax = record.get("weight_qmax", WEIGHT_QMAX)
+    _prepare(model, record["folded_batchnorms"], record["quantized_layers"], record["averaging_constant"], qmax)
     if record.get("learn_ranges"):
         learn_ranges(model)
 
@@ -133,7 +140,8 @@ def qat(model, config: QatConfig, ctx):
     model.eval()
     pairs = conv_bn_pairs(model) if config.fold_batchnorm else []
     names = list(select_modules(model, ["re:.*"], config.exclude, QUANTIZED_LAYERS, owner="qat"))
-    _prepare(model, pairs, names, config.averaging_constant)
+    weight_qmax = REDUCED_QMAX if config.reduce_range else WEIGHT_QMAX
+    _prepare(model, pairs, names, config.averaging_constant, weight_qmax)
     rows = _calibrate(model, ctx.data, config.calibration_samples)
     if config.learn_ranges:
         learn_ranges(model)
@@ -146,6 +154,7 @@ def qat(model, config: QatConfig, ctx):
         folded_batchnorms=[list(pair) for pair in pairs],
         quantized_layers=names,
         averaging_constant=config.averaging_constant,
+        weight_qmax=weight_qmax,
         learn_ranges=config.learn_ranges,
         calibration_rows=rows,
         metric_before_training=before,

@@ -81,7 +81,8 @@ class OnnxQuantSpec(StrictModel):
         (static for convolutional models, whose QDQ Conv ONNX Runtime fuses to QLinearConv;
         dynamic for the rest, where static QDQ MatMuls stay unfused and run slower than fp32).
     name: artifact name (default ``compressed-<scheme>``; ``auto`` named by the scheme it picks).
-    per_channel / reduce_range: int8 weight granularity and 7-bit range (for CPUs without VNNI).
+    per_channel / reduce_range: int8 weight granularity and 7-bit range; ``auto``: 7 bits on x86 CPUs
+        without VNNI, whose int8 kernels saturate at full range (``compress/quant/isa.py``).
     calibration: static int8 calibration.
     exclude_nodes / exclude_ops: ONNX node names / op types left in float.
     block_size / symmetric / accuracy_level: int4 (accuracy_level 4 = int8 compute, fastest on CPU).
@@ -105,7 +106,7 @@ class OnnxQuantSpec(StrictModel):
     scheme: Literal["auto", "int8_dynamic", "int8_static", "int4"] = "auto"
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool | Literal["auto"] = "auto"
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     exclude_nodes: list[str] = Field(default_factory=list)
     exclude_ops: list[str] = Field(default_factory=list)

@@ -28,6 +28,7 @@ from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
 from compress.quant.bnb import replace_module
 
 WEIGHT_QMAX = 127
+REDUCED_QMAX = 63  # reduce_range: 7-bit weights (compress/quant/isa.py)
 QUANTIZED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -79,28 +80,30 @@ class ActivationFakeQuant(FakeQuantize):
 
 
 class WeightFakeQuant(nn.Module):
-    """Per-output-channel symmetric int8, scale from the current weights (kept as a buffer for export)."""
+    """Per-output-channel symmetric int8, scale from the current weights (kept as a buffer for export);
+    ``qmax`` 63 holds the weights on 7 bits, which CPUs without VNNI multiply without saturating."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, qmax: int = WEIGHT_QMAX):
         super().__init__()
+        self.qmax = qmax
         self.register_buffer("scale", torch.ones(channels))
         self.register_buffer("zero_point", torch.zeros(channels, dtype=torch.int32))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not torch.onnx.is_in_onnx_export():  # in the exported graph the scale is a constant
             absmax = weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1)
-            self.scale.copy_(torch.clamp(absmax / WEIGHT_QMAX, min=torch.finfo(torch.float32).eps))
-        return torch.fake_quantize_per_channel_affine(weight, self.scale, self.zero_point, 0, -128, 127)
+            self.scale.copy_(torch.clamp(absmax / self.qmax, min=torch.finfo(torch.float32).eps))
+        return torch.fake_quantize_per_channel_affine(weight, self.scale, self.zero_point, 0, -self.qmax - 1, self.qmax)
 
 
 class QuantizedLayer(nn.Module):
     """A Conv or Linear layer with fake-quantized input, weight, bias and output."""
 
-    def __init__(self, layer: nn.Module, averaging_constant: float = 0.01):
+    def __init__(self, layer: nn.Module, averaging_constant: float = 0.01, weight_qmax: int = WEIGHT_QMAX):
         super().__init__()
         self.layer = layer
         self.input_quant = ActivationFakeQuant(averaging_constant)
-        self.weight_quant = WeightFakeQuant(layer.weight.shape[0])
+        self.weight_quant = WeightFakeQuant(layer.weight.shape[0], weight_qmax)
         self.output_quant = ActivationFakeQuant(averaging_constant)
 
     def _bias(self) -> torch.Tensor | None:
@@ -161,11 +164,13 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def insert_fake_quant(model: nn.Module, names: list[str], averaging_constant: float = 0.01) -> None:
+def insert_fake_quant(
+    model: nn.Module, names: list[str], averaging_constant: float = 0.01, weight_qmax: int = WEIGHT_QMAX
+) -> None:
     """Wrap the layers called ``names`` in ``QuantizedLayer``, in place, in the model's mode (an eval
     model must not get observers that record)."""
     for name in names:
-        wrapper = QuantizedLayer(model.get_submodule(name), averaging_constant)
+        wrapper = QuantizedLayer(model.get_submodule(name), averaging_constant, weight_qmax)
         replace_module(model, name, wrapper.train(model.training))
 
 

@@ -45,21 +45,21 @@ def feed(inputs: Any, session=None) -> dict[str, np.ndarray]:
 
 def complete_feed(session, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``arrays`` plus the inputs a decoder-with-past declares and one forward pass does not carry: each
-    layer's past, empty ([batch, kv heads, 0, head size]), and ``position_ids`` from the attention mask
-    (its running count less one, padding at 1, as ``generate()`` does). Other files: unchanged."""
+    layer's past, empty ([batch, kv heads, 0, head size]), and ``position_ids`` 0, 1, 2, ... along the
+    sequence, as the torch model numbers them when called without positions (the same call parity
+    compares with, padded slots included: right padding leaves the real tokens' positions alone).
+    Other files: unchanged."""
     missing = [i for i in session.get_inputs() if i.name not in arrays]
     if not missing or "input_ids" not in arrays:
         return arrays
-    batch = arrays["input_ids"].shape[0]
-    mask = arrays.get("attention_mask", np.ones_like(arrays["input_ids"]))
+    batch, length = arrays["input_ids"].shape
     extra = {}
     for declared in missing:
         if declared.name.startswith(PAST_PREFIX):
             heads, size = declared.shape[1], declared.shape[3]
             extra[declared.name] = np.zeros((batch, heads, 0, size), dtype=ORT_TYPES.get(declared.type, np.float32))
         elif declared.name == "position_ids":
-            positions = np.cumsum(mask, axis=-1) - 1
-            extra[declared.name] = np.where(mask == 0, 1, positions).astype(np.int64)
+            extra[declared.name] = np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy()
     return {**arrays, **extra}
 
 

@@ -17,6 +17,7 @@ import torch
 
 from compress.core.errors import InputError
 from compress.models.data import TaskData, flatten_inputs, take_rows, training_inputs
+from compress.quant.isa import reduce_range
 from export.errors import ExportError
 
 # Weight-bearing ops each scheme quantizes, with the input index of the weight.
@@ -155,7 +156,7 @@ def _int8_dynamic(src: Path, dst: Path, spec, excluded: list[str], data: TaskDat
         str(src),
         str(dst),
         per_channel=spec.per_channel,
-        reduce_range=spec.reduce_range,
+        reduce_range=reduce_range(spec.reduce_range),
         weight_type=QuantType.QInt8,
         nodes_to_exclude=excluded,
         op_types_to_quantize=int8_ops,
@@ -180,7 +181,7 @@ def _int8_static(src: Path, dst: Path, spec, excluded: list[str], data: TaskData
         CalibrationReader(data, calibration.samples),
         quant_format=QuantFormat.QDQ,
         per_channel=spec.per_channel,
-        reduce_range=spec.reduce_range,
+        reduce_range=reduce_range(spec.reduce_range),
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=excluded,

@@ -24,7 +24,8 @@ from onnx import numpy_helper
 from compress.core.io import write_atomic
 from compress.models.data import TaskData
 from compress.models.evaluate import Evaluator
-from compress.quant.fake_quant import quantized_layers
+from compress.quant.fake_quant import REDUCED_QMAX, quantized_layers
+from compress.quant.isa import int8_saturates
 from compress.recipe.schema import ParitySpec, Recipe
 from export.errors import ExportError
 from export.onnx.exporter import export_onnx
@@ -200,6 +201,12 @@ def build_qat_variant(
     why = "int8 QAT artifact differs from the fake-quant torch model"
     record = checked(record, path, fake_quant_model, tolerance, evaluator, data, why)
     record["parity"]["reference"] = "fake-quant torch model"
+    full_range = any(layer.weight_quant.qmax > REDUCED_QMAX for layer in quantized_layers(fake_quant_model).values())
+    if record["status"] == "failed" and full_range and int8_saturates():
+        record["error"] += (
+            "; this CPU's int8 kernels saturate with 8-bit weights (x86 without VNNI): set reduce_range: true "
+            "in the qat pass"
+        )
     fake_quant_model.train(was_training)
     return record
 
