@@ -93,7 +93,8 @@ class WeightFakeQuant(nn.Module):
         if not torch.onnx.is_in_onnx_export():  # in the exported graph the scale is a constant
             absmax = weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1)
             self.scale.copy_(torch.clamp(absmax / self.qmax, min=torch.finfo(torch.float32).eps))
-        return torch.fake_quantize_per_channel_affine(weight, self.scale, self.zero_point, 0, -self.qmax - 1, self.qmax)
+        # codes within +-qmax by the scale alone: torch.onnx exports no other range than [-128, 127]
+        return torch.fake_quantize_per_channel_affine(weight, self.scale, self.zero_point, 0, -128, 127)
 
 
 class QuantizedLayer(nn.Module):
