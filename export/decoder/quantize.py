@@ -12,11 +12,14 @@ Blocks are found by order, not by name: ``kv_export`` strips the per-node metada
 torch module, so the weight MatMuls (LM head excluded) are split in graph order into as many equal
 runs as the graph has cache layers; a graph where they do not split evenly is refused. The LM head
 is the weight MatMul that ``logits`` is computed from. A tied LM head is no special case here: the
-exporter folds the transposed table into an initializer of its own, so it is packed (or kept) on
-its own, and the record says when it shares values with the embedding.
+exporter either folds the transposed table into an initializer of its own (small tables) or reads
+the embedding through a ``Transpose`` (SmolLM2's 49152 x 576); in the second case the LM head is
+given its own transposed copy before packing (``untie_lm_head``), since MatMulNBits needs a constant
+weight. Either way it is packed (or kept) on its own, and the record says it is tied.
 """
 
 import contextlib
+import dataclasses
 import io
 import logging
 from dataclasses import asdict, dataclass, field
@@ -114,6 +117,33 @@ def _lm_head(graph, weight_of: dict[str, str]) -> str | None:
             return node.name
         tensor = node.input[0]
     return None
+
+
+def untie_lm_head(model: onnx.ModelProto) -> bool:
+    """Give a logits MatMul that reads a table through ``Transpose(perm=[1, 0])`` its own transposed
+    initializer (the Transpose goes when nothing else reads it).
+    True when it did."""
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    producers, tensor = _producers(graph), "logits"
+    for _ in range(8):
+        node = producers.get(tensor)
+        if node is None:
+            return False
+        if node.op_type == "MatMul":
+            source = producers.get(node.input[1])
+            perm = [list(a.ints) for a in source.attribute if a.name == "perm"] if source is not None else []
+            if source is None or source.op_type != "Transpose" or perm != [[1, 0]] or source.input[0] not in inits:
+                return False
+            table = onnx.numpy_helper.to_array(inits[source.input[0]])
+            name = source.input[0] + ".lm_head_transposed"
+            graph.initializer.append(onnx.numpy_helper.from_array(np.ascontiguousarray(table.T), name))
+            node.input[1] = name
+            if not any(source.output[0] in other.input for other in graph.node):
+                graph.node.remove(source)  # else the float table stays alive beside its packed copies
+            return True
+        tensor = node.input[0]
+    return False
 
 
 def find_weights(model: onnx.ModelProto) -> _Weights:
@@ -227,7 +257,10 @@ def quantize_decoder(
     logging.getLogger(QUANTIZER_LOGGER).setLevel(logging.WARNING)
     source, target = Path(source), Path(target)
     model = onnx.load(str(source))
+    untied = spec.lm_head != "float" and untie_lm_head(model)
     weights = find_weights(model)
+    if untied:
+        weights = dataclasses.replace(weights, tied=True)
     plan = _plan(weights, spec)
     by_precision = {p: [n for n, (_, planned, _) in plan.items() if planned == p] for p in PRECISIONS}
     main = f"int{spec.bits}"

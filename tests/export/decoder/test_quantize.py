@@ -120,3 +120,29 @@ def test_a_tied_lm_head_is_found_and_packed_on_its_own(fp32, tmp_path):
     head_decision = next(d for d in record.decisions if d.role == "lm_head")
     assert head_decision.precision == "int4" and "tied to the embedding" in head_decision.reason
     onnx_session(record.path)  # loads
+
+
+def test_an_lm_head_read_through_a_transpose_gets_its_own_packed_copy(fp32, tmp_path):
+    # How the exporter writes a large tied head (SmolLM2): MatMul(hidden, Transpose(embedding table)).
+    _, decoder, _, _ = fp32
+    model = onnx.load(decoder.path)
+    weights = find_weights(model)
+    head = next(n for n in model.graph.node if n.name == weights.lm_head)
+    table = next(n for n in model.graph.node if n.name == weights.embedding).input[0]
+    transpose = onnx.helper.make_node("Transpose", [table], ["table_t"], name="tied_transpose", perm=[1, 0])
+    model.graph.node.insert(list(model.graph.node).index(head), transpose)
+    head.input[1] = "table_t"
+    onnx.save(model, tmp_path / "tied.onnx")
+    assert find_weights(onnx.load(tmp_path / "tied.onnx")).lm_head is None  # no constant weight to pack as is
+
+    record = quantize_decoder(tmp_path / "tied.onnx", tmp_path / "tied-int4.onnx", DecoderQuantSpec())
+    assert record.tied_lm_head
+    assert {(d.role, d.precision) for d in record.decisions if d.role in ("lm_head", "embedding")} == {
+        ("lm_head", "int4"),
+        ("embedding", "int4"),
+    }
+    written = onnx.load(record.path)
+    assert not any(n.op_type == "Transpose" and n.name == "tied_transpose" for n in written.graph.node)
+    float_tables = [i for i in written.graph.initializer if i.name == table]
+    assert float_tables == []  # the fp32 table is gone: both readers hold packed copies
+    onnx_session(record.path)
