@@ -1,0 +1,148 @@
+"""Weight-only MatMulNBits quantization of an exported decoder-with-past: what is packed at which
+width and why, that the files are smaller and run in ONNX Runtime, and their perplexity, teacher-forced
+top-1 and greedy agreement against fp32 on a tiny seeded Llama (random weights: the floors below are
+what such a model honestly keeps, the point is that the pipeline measures them)."""
+
+import onnx
+import pytest
+
+from compress.core.errors import InputError
+from export.decoder import export_decoder
+from export.decoder.parity import onnx_session
+from export.decoder.perplexity import greedy_agreement, greedy_tokens, language_scores, onnx_logits, torch_logits
+from export.decoder.quantize import DecoderQuantSpec, find_weights, quantize_decoder
+from export.errors import ExportError
+from tests.export.decoder.wide_llama import prompts, text_batches, wide_llama
+
+NEW_TOKENS = 12
+BLOCK_MATMULS = 7  # q, k, v, o, gate, up, down
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    model = wide_llama()
+    folder = tmp_path_factory.mktemp("wide_llama")
+    decoder = export_decoder(model, folder / "fp32.onnx")
+    ids, mask = prompts()
+    return model, decoder, folder, greedy_tokens(model, ids, mask, NEW_TOKENS)
+
+
+def _quantized(fp32, name: str, spec: DecoderQuantSpec):
+    _, decoder, folder, _ = fp32
+    record = quantize_decoder(decoder.path, folder / f"{name}.onnx", spec)
+    return record, onnx_session(record.path)
+
+
+def _greedy(fp32, session) -> float:
+    ids, mask = prompts()
+    return greedy_agreement(greedy_tokens(session, ids, mask, NEW_TOKENS), fp32[3])
+
+
+def test_int4_is_smaller_runs_and_is_measured(fp32):
+    model, decoder, _, _ = fp32
+    record, session = _quantized(fp32, "int4", DecoderQuantSpec(block_size=32, accuracy_level=4))
+
+    assert {d.precision for d in record.decisions} == {"int4"}
+    roles = [d.role for d in record.decisions]
+    assert roles.count("block 0") == roles.count("block 1") == BLOCK_MATMULS
+    assert roles.count("lm_head") == roles.count("embedding") == 1
+    ops = [n.op_type for n in onnx.load(record.path).graph.node]
+    assert ops.count("MatMulNBits") == 2 * BLOCK_MATMULS + 1 and ops.count("GatherBlockQuantized") == 1
+    assert record.size_bytes < 0.3 * record.source_bytes  # 4-bit weights, fp16-free scales: ~0.22x measured
+
+    fp32_session = onnx_session(decoder.path)
+    candidates = {"torch": torch_logits(model), "fp32": onnx_logits(fp32_session), "int4": onnx_logits(session)}
+    scores = language_scores(candidates, text_batches(), reference="torch")
+    assert scores["fp32"].top1_agreement == 1.0
+    assert abs(scores["fp32"].perplexity / scores["torch"].perplexity - 1) < 1e-5
+    assert scores["int4"].tokens == 174  # 2 batches x 4 rows x 23 pairs, less the padded row's 5
+    assert 0.4 <= scores["int4"].top1_agreement < 1.0  # measured 0.62 (chance: 1/256)
+    assert abs(scores["int4"].perplexity / scores["torch"].perplexity - 1) < 0.05  # measured +3.3%
+    assert _greedy(fp32, fp32_session) == 1.0
+    assert 0.0 <= _greedy(fp32, session) < 1.0  # measured 0.04: one early flip ends a random model's run
+
+
+def test_int8_and_mixed_precision_keep_more(fp32):
+    int4, int4_session = _quantized(fp32, "int4", DecoderQuantSpec())
+    int8, int8_session = _quantized(fp32, "int8", DecoderQuantSpec(bits=8))
+    mixed, mixed_session = _quantized(
+        fp32, "mixed", DecoderQuantSpec(block_precision={0: "int8", -1: "float"}, lm_head="float")
+    )
+
+    embedding = next(d for d in int8.decisions if d.role == "embedding")
+    assert embedding.precision == "float" and "4 bits only" in embedding.reason
+    assert {d.precision for d in int8.decisions if d.role != "embedding"} == {"int8"}
+    by_role = {(d.role, d.precision) for d in mixed.decisions}
+    assert by_role == {("block 0", "int8"), ("block 1", "float"), ("lm_head", "float"), ("embedding", "int4")}
+    assert next(d for d in mixed.decisions if d.role == "block 1").reason == "block_precision[1] = float"
+    assert int4.size_bytes < int8.size_bytes < mixed.size_bytes < int4.source_bytes
+
+    model = fp32[0]
+    candidates = {"torch": torch_logits(model)}
+    candidates |= {
+        name: onnx_logits(s) for name, s in (("int4", int4_session), ("int8", int8_session), ("mixed", mixed_session))
+    }
+    scores = language_scores(candidates, text_batches(), reference="torch")
+    assert scores["int8"].top1_agreement >= 0.9  # measured 0.96
+    assert scores["mixed"].top1_agreement > scores["int4"].top1_agreement
+    assert _greedy(fp32, int8_session) > _greedy(fp32, int4_session)
+
+
+def test_algorithms_and_excluded_nodes(fp32):
+    _, decoder, _, _ = fp32
+    first = find_weights(onnx.load(decoder.path)).blocks[0][0]
+    record, session = _quantized(fp32, "rtn", DecoderQuantSpec(algorithm="rtn", nodes_to_exclude=(first,)))
+    excluded = next(d for d in record.decisions if d.node == first)
+    assert (excluded.precision, excluded.reason) == ("float", "nodes_to_exclude")
+    assert sum(d.precision == "int4" for d in record.decisions) == 2 * BLOCK_MATMULS + 1  # the table by default
+    k_quant, _ = _quantized(fp32, "k_quant", DecoderQuantSpec(algorithm="k_quant", symmetric=False, embedding="float"))
+    assert next(d for d in k_quant.decisions if d.role == "embedding").reason == "embedding = float"
+
+    with pytest.raises(ExportError, match="only the 'default' quantizer"):
+        _quantized(fp32, "bad", DecoderQuantSpec(bits=8, algorithm="rtn"))
+    with pytest.raises(InputError, match="always writes zero points"):
+        _quantized(fp32, "bad", DecoderQuantSpec(algorithm="k_quant", symmetric=True))
+
+
+def test_a_tied_lm_head_is_found_and_packed_on_its_own(fp32, tmp_path):
+    _, decoder, _, _ = fp32
+    model = onnx.load(decoder.path)
+    weights = find_weights(model)
+    assert not weights.tied
+    inits = {init.name: init for init in model.graph.initializer}
+    head = next(n for n in model.graph.node if n.name == weights.lm_head).input[1]
+    table = next(n for n in model.graph.node if n.name == weights.embedding).input[0]
+    inits[head].CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(inits[table]).T.copy(), head))
+    onnx.save(model, tmp_path / "tied.onnx")
+
+    record = quantize_decoder(tmp_path / "tied.onnx", tmp_path / "tied-int4.onnx", DecoderQuantSpec(embedding="float"))
+    assert record.tied_lm_head
+    head_decision = next(d for d in record.decisions if d.role == "lm_head")
+    assert head_decision.precision == "int4" and "tied to the embedding" in head_decision.reason
+    onnx_session(record.path)  # loads
+
+
+def test_an_lm_head_read_through_a_transpose_gets_its_own_packed_copy(fp32, tmp_path):
+    # How the exporter writes a large tied head (SmolLM2): MatMul(hidden, Transpose(embedding table)).
+    _, decoder, _, _ = fp32
+    model = onnx.load(decoder.path)
+    weights = find_weights(model)
+    head = next(n for n in model.graph.node if n.name == weights.lm_head)
+    table = next(n for n in model.graph.node if n.name == weights.embedding).input[0]
+    transpose = onnx.helper.make_node("Transpose", [table], ["table_t"], name="tied_transpose", perm=[1, 0])
+    model.graph.node.insert(list(model.graph.node).index(head), transpose)
+    head.input[1] = "table_t"
+    onnx.save(model, tmp_path / "tied.onnx")
+    assert find_weights(onnx.load(tmp_path / "tied.onnx")).lm_head is None  # no constant weight to pack as is
+
+    record = quantize_decoder(tmp_path / "tied.onnx", tmp_path / "tied-int4.onnx", DecoderQuantSpec())
+    assert record.tied_lm_head
+    assert {(d.role, d.precision) for d in record.decisions if d.role in ("lm_head", "embedding")} == {
+        ("lm_head", "int4"),
+        ("embedding", "int4"),
+    }
+    written = onnx.load(record.path)
+    assert not any(n.op_type == "Transpose" and n.name == "tied_transpose" for n in written.graph.node)
+    float_tables = [i for i in written.graph.initializer if i.name == table]
+    assert float_tables == []  # the fp32 table is gone: both readers hold packed copies
+    onnx_session(record.path)
