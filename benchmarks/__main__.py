@@ -13,6 +13,7 @@ SUITES = {
     "minilm-sts": "benchmarks.minilm_sts",
     "pruned-cnns": "benchmarks.pruned_cnns",
     "qat-digits": "benchmarks.qat_digits",
+    "smollm2": "benchmarks.smollm2",
 }
 
 

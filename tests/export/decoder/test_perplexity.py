@@ -17,7 +17,7 @@ from export.decoder.perplexity import (
     prefix_lengths,
     torch_logits,
 )
-from tests.export.decoder.tiny_decoders import tiny_decoder
+from tests.tiny_decoders import tiny_decoder
 
 
 @pytest.fixture(scope="module")

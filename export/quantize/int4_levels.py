@@ -71,7 +71,7 @@ def sweep(
     ``batches`` (token ids, masks) score top-1; ``timing`` goes to ``benchmark_generation``."""
     from export.decoder.parity import onnx_session
     from export.decoder.perplexity import language_scores, onnx_logits
-    from export.decoder.quantize import quantize_decoder
+    from export.quantize.decoder import quantize_decoder
 
     levels = offered_levels() if levels is None else levels
     paths = {}

@@ -6,10 +6,10 @@ import pytest
 
 from export.decoder import export_decoder
 from export.decoder.genai_folder import write_genai_folder
-from export.decoder.quantize import DecoderQuantSpec, quantize_decoder
 from export.measure.decoder_guardrail import DecoderArtifact, flag_decoders
 from export.measure.generation import GenerationRow, benchmark_generation, latency_entries, markdown_table
-from export.measure.int4_levels import LevelResult, choose_accuracy_level, offered_levels, sweep
+from export.quantize.decoder import DecoderQuantSpec, quantize_decoder
+from export.quantize.int4_levels import LevelResult, choose_accuracy_level, offered_levels, sweep
 from tests.export.decoder.wide_llama import SIZES, text_batches, wide_llama
 
 VOCAB = SIZES["vocab_size"]

@@ -10,8 +10,8 @@ from compress.core.errors import InputError
 from export.decoder import export_decoder
 from export.decoder.parity import onnx_session
 from export.decoder.perplexity import greedy_agreement, greedy_tokens, language_scores, onnx_logits, torch_logits
-from export.decoder.quantize import DecoderQuantSpec, find_weights, quantize_decoder
 from export.errors import ExportError
+from export.quantize.decoder import DecoderQuantSpec, find_weights, quantize_decoder
 from tests.export.decoder.wide_llama import prompts, text_batches, wide_llama
 
 NEW_TOKENS = 12
