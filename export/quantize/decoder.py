@@ -4,7 +4,8 @@ This module owns the decoder's weight plan: which MatMul belongs to which transf
 one is the LM head and which Gather is the embedding table, and what precision each gets (the
 main ``bits``, 8 bits, or float) and why. ONNX Runtime's ``MatMulNBitsQuantizer`` does the packing:
 4 bits with any algorithm of ``export/quantize/int4_algorithms.py`` (its ``quantize`` is reused, so
-tables a non-default algorithm cannot pack go to ``default``), 8 bits with ``default`` only (the
+tables a non-default algorithm cannot pack go to ``default``; ``block_minimum`` is our own packer,
+exact on a Q4_1 grid), 8 bits with ``default`` only (the
 only config of ORT 1.32 with a ``bits`` argument that writes integer zero points). The embedding
 becomes ``GatherBlockQuantized`` at 4 bits only: ORT's quantizer refuses Gather at other widths.
 

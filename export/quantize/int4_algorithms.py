@@ -49,6 +49,8 @@ class Int4Algorithm:
     symmetric: bool = True  # honours ``symmetric: true`` (else it always writes zero points)
     needs_calibration: bool = False
     requires: tuple[str, ...] = ()  # Python packages it imports beyond onnxruntime
+    # A packer of our own, for a layout ORT's quantizers cannot write: (model, spec, excluded) -> model.
+    pack: Callable[[Any, Any, list[str]], Any] | None = None
 
 
 def _default(module, spec, ops, calibration):
@@ -84,12 +86,29 @@ def _gptq(module, spec, ops, calibration):
     )
 
 
+def _block_minimum(model, spec, excluded: list[str]):
+    """Every MatMul with a 2-D constant weight whose rows the block size divides, as ``block_minimum``
+    writes it (the others stay float, as ORT's quantizers leave them)."""
+    from export.quantize import block_minimum
+
+    shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    nodes = [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul" and node.name not in excluded and len(shapes.get(node.input[1], ())) == 2
+        and shapes[node.input[1]][0] % spec.block_size == 0
+    ]  # fmt: skip
+    return block_minimum.quantize(model, nodes, spec.block_size, spec.accuracy_level)
+
+
 ALGORITHMS: dict[str, Int4Algorithm] = {
     "default": Int4Algorithm("DefaultWeightOnlyQuantConfig", _default, ops=("MatMul", "Gather")),
     "rtn": Int4Algorithm("RTNWeightOnlyQuantConfig", _rtn),
     "k_quant": Int4Algorithm("KQuantWeightOnlyQuantConfig", _k_quant, symmetric=False),
     "hqq": Int4Algorithm("HQQWeightOnlyQuantConfig", _hqq, symmetric=False, requires=("torch",)),
     "gptq": Int4Algorithm("GPTQWeightOnlyQuantConfig", _gptq, needs_calibration=True),
+    # Ours: each block's minimum and maximum, exact on a Q4_1 grid, on MatMulNBits' integer path.
+    "block_minimum": Int4Algorithm("", None, symmetric=False, pack=_block_minimum),
 }
 # Shipped by ONNX Runtime but not offered, with the reason the refusal gives.
 REFUSED = {
@@ -112,7 +131,11 @@ def _quantizer_module():
 def available() -> list[str]:
     """The algorithms whose config class the installed ONNX Runtime ships."""
     module = _quantizer_module()
-    return [name for name, algorithm in ALGORITHMS.items() if hasattr(module, algorithm.config_class)]
+    return [
+        name
+        for name, algorithm in ALGORITHMS.items()
+        if algorithm.pack is not None or hasattr(module, algorithm.config_class)
+    ]
 
 
 def require(name: str) -> Int4Algorithm:
@@ -162,6 +185,10 @@ def quantize(model, spec, excluded: list[str], ops: tuple[str, ...], calibration
     wrapped = ONNXModel(model)  # no step when every op is excluded: the graph as it came
     for name, step_ops in plan(spec.algorithm, ops):
         algorithm = require(name)
+        if algorithm.pack is not None:
+            model = algorithm.pack(model, spec, excluded)
+            wrapped = ONNXModel(model)
+            continue
         config = algorithm.make_config(module, spec, step_ops, calibration if algorithm.needs_calibration else None)
         quantizer = _quantizer_class(module)(
             model,

@@ -1,0 +1,69 @@
+"""block_minimum: 4-bit blocks as minimum + q x scale, exact on a Q4_1 grid, on MatMulNBits' integer
+path plus a small fp32 MatMul of the block minimums."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from export.errors import ExportError
+from export.quantize import block_minimum
+
+K, N, BLOCK = 128, 48, 32
+
+
+def q4_1_weight(seed: int = 0) -> np.ndarray:
+    """A [K, N] weight on llama.cpp's Q4_1 grid: per block of 32 along K, d x q + m, q in 0..15 (every
+    block using the whole range, as a block's extremes always do)."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 16, size=(N, K // BLOCK, BLOCK))
+    codes[..., 0], codes[..., 1] = 0, 15
+    d = rng.uniform(0.01, 0.1, size=(N, K // BLOCK, 1)).astype(np.float32)
+    m = rng.normal(0, 0.2, size=(N, K // BLOCK, 1)).astype(np.float32)
+    return (codes * d + m).astype(np.float32).reshape(N, K).T.copy()
+
+
+def matmul_model(weight: np.ndarray) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_a_q4_1_grid_comes_back_exactly():
+    weight = q4_1_weight()
+    packed = block_minimum.pack(weight, BLOCK)
+    np.testing.assert_allclose(block_minimum.dequantize(*packed), weight, rtol=0, atol=1e-6)
+
+
+def test_the_packed_matmul_equals_the_float_one_on_the_grid_at_fp32_compute():
+    weight, x = q4_1_weight(), np.random.default_rng(1).normal(size=(5, K)).astype(np.float32)
+    packed = block_minimum.quantize(matmul_model(weight), ["proj"], BLOCK, accuracy_level=1)
+    ops = [node.op_type for node in packed.graph.node]
+    assert ops == ["MatMulNBits", "Reshape", "ReduceSum", "MatMul", "Shape", "Reshape", "Add"]
+    assert "w" not in {init.name for init in packed.graph.initializer}  # the float weight is gone
+    np.testing.assert_allclose(run(packed, x), x @ weight, rtol=0, atol=1e-4)
+
+
+def test_off_the_grid_it_is_asymmetric_rounding_with_its_usual_error():
+    rng = np.random.default_rng(2)
+    weight, x = rng.normal(size=(K, N)).astype(np.float32), rng.normal(size=(16, K)).astype(np.float32)
+    expected = x @ weight
+    got = run(block_minimum.quantize(matmul_model(weight), ["proj"], BLOCK, accuracy_level=1), x)
+    sqnr = 10 * np.log10((expected**2).sum() / ((expected - got) ** 2).sum())
+    assert 15.0 < sqnr < 40.0  # 4-bit RTN of Gaussian weights: ~20 dB (lossy, and not exact)
+
+
+def test_a_width_that_blocks_do_not_divide_is_refused():
+    with pytest.raises(ExportError, match="not a multiple of block_size"):
+        block_minimum.pack(np.zeros((40, 8), dtype=np.float32), BLOCK)
