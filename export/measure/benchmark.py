@@ -117,12 +117,13 @@ def cpu_snapshot() -> tuple[float, float, float] | None:
     return busy, own.user + own.system, time.perf_counter()
 
 
-def other_cores_since(before: tuple[float, float, float] | None) -> float | None:
-    """Cores' worth of CPU other processes used since ``before`` (a ``cpu_snapshot``), on average."""
+def other_cores_since(before: tuple[float, float, float] | None, ours_elsewhere_s: float = 0.0) -> float | None:
+    """Cores' worth of CPU other processes used since ``before`` (a ``cpu_snapshot``), on average;
+    ``ours_elsewhere_s``: CPU seconds of this run's own child processes, which are no competition either."""
     after = cpu_snapshot()
     if before is None or after is None or after[2] <= before[2]:
         return None
-    others = (after[0] - before[0]) - (after[1] - before[1])
+    others = (after[0] - before[0]) - (after[1] - before[1]) - ours_elsewhere_s
     return round(max(0.0, others) / (after[2] - before[2]), 3)
 
 

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from compress.recipe.schema import usable_cores
-from export.measure.benchmark import MAX_OTHER_SHARE, MAX_SPREAD, cpu_snapshot, load_per_core
+from export.decoder.perplexity import greedy_agreement
+from export.measure.benchmark import MAX_OTHER_SHARE, MAX_SPREAD, cpu_snapshot, load_per_core, other_cores_since
 from export.measure.environment import device_name
 
 WORKER = Path(__file__).with_name("generation_worker.py")
@@ -135,11 +137,6 @@ def _spread(values: list[float]) -> tuple[float, float, float]:
     return round(p50, 4), round(p10, 4), round(p90, 4)
 
 
-def _agreement(tokens: list[list[int]], reference: list[list[int]]) -> float:
-    same = np.cumprod(np.array(tokens) == np.array(reference), axis=1)
-    return float(same.sum() / same.size)
-
-
 def _timed_rounds(workers: dict[str, Worker], command: dict, rounds: int) -> tuple[dict[str, list[dict]], float]:
     """Every worker generates once per round (untimed warm-up first); returns the answers and the CPU
     seconds the workers used, to tell other processes' load apart."""
@@ -153,14 +150,6 @@ def _timed_rounds(workers: dict[str, Worker], command: dict, rounds: int) -> tup
     return answers, sum(a["cpu_s"] for rows in answers.values() for a in rows)
 
 
-def _others(before: tuple | None, workers_cpu: float) -> float | None:
-    after = cpu_snapshot()
-    if before is None or after is None or after[2] <= before[2]:
-        return None
-    others = (after[0] - before[0]) - (after[1] - before[1]) - workers_cpu
-    return round(max(0.0, others) / (after[2] - before[2]), 3)
-
-
 def _figures(
     row: GenerationRow, answers: list[dict], reference: list[list[int]], batch: int, **fields
 ) -> GenerationFigures:
@@ -168,12 +157,13 @@ def _figures(
     ttft = _spread([a["ttft_s"] * 1000 for a in answers])
     rates = _spread([batch * steps / a["decode_s"] for a in answers])
     spread = max((ttft[2] - ttft[1]) / ttft[0], (rates[2] - rates[1]) / rates[0])
+    agreement = greedy_agreement(torch.tensor(answers[0]["tokens"]), torch.tensor(reference))
     return GenerationFigures(
         row=row.name, kind=row.kind, batch_size=batch, rounds=len(answers),
         ttft_ms=ttft[0], ttft_p10_ms=ttft[1], ttft_p90_ms=ttft[2],
         decode_tokens_per_s=rates[0], decode_p10_tokens_per_s=rates[1], decode_p90_tokens_per_s=rates[2],
         decode_step_ms=[round(a["decode_s"] * 1000 / steps, 4) for a in answers],
-        greedy_agreement=_agreement(answers[0]["tokens"], reference), unreliable=spread > MAX_SPREAD, **fields,
+        greedy_agreement=agreement, unreliable=spread > MAX_SPREAD, **fields,
     )  # fmt: skip
 
 
@@ -199,7 +189,7 @@ def benchmark_generation(
             command = {"prompt": prompt_ids(batch, prompt_tokens, vocab_size), "new_tokens": new_tokens}
             before = cpu_snapshot()
             answers, workers_cpu = _timed_rounds(workers, command, rounds)
-            report.other_cores[batch] = others = _others(before, workers_cpu)
+            report.other_cores[batch] = others = other_cores_since(before, workers_cpu)
             loaded = others is not None and others > MAX_OTHER_SHARE * usable_cores()
             reference = answers[baseline][0]["tokens"]
             fields = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, threads=threads)

@@ -32,8 +32,7 @@ def make_session(path: Path, threads: int | None = None, provider: str = "CPUExe
     return ort.InferenceSession(str(path), sess_options=options, providers=[provider])
 
 
-PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+PRESENT_PREFIX = "present."
 
 
 def feed(inputs: Any, session=None) -> dict[str, np.ndarray]:
@@ -49,17 +48,15 @@ def complete_feed(session, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarra
     sequence, as the torch model numbers them when called without positions (the same call parity
     compares with, padded slots included: right padding leaves the real tokens' positions alone).
     Other files: unchanged."""
-    missing = [i for i in session.get_inputs() if i.name not in arrays]
+    missing = {i.name for i in session.get_inputs()} - set(arrays)
     if not missing or "input_ids" not in arrays:
         return arrays
+    from export.decoder.parity import empty_past
+
     batch, length = arrays["input_ids"].shape
-    extra = {}
-    for declared in missing:
-        if declared.name.startswith(PAST_PREFIX):
-            heads, size = declared.shape[1], declared.shape[3]
-            extra[declared.name] = np.zeros((batch, heads, 0, size), dtype=ORT_TYPES.get(declared.type, np.float32))
-        elif declared.name == "position_ids":
-            extra[declared.name] = np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy()
+    extra = {name: past for name, past in empty_past(session, batch).items() if name in missing}
+    if "position_ids" in missing:
+        extra["position_ids"] = np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy()
     return {**arrays, **extra}
 
 
