@@ -50,9 +50,32 @@ def test_the_packed_matmul_equals_the_float_one_on_the_grid_at_fp32_compute():
     weight, x = q4_1_weight(), np.random.default_rng(1).normal(size=(5, K)).astype(np.float32)
     packed = block_minimum.quantize(matmul_model(weight), ["proj"], BLOCK, accuracy_level=1)
     ops = [node.op_type for node in packed.graph.node]
-    assert ops == ["MatMulNBits", "Reshape", "ReduceSum", "MatMul", "Shape", "Reshape", "Add"]
+    assert ops == ["MatMul", "MatMulNBits", "MatMul", "Add"]  # block sums, packed part, minimums, sum
     assert "w" not in {init.name for init in packed.graph.initializer}  # the float weight is gone
     np.testing.assert_allclose(run(packed, x), x @ weight, rtol=0, atol=1e-4)
+
+
+def test_matmuls_reading_one_input_share_its_block_sums_at_any_rank():
+    gate, up = q4_1_weight(3), q4_1_weight(4)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "g"], ["a"], name="gate"),
+            helper.make_node("MatMul", ["x", "u"], ["b"], name="up"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", K])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "seq", N]) for name in "ab"],
+        [numpy_helper.from_array(gate, "g"), numpy_helper.from_array(up, "u")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    packed = block_minimum.quantize(model, ["gate", "up"], BLOCK, accuracy_level=1)
+    ops = [node.op_type for node in packed.graph.node]
+    assert ops.count("MatMul") == 3 and ops.count("MatMulNBits") == 2  # one block-sum MatMul for both
+    x = np.random.default_rng(5).normal(size=(2, 3, K)).astype(np.float32)
+    session = ort.InferenceSession(packed.SerializeToString(), providers=["CPUExecutionProvider"])
+    a, b = session.run(None, {"x": x})
+    np.testing.assert_allclose(a, x @ gate, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(b, x @ up, rtol=0, atol=1e-4)
 
 
 def test_off_the_grid_it_is_asymmetric_rounding_with_its_usual_error():
