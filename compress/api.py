@@ -183,9 +183,7 @@ def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResul
     recipe's data factory and custom metric be imported (only for folders you trust).
     """
     out = Path(out_dir)
-    run_info = read_json(out / "run.json")
-    if not isinstance(run_info, dict) or not (out / "recipe.yaml").is_file():
-        raise InputError(f"{out}: not a modelpress run folder (no run.json/recipe.yaml); run 'modelpress run' first")
+    run_info = folder.read_run_folder(out)
     with log.collect_warnings() as logged:
         recipe = load_recipe(out / "recipe.yaml")
         if not any((out / "artifacts").glob("*.json")):

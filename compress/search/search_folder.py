@@ -5,7 +5,6 @@ its timings were taken with among them; a rerun with the same inputs resumes, ot
 refused unless ``--force`` replaces the search's own files (and nothing else).
 """
 
-import re
 import shutil
 from pathlib import Path
 
@@ -17,8 +16,8 @@ STATE = "search.json"
 # What a search folder holds, all written by the search: a folder holding these without our
 # search.json is someone else's, and is refused.
 OURS = (STATE, "trials.jsonl", "report.md", "recipe.yaml", "environment.json", "trials", "work", "plots")
-# The files a search writes inside its folders: trials/<key>/<artifact>.onnx(.data), plots/<name>.png.
-LAYOUT = {"trials": re.compile(r"[0-9a-f]{16}/[^/]+\.onnx(\.data)?"), "plots": re.compile(r"[^/]+\.png")}
+# The plots a search draws (``report._plots``): the only files of plots/ that --force removes.
+PLOTS = ("plots/metric_vs_latency.png", "plots/metric_vs_size.png")
 
 
 def measured_on(threads: int | None) -> dict:
@@ -61,16 +60,28 @@ def claim(out: Path, identity: dict, force: bool) -> None:
 
 
 def _foreign_files(out: Path) -> list[str]:
-    """Files under the search's folders that the search did not write (work/: the trials' run folders)."""
+    """Files under the search's folders that its own records do not list: trials/ holds the points
+    trials.jsonl names, work/<run>/ the files each run's run.json names, plots/ the search's plots."""
+    from compress.search.trials import TrialLog
+
+    listed = set(PLOTS)
+    for record in TrialLog(out).records.values():
+        for point in record["points"]:
+            if "path" in point:
+                listed |= {point["path"], point["path"] + ".data"}
     foreign = [name for name in ("trials", "work", "plots") if (out / name).is_symlink()]
-    for name, pattern in LAYOUT.items():
-        foreign += [f"{name}/{f}" for f in _files(out / name) if not pattern.fullmatch(f)]
+    foreign += [
+        f"{name}/{f}" for name in ("trials", "plots") for f in _files(out / name) if f"{name}/{f}" not in listed
+    ]
     work = out / "work"
-    for run in sorted(work.iterdir()) if work.is_dir() else []:
+    for run in sorted(work.iterdir()) if work.is_dir() and not work.is_symlink() else []:
         if not run.is_dir() or run.is_symlink():
             foreign.append(f"work/{run.name}")
             continue
-        owned = folder.owned_files(run) | {folder.LOCK, folder.LOG}
+        info = read_json(run / "run.json")
+        files = info.get("files") if isinstance(info, dict) else None
+        owned = {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+        owned |= {folder.LOCK, folder.LOG, "run.json"} if owned else set()
         foreign += [f"work/{run.name}/{f}" for f in folder.relative_files(run) if f not in owned]
     return sorted(foreign)
 
