@@ -184,6 +184,7 @@ def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResul
     """
     out = Path(out_dir)
     run_info = folder.read_run_folder(out)
+    run_warnings = _run_warnings(out)  # read before anything is written: a refused report.json changes nothing
     with log.collect_warnings() as logged:
         recipe = load_recipe(out / "recipe.yaml")
         if not any((out / "artifacts").glob("*.json")):
@@ -210,7 +211,7 @@ def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResul
                 evaluator, data, unscored = _remeasure_inputs(out, recipe, run_info, stored, trust_run)
                 if sources:
                     measure_torch_sources(out, sources, recipe, evaluator, data)
-                path, artifacts = measure_and_report(out, recipe, evaluator, data, unscored, logged, _run_warnings(out))
+                path, artifacts = measure_and_report(out, recipe, evaluator, data, unscored, logged, run_warnings)
         finally:
             folder.unlock(out)
     return CompressionResult(None, read_stages(out), artifacts, out, path)
