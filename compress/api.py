@@ -250,7 +250,7 @@ def _remeasure_inputs(out, recipe, run_info, stored, trust_run):
 
     metric = str(stored.meta["metric"])
     if trust_run and recipe.data is not None:
-        search_dir = Path(run_info["search_dir"]) if run_info.get("search_dir") else None
+        search_dir = Path(str(run_info["search_dir"])) if run_info.get("search_dir") else None
         return resolve_evaluator(recipe.task.metric, search_dir), load_data(recipe.data, search_dir), None
     # The .npz is data, never trusted to name code: only a built-in name is looked up.
     if stored.meta["builtin_metric"] and metric in EVALUATORS:

@@ -28,7 +28,7 @@ NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 # C0/C1 control characters and the bidirectional overrides: they repaint or reorder a terminal line.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
-_KINDS |= {stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder", stat.S_IFLNK: "a symbolic link"}
+_KINDS |= {stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder", stat.S_IFLNK: "a symbolic link", stat.S_IFREG: "a file"}
 
 
 def escape(text: object) -> str:
@@ -48,11 +48,11 @@ def check_name(name: object, what: str, where: Path | str) -> str:
     )
 
 
-def _refusal(path: Path, mode: int, what: str, error=InputError) -> Exception:
+def _refusal(path: Path, mode: int, what: str, error=InputError, expected: str = "file") -> Exception:
     kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
     return error(
-        f"{escape(path)}: {what} is {kind}; modelpress reads and writes only regular files in a folder, "
-        "never through a link: replace it with the file itself"
+        f"{escape(path)}: {what} is {kind}; modelpress reads and writes only regular files and folders in a "
+        f"folder, never through a link: replace it with the {expected} itself"
     )
 
 
@@ -76,7 +76,7 @@ def no_link(path: Path, what: str = "folder", error=InputError) -> bool:
     except FileNotFoundError:
         return False
     if not stat.S_ISDIR(info.st_mode):
-        raise _refusal(path, info.st_mode, what, error)
+        raise _refusal(path, info.st_mode, what, error, "folder")
     return True
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from compress.core.errors import InputError, OutputError
 from compress.core.io import read_json
 from compress.core.untrusted import escape, no_link, open_lock, regular
+from compress.engine.stages import read_stages, stage_folders
 
 LOCK = ".modelpress.lock"
 # What a run writes: these top-level files, and everything under these folders.
@@ -101,8 +102,6 @@ def remove_ours(folder: Path, names: tuple[str, ...]) -> None:
 def check_layout(folder: Path) -> None:
     """Refuse a run folder whose own subfolders (or stage folders) are links or files: every path
     modelpress opens under them would leave the folder. Names of stages are checked as names."""
-    from compress.engine.stages import stage_folders
-
     for name in FOLDERS:
         no_link(folder / name, f"{name}/ of a run folder")
     stage_folders(folder)
@@ -117,8 +116,6 @@ def read_run_folder(folder: Path) -> dict:
             f"{escape(folder)}: not a modelpress run folder (no run.json/recipe.yaml); run 'modelpress run' first"
         )
     check_layout(folder)
-    from compress.engine.stages import read_stages
-
     read_stages(folder)  # every stage record checked now, before anything is measured or written
     return run_info
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from compress.core.errors import OutputError
 from compress.core.io import read_json
+from compress.core.untrusted import no_link
 from compress.engine import folder
 
 STATE = "search.json"
@@ -30,6 +31,12 @@ def measured_on(threads: int | None) -> dict:
 
 def claim(out: Path, identity: dict, force: bool) -> None:
     """Refuse a folder holding another search (other model, data, recipe, batch size or machine) or other files."""
+    # No link among the search's folders or the trials' and runs' folders in them: files are written
+    # there (kept artifacts, the trials' runs), which must never land outside the search folder.
+    for name in ("trials", "work", "plots"):
+        if no_link(out / name, f"{name}/ of a search folder") and name != "plots":
+            for child in sorted((out / name).iterdir()):
+                no_link(child, f"{name}/{child.name} of a search folder")
     state = read_json(out / STATE)
     if state is None:
         foreign = sorted(name for name in OURS if (out / name).exists())
@@ -69,15 +76,10 @@ def _foreign_files(out: Path) -> list[str]:
         for point in record["points"]:
             if "path" in point:
                 listed |= {point["path"], point["path"] + ".data"}
-    foreign = [name for name in ("trials", "work", "plots") if (out / name).is_symlink()]
-    foreign += [
-        f"{name}/{f}" for name in ("trials", "plots") for f in _files(out / name) if f"{name}/{f}" not in listed
-    ]
+    # claim() has refused links among these folders: what is below is the folder's own.
+    foreign = [f"{name}/{f}" for name in ("trials", "plots") for f in _files(out / name) if f"{name}/{f}" not in listed]
     work = out / "work"
-    for run in sorted(work.iterdir()) if work.is_dir() and not work.is_symlink() else []:
-        if not run.is_dir() or run.is_symlink():
-            foreign.append(f"work/{run.name}")
-            continue
+    for run in sorted(work.iterdir()) if work.is_dir() else []:
         info = read_json(run / "run.json")
         files = info.get("files") if isinstance(info, dict) else None
         owned = {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
@@ -87,4 +89,4 @@ def _foreign_files(out: Path) -> list[str]:
 
 
 def _files(root: Path) -> set[str]:
-    return folder.relative_files(root) if root.is_dir() and not root.is_symlink() else set()
+    return folder.relative_files(root) if root.is_dir() else set()

@@ -264,9 +264,20 @@ def reverify(out_dir: Path, records: list[dict], stored: StoredData, recipe) -> 
         source = record.get("source_artifact") or record["name"]
         expected = reference_predictor(out_dir, source, stored)
         tolerance = quantized_parity(recipe) if "scheme" in record else recipe.export.parity
-        parity = compare_predictions(
-            expected, session, inputs_in_order(stored), tolerance, stored.meta["is_classifier"]
-        )
+        try:
+            parity = compare_predictions(
+                expected, session, inputs_in_order(stored), tolerance, stored.meta["is_classifier"]
+            )
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            # ONNX Runtime refuses the stored inputs (another shape or type than the file takes): the
+            # sample, not modelpress, is at fault.
+            reason = escape(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300]
+            raise InputError(
+                f"{stored.path}: its inputs do not fit artifact {record['name']} ({reason}); "
+                "re-run 'modelpress run' to write it again"
+            ) from None
         record["parity"] = {**parity.to_dict(), "reference": str(reference_path(out_dir, source).relative_to(out_dir))}
         verdict = "passed" if parity.passed else "failed: " + "; ".join(parity.failures)
         if record.get("status") == "changed":

@@ -111,3 +111,15 @@ def test_a_junk_or_outside_trial_record_is_refused_in_one_line(case, row, capfd,
     refused(code, err, fragment)
     assert "\x1b" not in err
     assert "outside.onnx" not in (out / "search.json").read_text()  # never timed, never chosen
+
+
+@pytest.mark.parametrize("which", ["trials", "work"])
+def test_a_trial_or_run_folder_that_is_a_link_is_refused_and_survives(case, which, capfd, tmp_path):
+    out, _, recipe = case
+    inner = sorted((out / which).iterdir())[0]
+    users = shutil.copytree(inner, tmp_path / "users-folder")
+    before = sorted(p.relative_to(users) for p in users.rglob("*"))
+    shutil.rmtree(inner)
+    inner.symlink_to(users, target_is_directory=True)
+    refused(*resume(out, recipe, capfd), "is a symbolic link")
+    assert sorted(p.relative_to(users) for p in users.rglob("*")) == before

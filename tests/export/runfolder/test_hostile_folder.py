@@ -206,6 +206,25 @@ def test_the_folders_trust_checkpoint_grants_nothing(case, tmp_path):
     assert not marker.exists()
 
 
+def vouch(run, relative: str) -> None:
+    """manifest.json listing the edited file's new sha256: the folder's author writes the manifest too."""
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["artifacts"][relative] = hashlib.sha256((run / relative).read_bytes()).hexdigest()
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_later_stored_batch_of_another_shape_is_one_line(case, capfd):
+    run, _, _ = case
+    path = run / "artifacts/heldout.npz"
+    with np.load(path) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    arrays["b1__g0__input"] = np.zeros((4, 7), np.float32)  # the model takes 12 features
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    vouch(run, "artifacts/heldout.npz")
+    refused(*cli(["report", str(run)], capfd), "its inputs do not fit artifact")
+
+
 def write_npz(path, members: dict[str, bytes], compression=zipfile.ZIP_STORED) -> None:
     with zipfile.ZipFile(path, "w", compression) as archive:
         for name, body in members.items():
@@ -241,9 +260,7 @@ BOMBS = {
 def test_an_npz_bomb_is_refused_from_its_headers_in_bounded_memory(case, bomb, relative, capfd):
     run, _, _ = case
     BOMBS[bomb](run / relative)
-    manifest = json.loads((run / "manifest.json").read_text())  # its author vouches for it, too
-    manifest["artifacts"][relative] = hashlib.sha256((run / relative).read_bytes()).hexdigest()
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    vouch(run, relative)
     tracemalloc.start()
     try:
         code, err = cli(["report", str(run)], capfd)
@@ -266,9 +283,7 @@ def hostile_onnx(run, change) -> None:
     model = onnx.load(str(path))
     change(model)
     onnx.save(model, str(path))
-    manifest = json.loads((run / "manifest.json").read_text())
-    manifest["artifacts"]["artifacts/compressed.onnx"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    vouch(run, "artifacts/compressed.onnx")
 
 
 def external_outside(model) -> None:
