@@ -127,16 +127,28 @@ def open_read(path: Path, what: str = "file"):
     return os.fdopen(_opened(path, _READ, what, InputError), "rb")
 
 
+def _written(path: Path, flags: int, what: str) -> int:
+    """A descriptor to write ``path`` through: a regular file with no other name. A hard link to a
+    user's file is as much a way out of the folder as a symbolic one (modelpress never makes one there)."""
+    regular(path, what, OutputError)
+    fd = _opened(path, flags, what, OutputError)
+    if os.fstat(fd).st_nlink > 1:
+        os.close(fd)
+        raise OutputError(
+            f"{escape(path)}: {what} has another name (a hard link); modelpress writes only its own files: "
+            "remove it and rerun"
+        )
+    return fd
+
+
 def open_append(path: Path, what: str = "log"):
     """A text handle appending to ``path`` (created when absent): never through a link, never a FIFO."""
-    regular(path, what, OutputError)
-    return os.fdopen(_opened(path, _APPEND, what, OutputError), "a", encoding="utf-8")
+    return os.fdopen(_written(path, _APPEND, what), "a", encoding="utf-8")
 
 
 def open_lock(path: Path) -> int:
     """A read-write descriptor on the lock file ``path`` (created when absent), a regular file only."""
-    regular(path, "lock file", OutputError)
-    return _opened(path, _LOCK, "lock file", OutputError)
+    return _written(path, _LOCK, "lock file")
 
 
 def inside(root: Path, relative: object, what: str) -> Path:

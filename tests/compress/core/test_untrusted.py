@@ -73,6 +73,18 @@ def test_the_lock_never_writes_through_a_link(victim):
     assert target.read_text() == VICTIM
 
 
+WRITERS = {folder.LOCK: lambda run: folder.lock(run), folder.LOG: lambda run: open_append(run / folder.LOG)}
+
+
+@pytest.mark.parametrize("name", WRITERS)
+def test_a_hard_link_to_a_users_file_is_never_written(victim, name):
+    target, run = victim
+    os.link(target, run / name)
+    with pytest.raises(OutputError, match="has another name"):
+        WRITERS[name](run)
+    assert target.read_text() == VICTIM
+
+
 def test_the_lock_refuses_a_fifo_without_blocking(tmp_path):
     os.mkfifo(tmp_path / folder.LOCK)
     with pytest.raises(OutputError, match="lock file is a FIFO"):
