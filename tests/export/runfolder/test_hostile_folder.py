@@ -145,8 +145,14 @@ def test_a_file_run_out_reads_is_refused_in_one_line(case, relative, kind, capfd
     assert victim.read_text() == VICTIM
 
 
+@pytest.fixture
+def no_warmup(monkeypatch):
+    """The timing's warm-up turns (a tenth of a second per artifact and round) are not under test here."""
+    monkeypatch.setattr("export.measure.benchmark.warm", lambda call, seconds=0.0: call())
+
+
 @pytest.mark.parametrize("kind", ["link", "fifo"])
-def test_files_a_command_only_replaces_are_replaced_never_written_through(case, kind, capfd, made):
+def test_files_a_command_only_replaces_are_replaced_never_written_through(case, kind, capfd, made, no_warmup):
     run, victim, recipe = case
     for relative in REPORT_WRITES:
         plant(run, relative, kind, victim)
@@ -326,8 +332,14 @@ ONNX_CASES = {
 }
 
 
+@pytest.fixture
+def quick_report(no_warmup, monkeypatch):
+    """The plots are not under test here either: the report skips them."""
+    monkeypatch.setattr("export.report.build.write_plots", lambda out_dir, report: {})
+
+
 @pytest.mark.parametrize("row", ONNX_CASES)
-def test_a_hostile_onnx_file_fails_its_artifact_with_the_reason(case, row, capfd):
+def test_a_hostile_onnx_file_fails_its_artifact_with_the_reason(case, row, capfd, quick_report):
     run, victim, _ = case
     change, reason = ONNX_CASES[row]
     hostile_onnx(run, change)
