@@ -106,11 +106,15 @@ def read_bytes(path: Path, limit: int, what: str = "file") -> bytes | None:
         fd = _opened(path, _READ, what, InputError)
     except FileNotFoundError:
         return None
+    # In blocks: read(limit + 1) would allocate the whole bound up front for every small record.
+    chunks, total = [], 0
     with os.fdopen(fd, "rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise _too_big(path, what, limit)
-    return data
+        while chunk := handle.read(1 << 20):
+            total += len(chunk)
+            if total > limit:  # it grew since lstat
+                raise _too_big(path, what, limit)
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _too_big(path: Path, what: str, limit: int) -> InputError:

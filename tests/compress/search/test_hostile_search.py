@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from compress.cli import main
-from tests.export.runfolder.test_hostile_folder import REFUSALS, VICTIM, hang_guard, plant, refused
+from tests.export.runfolder.test_hostile_folder import REFUSALS, VICTIM, bomb, hang_guard, plant, refused
 
 RECIPE = {
     "name": "hostile-search",
@@ -66,6 +66,13 @@ def test_a_file_the_search_reads_is_refused_in_one_line(case, relative, kind, ca
     plant(out, a_point(out) if relative == "a trial's point" else relative, kind, victim)
     refused(*resume(out, recipe, capfd), *REFUSALS[kind], "not a file of this search")
     assert victim.read_text() == VICTIM
+
+
+@pytest.mark.parametrize("relative", ["search.json", "trials.jsonl"])
+def test_a_record_over_the_bound_is_refused_unread(case, relative, capfd):
+    out, _, recipe = case
+    bomb(out / relative)
+    refused(*resume(out, recipe, capfd), "over the 67108864-byte bound")
 
 
 def rewrite_trials(out, change) -> None:
