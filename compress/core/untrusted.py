@@ -43,7 +43,7 @@ def check_name(name: object, what: str, where: Path | str) -> str:
         return name
     shown = escape(repr(name))[:80]
     raise InputError(
-        f"{where}: {what} {shown} is not a plain name (letters, digits, _ . + -, at most 128 characters); "
+        f"{escape(where)}: {what} {shown} is not a plain name (letters, digits, _ . + -, at most 128 characters); "
         "refusing the folder: it was not written by modelpress"
     )
 
