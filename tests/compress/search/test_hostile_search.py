@@ -132,3 +132,20 @@ def test_a_trial_or_run_folder_that_is_a_link_is_refused_and_survives(case, whic
     inner.symlink_to(users, target_is_directory=True)
     refused(*resume(out, recipe, capfd), "is a symbolic link")
     assert sorted(p.relative_to(users) for p in users.rglob("*")) == before
+
+
+def test_a_resumed_points_onnx_bomb_fails_in_one_line_never_reaches_onnx_runtime(case, capfd, monkeypatch):
+    import onnx
+
+    from tests.export.runfolder.test_hostile_folder import constant_of_shape
+
+    out, _, recipe = case
+    for path in (out / "trials").rglob("*.onnx"):  # every point: the finalists are timed again on resume
+        model = onnx.load(str(path))
+        constant_of_shape(model)
+        onnx.save(model, str(path))
+    monkeypatch.setattr("export.measure.benchmark.warm", lambda call, seconds=0.0: call())
+    code, err = resume(out, recipe, capfd)
+    assert code == 1, err
+    lines = [line for line in err.splitlines() if line.startswith("modelpress:")]
+    assert len(lines) == 1 and "ConstantOfShape 'bomb' makes a tensor over" in lines[0], err
