@@ -183,9 +183,8 @@ def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResul
     recipe's data factory and custom metric be imported (only for folders you trust).
     """
     out = Path(out_dir)
-    run_info = read_json(out / "run.json")
-    if not isinstance(run_info, dict) or not (out / "recipe.yaml").is_file():
-        raise InputError(f"{out}: not a modelpress run folder (no run.json/recipe.yaml); run 'modelpress run' first")
+    run_info = folder.read_run_folder(out)
+    run_warnings = _run_warnings(out)  # read before anything is written: a refused report.json changes nothing
     with log.collect_warnings() as logged:
         recipe = load_recipe(out / "recipe.yaml")
         if not any((out / "artifacts").glob("*.json")):
@@ -212,7 +211,7 @@ def report_run(out_dir: str | Path, trust_run: bool = False) -> CompressionResul
                 evaluator, data, unscored = _remeasure_inputs(out, recipe, run_info, stored, trust_run)
                 if sources:
                     measure_torch_sources(out, sources, recipe, evaluator, data)
-                path, artifacts = measure_and_report(out, recipe, evaluator, data, unscored, logged, _run_warnings(out))
+                path, artifacts = measure_and_report(out, recipe, evaluator, data, unscored, logged, run_warnings)
         finally:
             folder.unlock(out)
     return CompressionResult(None, read_stages(out), artifacts, out, path)
@@ -251,7 +250,7 @@ def _remeasure_inputs(out, recipe, run_info, stored, trust_run):
 
     metric = str(stored.meta["metric"])
     if trust_run and recipe.data is not None:
-        search_dir = Path(run_info["search_dir"]) if run_info.get("search_dir") else None
+        search_dir = Path(str(run_info["search_dir"])) if run_info.get("search_dir") else None
         return resolve_evaluator(recipe.task.metric, search_dir), load_data(recipe.data, search_dir), None
     # The .npz is data, never trusted to name code: only a built-in name is looked up.
     if stored.meta["builtin_metric"] and metric in EVALUATORS:

@@ -13,7 +13,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from compress.core.errors import ModelpressError
+from compress.core.errors import ModelpressError, OutputError
 
 EXAMPLES = {
     "run": "example:\n  modelpress run recipe.yaml --out runs/my-model",
@@ -34,8 +34,10 @@ def demo_recipe_path() -> Path:
 
 
 def _finish(result) -> int:
+    from compress.core.untrusted import escape
+
     for line in result.failures:
-        print(f"modelpress: artifact failed: {line}", file=sys.stderr)
+        print(f"modelpress: artifact failed: {escape(line)}", file=sys.stderr)
     if result.report_path:
         print(result.report_path)
     return 1 if result.failures else 0
@@ -110,7 +112,15 @@ def _cmd_schema(args) -> int:
 
     from compress.recipe.describe import recipe_schema
 
-    print(json.dumps(recipe_schema(), indent=2))
+    try:
+        print(json.dumps(recipe_schema(), indent=2))
+        sys.stdout.flush()
+    except OSError as exc:  # stdout a full disk (> /dev/full) or a closed pipe
+        # What is still buffered goes nowhere: the interpreter's last flush would otherwise fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputError(
+            f"stdout: the schema could not be written ({exc.strerror or exc}); redirect it to a file with space"
+        ) from None
     return 0
 
 
@@ -220,11 +230,13 @@ def _save_traceback() -> Path:
     text = f"--- internal error {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n{traceback.format_exc()}"
     folder = active_folder()
     if folder is not None:
+        from compress.core.untrusted import open_append
+
         try:
-            with open(folder / "run.log", "a") as log_file:
+            with open_append(folder / "run.log", "run.log") as log_file:  # never through a planted link
                 log_file.write(text)
             return folder / "run.log"
-        except OSError:
+        except (OSError, ModelpressError):
             pass  # the folder itself may be the problem: fall back to the temp dir
     fd, name = tempfile.mkstemp(prefix="modelpress-error-", suffix=".log")
     with os.fdopen(fd, "w") as log_file:
@@ -263,14 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ModelpressError as exc:
+        from compress.core.untrusted import escape
+
         for line in str(exc).splitlines():
-            print(f"modelpress: error: {line}", file=sys.stderr)
+            print(f"modelpress: error: {escape(line)}", file=sys.stderr)  # it may quote a folder's names
         return exc.exit_code
     except KeyboardInterrupt:
         print("modelpress: interrupted; completed stages are kept, rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001  (a bug in modelpress: one line here, the traceback in the log)
-        reason = str(exc).splitlines()[0] if str(exc) else ""
+        from compress.core.untrusted import escape
+
+        reason = escape(str(exc).splitlines()[0]) if str(exc) else ""
         path = _save_traceback()
         print(
             f"modelpress: internal error: {type(exc).__name__}: {reason}; full traceback in {path} "

@@ -64,6 +64,16 @@ def test_missing_checkpoint_exits_2(tmp_path):
     assert "absent.pt: file not found" in result.stderr
 
 
+def test_schema_to_a_full_disk_is_one_line():
+    with open("/dev/full", "w") as full:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, "-m", "compress.cli", "schema"]
+        result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "the schema could not be written (No space left on device)" in line
+
+
 @pytest.mark.parametrize("command", ["run", "demo", "export", "report", "passes"])
 def test_every_command_has_help_with_an_example(command):
     result = modelpress(command, "--help")

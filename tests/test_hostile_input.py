@@ -60,6 +60,7 @@ RECIPES = [
     ("not-utf8", lambda: body().encode() + b"# caf\xe9\n", 2, ["not UTF-8", "save the recipe as UTF-8"]),
     ("utf16", lambda: body().encode("utf-16"), 2, ["not UTF-8"]),
     ("duplicate-key", lambda: body() + "seed: 1\nseed: 2\n", 2, ["duplicate key 'seed'"]),
+    ("list-as-key", lambda: body() + "? [1, 2]\n: 3\n", 2, ["invalid YAML (found unhashable key)"]),
     ("too-big", lambda: body() + "#" * 1_100_000 + "\n", 2, ["over the 1000000-byte limit"]),
     ("name-dotdot", lambda: body(name=".."), 2, ["not a plain folder name"]),
     ("seed-huge", lambda: body(seed=2**70), 2, ["seed: 1180591620717411303424 is out of range"]),
@@ -226,14 +227,24 @@ def test_zip_bomb_checkpoint_is_refused_before_loading(tmp_path, capsys):
     assert peak < 50 << 20
 
 
-def test_checkpoint_symlink_loop_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("relative", [False, True])  # a relative path was resolved, and the loop raised
+def test_checkpoint_symlink_loop_is_one_line(tmp_path, capsys, relative):
     os.symlink(tmp_path / "b.pt", tmp_path / "a.pt")
     os.symlink(tmp_path / "a.pt", tmp_path / "b.pt")
-    assert (
-        run_cli(tmp_path, body(model={"factory": "tests.tiny_models:mlp", "checkpoint": str(tmp_path / "a.pt")})) == 2
-    )
+    checkpoint = "a.pt" if relative else str(tmp_path / "a.pt")
+    assert run_cli(tmp_path, body(model={"factory": "tests.tiny_models:mlp", "checkpoint": checkpoint})) == 2
     err = capsys.readouterr().err
-    assert "a.pt" in err and "Traceback" not in err
+    assert "a.pt: a symbolic link that leads nowhere" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_legacy_checkpoint_of_sparse_tensors_is_one_line(tmp_path, capsys):
+    state = {k: v.to_sparse() for k, v in mlp().state_dict().items()}
+    torch.save(state, tmp_path / "sparse.pt", _use_new_zipfile_serialization=False)  # the legacy format
+    assert run_cli(tmp_path, body(model={"factory": "tests.tiny_models:mlp", "checkpoint": "sparse.pt"})) == 2
+    err = capsys.readouterr().err
+    assert "tensors that are not dense (fc1.weight" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_run_leaves_the_callers_module_unchanged(tmp_path):

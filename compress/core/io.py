@@ -78,8 +78,12 @@ def write_json_atomic(path: Path, obj: Any) -> Path:
 
 
 def read_json(path: Path) -> Any | None:
-    """The JSON at ``path``, or None when it is absent or unreadable (an interrupted run)."""
+    """The JSON at ``path``, or None when it is absent or unreadable (an interrupted run). A link, a
+    FIFO or a file over the bound of a record is refused (one line): the folder may come from elsewhere."""
+    from compress.core.untrusted import MAX_RECORD_BYTES, read_bytes
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        raw = read_bytes(path, MAX_RECORD_BYTES, "record")
+        return None if raw is None else json.loads(raw)
+    except (OSError, ValueError, RecursionError):
         return None

@@ -55,7 +55,16 @@ def traceback_to_log(header: str) -> None:
     _to_log(f"--- {header} ---\n{traceback.format_exc()}")
 
 
+def _escaped(message: str) -> str:
+    # Names read from a folder (artifacts, stages) reach these lines: no control character may
+    # repaint the terminal or forge a line of run.log.
+    from compress.core.untrusted import escape
+
+    return "\n".join(escape(line) for line in str(message).split("\n"))
+
+
 def info(message: str) -> None:
+    message = _escaped(message)
     if _main_process():
         _to_log(Console().render_str(message).plain)
         if not _state["quiet"]:
@@ -65,6 +74,7 @@ def info(message: str) -> None:
 def warn(message: str, collect: bool = True) -> None:
     """Print a warning (and keep it for the run's report). ``collect=False`` for one the report
     already holds in its own data (an artifact's warnings, its failure), which it derives afresh."""
+    message = _escaped(message)
     if _main_process():
         plain = Console().render_str(message).plain
         _to_log("warning: " + plain)
@@ -126,8 +136,10 @@ def run_log(out_dir: Path):
     if _state["log"] is not None or not _main_process():
         yield
         return
+    from compress.core.untrusted import open_append
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_file = open(out_dir / "run.log", "a", encoding="utf-8")  # noqa: SIM115 (closed below)
+    log_file = open_append(out_dir / "run.log", "run.log")  # never through a link planted in the folder
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}

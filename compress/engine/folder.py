@@ -11,8 +11,10 @@ import os
 import shutil
 from pathlib import Path
 
-from compress.core.errors import OutputError
+from compress.core.errors import InputError, OutputError
 from compress.core.io import read_json
+from compress.core.untrusted import escape, no_link, open_lock, regular
+from compress.engine.stages import read_stages, stage_folders
 
 LOCK = ".modelpress.lock"
 # What a run writes: these top-level files, and everything under these folders.
@@ -31,7 +33,9 @@ def lock(folder: Path) -> None:
     key = folder.resolve()
     if key in _held:
         return
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    # Never through a link or onto a FIFO: a folder from elsewhere may plant one to have the pid written
+    # over a user's file, or to block this run forever.
+    fd = open_lock(folder / LOCK)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -93,6 +97,27 @@ def remove_ours(folder: Path, names: tuple[str, ...]) -> None:
                 shutil.rmtree(path)
         elif str(name) in owned:
             path.unlink(missing_ok=True)
+
+
+def check_layout(folder: Path) -> None:
+    """Refuse a run folder whose own subfolders (or stage folders) are links or files: every path
+    modelpress opens under them would leave the folder. Names of stages are checked as names."""
+    for name in FOLDERS:
+        no_link(folder / name, f"{name}/ of a run folder")
+    stage_folders(folder)
+
+
+def read_run_folder(folder: Path) -> dict:
+    """The run.json of a run folder to read back (``report``, ``compress.load``), after its layout and
+    recipe.yaml are checked: no link, no FIFO, nothing leading outside the folder."""
+    run_info = read_json(folder / "run.json")
+    if not isinstance(run_info, dict) or regular(folder / "recipe.yaml", "recipe.yaml") is None:
+        raise InputError(
+            f"{escape(folder)}: not a modelpress run folder (no run.json/recipe.yaml); run 'modelpress run' first"
+        )
+    check_layout(folder)
+    read_stages(folder)  # every stage record checked now, before anything is measured or written
+    return run_info
 
 
 def files_written(folder: Path) -> list[str]:

@@ -92,6 +92,7 @@ def _claim_folder(out_dir: Path, recipe: Recipe, identity: dict, force: bool) ->
     which clears modelpress's own files there; files modelpress did not write are never touched."""
     ensure_writable(out_dir)
     folder.lock(out_dir)  # before --force: a folder in use is never cleared
+    folder.check_layout(out_dir)  # no link among its folders: nothing below is written or removed outside
     folder.check_collisions(out_dir)
     previous = read_json(out_dir / "run.json")
     owner = previous.get("identity") if isinstance(previous, dict) else None

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from compress.core.errors import InputError
-from compress.core.io import read_json
+from compress.core.untrusted import open_read
+from compress.engine.folder import read_run_folder
 from compress.engine.stages import StageResult, load_stage_weights, read_stages
 from compress.recipe.registry import get_pass
 from compress.recipe.schema import load_recipe
@@ -40,7 +41,8 @@ def _inputs_from_onnx(out: Path) -> Any:
     path = next(iter(sorted((out / "artifacts").glob("*.onnx"))), None)
     if path is None:
         raise InputError(f"{out}: no ONNX artifact to take input shapes from; pass example_inputs=")
-    graph = onnx.load(str(path), load_external_data=False).graph
+    with open_read(path, "ONNX artifact") as handle:  # no link, no FIFO: the folder may come from elsewhere
+        graph = onnx.load_model_from_string(handle.read()).graph
     initializers = {init.name for init in graph.initializer}
     names, tensors = [], []
     for value in graph.input:
@@ -61,6 +63,7 @@ def load(
     *,
     model: torch.nn.Module | None = None,
     example_inputs: Any = None,
+    trust_checkpoint: bool = False,
 ) -> torch.nn.Module:
     """The model of a run folder after ``stage`` (``"final"``, a stage name such as ``"distill"``, or an index).
 
@@ -71,10 +74,11 @@ def load(
     load only run folders you trust. ``example_inputs`` (one batch of model inputs) trace
     the model to replay structural pruning; by default they are zeros shaped like the
     run's ONNX inputs. Torch-side quantization (bitsandbytes) is applied again as recorded.
+    ``trust_checkpoint`` lets a pickled checkpoint be fully unpickled (it can run code); the folder's
+    own recipe cannot grant that (its ``model.trust_checkpoint`` is ignored).
     """
     out = Path(run_dir)
-    if read_json(out / "run.json") is None or not (out / "recipe.yaml").is_file():
-        raise InputError(f"{out}: not a modelpress run folder (no run.json/recipe.yaml)")
+    run_info = read_run_folder(out)
     recipe = load_recipe(out / "recipe.yaml")
     target = _pick(read_stages(out), stage, out)
     if model is None:
@@ -85,8 +89,10 @@ def load(
             )
         from compress.models.loading import load_model
 
-        search_dir = (read_json(out / "run.json") or {}).get("search_dir") or None
-        model = load_model(recipe.model, Path(search_dir) if search_dir else None)
+        search_dir = run_info.get("search_dir") or None
+        # Consent to unpickle is the caller's: a trust_checkpoint written in the folder's recipe grants nothing.
+        spec = recipe.model.model_copy(update={"trust_checkpoint": trust_checkpoint})
+        model = load_model(spec, Path(str(search_dir)) if search_dir else None)
     edits = [s for s in read_stages(out)[1 : target.index + 1]]
     if any(get_pass(s.pass_name).restore is not None for s in edits):
         inputs = example_inputs if example_inputs is not None else _inputs_from_onnx(out)

@@ -50,7 +50,9 @@ def load_state_dict(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file or of a torch checkpoint, unpickled with ``weights_only=True``
     unless ``trust`` (the user vouches for the file: full unpickling can run code)."""
     if not path.is_file():
-        raise InputError(f"checkpoint {path}: file not found; check model.checkpoint in the recipe")
+        loop = path.is_symlink()  # is_file() is False for a link loop or a dangling link
+        found = "a symbolic link that leads nowhere (a loop or a missing target)" if loop else "file not found"
+        raise InputError(f"checkpoint {path}: {found}; check model.checkpoint in the recipe")
     _check_archive(path)
     try:
         if path.suffix == ".safetensors":
@@ -76,6 +78,13 @@ def load_state_dict(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"checkpoint {path}: expected a state_dict (a mapping of names to tensors)")
+    # Sparse or quantized tensors are no model's parameters here, and the checks below cannot read them.
+    odd = [str(k) for k, v in state.items() if v.layout != torch.strided or v.is_quantized]
+    if odd:
+        raise InputError(
+            f"checkpoint {path}: tensors that are not dense ({', '.join(odd[:5])}); "
+            "re-save the weights as dense tensors (tensor.to_dense())"
+        )
     broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
         raise InputError(

@@ -113,6 +113,7 @@ def _masks(layers: dict, config: MagnitudePruneConfig, sparsity: float) -> dict[
 def magnitude_prune(model: torch.nn.Module, config: MagnitudePruneConfig, ctx) -> torch.nn.Module:
     layers = select_modules(model, config.targets, config.exclude, PRUNABLE, owner="magnitude_prune")
     schedule = [None] if config.pattern else cubic_schedule(config.sparsity, config.steps)
+    order = {name: list(module._parameters) for name, module in layers.items()}
     for sparsity in schedule:
         # ``module.weight`` is weight_orig * mask once masked, so pruned weights stay pruned.
         for name, mask in _masks(layers, config, sparsity).items():
@@ -122,6 +123,10 @@ def magnitude_prune(model: torch.nn.Module, config: MagnitudePruneConfig, ctx) -
     achieved = {}
     for name, module in layers.items():
         torch_prune.remove(module, "weight")  # bake: the mask becomes zeros in the weight
+        # remove() registers ``weight`` again, last: back in its place, the exported graph lists its
+        # initializers as a resumed run's does (it loads this stage into a module never masked).
+        for key in order[name]:
+            module._parameters[key] = module._parameters.pop(key)
         achieved[name] = round(float((module.weight == 0).float().mean()), 6)
     ctx.record(layer_sparsity=achieved, schedule=[s for s in schedule if s is not None], pattern=config.pattern)
     return model

@@ -104,7 +104,7 @@ class OnnxQuantSpec(StrictModel):
     """
 
     scheme: Literal["auto", "int8_dynamic", "int8_static", "int4"] = "auto"
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
     per_channel: bool = True
     reduce_range: bool | Literal["auto"] = "auto"
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)

@@ -268,5 +268,6 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     checkpoint = Path(recipe.model.checkpoint).expanduser()
     if checkpoint.is_absolute():
         return recipe
-    model = recipe.model.model_copy(update={"checkpoint": str((base / checkpoint).resolve())})
+    # abspath, not resolve: a link loop (or any link) is left for the loader to refuse in one line
+    model = recipe.model.model_copy(update={"checkpoint": os.path.abspath(base / checkpoint)})
     return recipe.model_copy(update={"model": model})

@@ -26,8 +26,8 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen
-            except TypeError:  # an unhashable key: let PyYAML give its own error
-                duplicate = False
+            except TypeError:  # an unhashable key (a list): PyYAML's own error names it below
+                continue
             if duplicate:
                 mark = key_node.start_mark
                 raise yaml.constructor.ConstructorError(

@@ -5,20 +5,20 @@ its timings were taken with among them; a rerun with the same inputs resumes, ot
 refused unless ``--force`` replaces the search's own files (and nothing else).
 """
 
-import re
 import shutil
 from pathlib import Path
 
 from compress.core.errors import OutputError
 from compress.core.io import read_json
+from compress.core.untrusted import no_link
 from compress.engine import folder
 
 STATE = "search.json"
 # What a search folder holds, all written by the search: a folder holding these without our
 # search.json is someone else's, and is refused.
 OURS = (STATE, "trials.jsonl", "report.md", "recipe.yaml", "environment.json", "trials", "work", "plots")
-# The files a search writes inside its folders: trials/<key>/<artifact>.onnx(.data), plots/<name>.png.
-LAYOUT = {"trials": re.compile(r"[0-9a-f]{16}/[^/]+\.onnx(\.data)?"), "plots": re.compile(r"[^/]+\.png")}
+# The plots a search draws (``report._plots``): the only files of plots/ that --force removes.
+PLOTS = ("plots/metric_vs_latency.png", "plots/metric_vs_size.png")
 
 
 def measured_on(threads: int | None) -> dict:
@@ -31,6 +31,12 @@ def measured_on(threads: int | None) -> dict:
 
 def claim(out: Path, identity: dict, force: bool) -> None:
     """Refuse a folder holding another search (other model, data, recipe, batch size or machine) or other files."""
+    # No link among the search's folders or the trials' and runs' folders in them: files are written
+    # there (kept artifacts, the trials' runs), which must never land outside the search folder.
+    for name in ("trials", "work", "plots"):
+        if no_link(out / name, f"{name}/ of a search folder") and name != "plots":
+            for child in sorted((out / name).iterdir()):
+                no_link(child, f"{name}/{child.name} of a search folder")
     state = read_json(out / STATE)
     if state is None:
         foreign = sorted(name for name in OURS if (out / name).exists())
@@ -61,19 +67,26 @@ def claim(out: Path, identity: dict, force: bool) -> None:
 
 
 def _foreign_files(out: Path) -> list[str]:
-    """Files under the search's folders that the search did not write (work/: the trials' run folders)."""
-    foreign = [name for name in ("trials", "work", "plots") if (out / name).is_symlink()]
-    for name, pattern in LAYOUT.items():
-        foreign += [f"{name}/{f}" for f in _files(out / name) if not pattern.fullmatch(f)]
+    """Files under the search's folders that its own records do not list: trials/ holds the points
+    trials.jsonl names, work/<run>/ the files each run's run.json names, plots/ the search's plots."""
+    from compress.search.trials import TrialLog
+
+    listed = set(PLOTS)
+    for record in TrialLog(out).records.values():
+        for point in record["points"]:
+            if "path" in point:
+                listed |= {point["path"], point["path"] + ".data"}
+    # claim() has refused links among these folders: what is below is the folder's own.
+    foreign = [f"{name}/{f}" for name in ("trials", "plots") for f in _files(out / name) if f"{name}/{f}" not in listed]
     work = out / "work"
     for run in sorted(work.iterdir()) if work.is_dir() else []:
-        if not run.is_dir() or run.is_symlink():
-            foreign.append(f"work/{run.name}")
-            continue
-        owned = folder.owned_files(run) | {folder.LOCK, folder.LOG}
+        info = read_json(run / "run.json")
+        files = info.get("files") if isinstance(info, dict) else None
+        owned = {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+        owned |= {folder.LOCK, folder.LOG, "run.json"} if owned else set()
         foreign += [f"work/{run.name}/{f}" for f in folder.relative_files(run) if f not in owned]
     return sorted(foreign)
 
 
 def _files(root: Path) -> set[str]:
-    return folder.relative_files(root) if root.is_dir() and not root.is_symlink() else set()
+    return folder.relative_files(root) if root.is_dir() else set()

@@ -27,6 +27,7 @@ import torch
 from compress.core import log
 from compress.core.errors import InputError, first_line
 from compress.core.io import write_text_atomic
+from compress.core.untrusted import MAX_RECORD_BYTES, check_name, escape, inside, read_bytes, regular
 from compress.models.data import TaskData
 from compress.models.evaluate import Evaluator
 from compress.recipe.schema import Recipe
@@ -60,14 +61,19 @@ class TrialLog:
     def __init__(self, folder: Path):
         self.path = folder / TRIALS_FILE
         self.records: dict[str, dict] = {}
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a crash outside our atomic rewrite (edited by hand): skipped
-                if isinstance(record, dict) and "key" in record:
-                    self.records[record["key"]] = record
+        raw = read_bytes(self.path, MAX_RECORD_BYTES, TRIALS_FILE)  # no link, no FIFO, bounded
+        for number, line in enumerate((raw or b"").decode(errors="replace").splitlines(), 1):
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                continue  # a line cut by a crash outside our atomic rewrite (edited by hand): skipped
+            problem = _malformed(record, folder)
+            if problem:
+                raise InputError(
+                    f"{escape(self.path)}:{number}: {escape(problem)}; it was not written by this search: "
+                    "remove that line (its trial runs again) or choose another --out folder"
+                )
+            self.records[record["key"]] = record
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)
@@ -76,6 +82,36 @@ class TrialLog:
         self.records[record["key"]] = record
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values())
         write_text_atomic(self.path, text)  # the file is whole or absent: a kill never leaves half a trial
+
+
+_NUMBERS = ("validation_metric", "size_bytes", "p50_ms", "baseline_p50_ms", "speedup", "drop")
+
+
+def _malformed(record: object, folder: Path) -> str | None:
+    """What makes a trials.jsonl record unusable on resume, or None: its points' files must be the
+    search's own (``trials/<key>/<name>.onnx``, regular files), its figures numbers."""
+    if not isinstance(record, dict) or not isinstance(record.get("key"), str) or not record["key"].isalnum():
+        return "not a trial record (no key)"
+    points = record.get("points")
+    if not isinstance(points, list) or not isinstance(record.get("passes"), list):
+        return "its passes or points are not lists"
+    if not isinstance(record.get("validation_batches"), int) or not isinstance(record.get("validation_complete"), bool):
+        return "its validation batches are not recorded"
+    for point in points:
+        if not isinstance(point, dict) or not isinstance(point.get("status"), str):
+            return "a point is not a record"
+        try:
+            check_name(point.get("name"), "point name", TRIALS_FILE)
+            if point["status"] == "passed":
+                path = point.get("path")
+                inside(folder, path, "point path")
+                if not str(path).startswith("trials/") or regular(folder / path, "trial artifact") is None:
+                    return f"point path {path!r} is not a file of this search's trials/"
+        except InputError as exc:
+            return str(exc).splitlines()[0]
+        if any(not isinstance(point.get(k, 0), (int, float)) or isinstance(point.get(k), bool) for k in _NUMBERS):
+            return f"point {point['name']} has figures that are not numbers"
+    return None
 
 
 def validation_subset(data: TaskData, batches: int | None) -> tuple[list, int, bool]:
@@ -206,9 +242,10 @@ class TrialRunner:
 
     def score_path(self, path: str, batches) -> float:
         """The metric of one ONNX file of the search folder, in ONNX Runtime, on ``batches``."""
-        from export.onnx.runtime import make_session, ort_predictor
+        from export.onnx.runtime import ort_predictor
+        from export.onnx.untrusted import checked_session  # a resumed point's file is checked like any other
 
-        return self.evaluator.score(ort_predictor(make_session(self.out / path, self.threads)), batches)
+        return self.evaluator.score(ort_predictor(checked_session(self.out / path, self.threads)), batches)
 
     def time_beside_baseline(self, points: list[dict]) -> None:
         """Each passed point's p50 at the search's batch size and its speed-up over fp32, timed together."""
@@ -232,11 +269,11 @@ class TrialRunner:
     def time_points(self, paths: dict[str, Path], timing: dict[str, float]) -> dict[str, dict]:
         """p50 latency of each ONNX file at the search's batch size, the rows taking turns."""
         from export.measure.benchmark import benchmark_sessions
-        from export.onnx.runtime import make_session
+        from export.onnx.untrusted import checked_session
         from export.runfolder.artifacts import heldout_inputs
 
         sample = next(heldout_inputs(self.evaluator, self.data))
-        sessions = {name: make_session(self.out / path, self.threads) for name, path in paths.items()}
+        sessions = {name: checked_session(self.out / path, self.threads) for name, path in paths.items()}
         figures = benchmark_sessions(sessions, sample, [self.batch_size], self.threads, **timing)
         return {name: entries[0].to_dict() for name, entries in figures.items()}
 

@@ -11,15 +11,17 @@ import hashlib
 from pathlib import Path
 
 from compress.core.io import write_json_atomic
+from compress.core.untrusted import open_read
 from compress.engine.stages import StageResult
 from compress.recipe.schema import Recipe
 
 SCHEMA = "modelpress.manifest/1"
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, follow: bool = False) -> str:
+    """The file's sha256; a link or a FIFO is refused unless ``follow`` (the user's own checkpoint)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with path.open("rb") if follow else open_read(path, "file to fingerprint") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -31,7 +33,9 @@ def _checkpoint(recipe: Recipe, weights_sha256: str) -> dict:
     if model and model.checkpoint:
         path = Path(model.checkpoint)
         entry["path"] = str(path)
-        entry["sha256"] = sha256_file(path) if path.is_file() else None  # a Hugging Face folder: weights_sha256
+        entry["sha256"] = (
+            sha256_file(path, follow=True) if path.is_file() else None
+        )  # a Hugging Face folder: weights_sha256
     return entry
 
 

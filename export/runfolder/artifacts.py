@@ -18,6 +18,7 @@ import torch
 from compress.core import log
 from compress.core.errors import ModelpressError
 from compress.core.io import read_json, write_json_atomic
+from compress.core.untrusted import open_read, regular
 from compress.models.data import TaskData
 from compress.models.evaluate import Evaluator
 from compress.recipe.schema import Recipe
@@ -37,11 +38,13 @@ def heldout_inputs(evaluator: Evaluator, data: TaskData) -> Iterator[Any]:
 
 def file_facts(path: Path) -> dict[str, Any]:
     """Size (with the external-data file, when there is one), gzip size and sha256 of an artifact."""
-    raw = path.read_bytes()
+    with open_read(path, "ONNX artifact") as handle:  # no link, no FIFO: the folder may come from elsewhere
+        raw = handle.read()
     facts = {"sha256": hashlib.sha256(raw).hexdigest()}
     data = path.with_name(path.name + ".data")
-    if data.is_file():
-        external = data.read_bytes()
+    if regular(data, "external data file") is not None:
+        with open_read(data, "external data file") as handle:
+            external = handle.read()
         facts["external_data"] = {"path": data.name, "sha256": hashlib.sha256(external).hexdigest()}
         raw += external
     gzip_bytes = len(gzip.compress(raw, compresslevel=9, mtime=0))
@@ -59,7 +62,8 @@ def graph_facts(path: Path) -> dict[str, Any]:
     output names and shapes, op counts (``domain::op`` for non-default domains) and weight dtypes."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    with open_read(path, "ONNX artifact") as handle:
+        model = onnx.load_model_from_string(handle.read())
     graph = model.graph
     weights = {init.name for init in graph.initializer}
     ops: dict[str, int] = {}

@@ -8,7 +8,10 @@ reference, from the folder alone: no code named by the folder is imported.
 """
 
 import dataclasses
+import hashlib
+import io
 import json
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import torch
 
 from compress.core.errors import InputError
 from compress.core.io import read_json, write_atomic
+from compress.core.untrusted import escape, read_bytes
 from compress.models.data import TaskData, arrange_inputs, flatten_inputs, input_kind
 from compress.models.evaluate import EVALUATORS, Evaluator
 
@@ -27,6 +31,10 @@ MAX_ROWS = 256
 MAX_BYTES = 16 * 1024 * 1024
 SEP = "__"  # key = b<batch>__g<group>__<input name>: names come from flatten_inputs, no "__" in practice
 HELDOUT = "heldout.npz"
+# What ``report`` reads back of one .npz: the sample's bound with room for its one-batch minimum and
+# for the reference outputs (a model's outputs can be wider than its inputs). A file past it, or
+# declaring more in its headers, is refused before anything is loaded.
+MAX_READ_BYTES = 4 * MAX_BYTES
 
 
 def heldout_path(out_dir: Path) -> Path:
@@ -89,20 +97,48 @@ def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def load_npz(path: Path, out_dir: Path) -> dict[str, np.ndarray]:
     """Every array of a stored ``.npz``; one line (what, where, how to fix) when missing or unreadable."""
-    from export.report.manifest import sha256_file
-
     fix = "re-run 'modelpress run' to write it again"
-    if not path.is_file():
+    raw = read_bytes(path, MAX_READ_BYTES, ".npz evidence")  # no link, no FIFO, bounded
+    if raw is None:
         raise InputError(f"{path}: missing; modelpress report needs it to re-measure without running code; {fix}")
-    listed = (read_json(out_dir / "manifest.json") or {}).get("artifacts", {})
-    expected = listed.get(str(path.relative_to(out_dir)))
-    if expected is not None and sha256_file(path) != expected:
+    expected = listed_sha256(out_dir).get(str(path.relative_to(out_dir)))
+    if expected is not None and hashlib.sha256(raw).hexdigest() != expected:
         raise InputError(f"{path}: differs from manifest.json, so it cannot vouch for the artifacts; {fix}")
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        _check_members(io.BytesIO(raw))
+        with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
             return {key: stored[key] for key in stored.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc}); {fix}") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, NotImplementedError) as exc:
+        reason = escape(str(exc).splitlines()[0] if str(exc) else "")
+        raise InputError(f"{path}: not a readable .npz ({type(exc).__name__}: {reason}); {fix}") from None
+
+
+def listed_sha256(out_dir: Path) -> dict:
+    """manifest.json's ``artifacts`` (relative path -> sha256), empty when it lists none."""
+    manifest = read_json(out_dir / "manifest.json")
+    listed = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    return listed if isinstance(listed, dict) else {}
+
+
+def _check_members(handle) -> None:
+    """Refuse an archive before any array is read when a member's header (its npy header, or the zip's
+    declared and compressed sizes) says more than the bound: a few bytes can declare gigabytes."""
+    total = 0
+    with zipfile.ZipFile(handle) as archive:
+        for info in archive.infolist():
+            total += info.file_size
+            if total > MAX_READ_BYTES or info.file_size > 64 * max(info.compress_size, 1 << 16):
+                raise ValueError(f"member {info.filename!r} expands past the {MAX_READ_BYTES}-byte bound")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                    version, np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(member)
+            if dtype.hasobject:
+                raise ValueError(f"member {info.filename!r} holds Python objects (pickle); only arrays are read")
+            if math.prod(shape) * dtype.itemsize > info.file_size:
+                raise ValueError(f"member {info.filename!r} declares {shape} {dtype}, more than it holds")
 
 
 class StoredData:
@@ -210,19 +246,38 @@ def reverify(out_dir: Path, records: list[dict], stored: StoredData, recipe) -> 
     """Parity of every artifact file against the stored torch outputs of its source, under the
     tolerances it was exported with (quantized ones bound the damage); a changed file stays marked
     changed, with parity computed on the file that is there now."""
-    from export.onnx.runtime import make_session
+    from export.onnx.untrusted import ArtifactRefused, checked_session
     from export.onnx.validate import compare_predictions, quantized_parity
+    from export.runfolder.integrity import mark
 
     for record in records:
         path = out_dir / record.get("path", "")
         if record.get("format") != "onnx" or "size_bytes" not in record or not path.is_file():
             continue  # missing, or not readable as ONNX (integrity.py): nothing to run
+        try:
+            session = checked_session(path)
+        except ArtifactRefused as exc:  # the file itself is hostile or broken: this artifact fails, exit 1
+            refused = mark(record, "failed", f"refused before measuring: {str(exc).splitlines()[0]}")
+            record.clear()
+            record.update(refused)
+            continue
         source = record.get("source_artifact") or record["name"]
         expected = reference_predictor(out_dir, source, stored)
         tolerance = quantized_parity(recipe) if "scheme" in record else recipe.export.parity
-        parity = compare_predictions(
-            expected, make_session(path), inputs_in_order(stored), tolerance, stored.meta["is_classifier"]
-        )
+        try:
+            parity = compare_predictions(
+                expected, session, inputs_in_order(stored), tolerance, stored.meta["is_classifier"]
+            )
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            # ONNX Runtime refuses the stored inputs (another shape or type than the file takes): the
+            # sample, not modelpress, is at fault.
+            reason = escape(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300]
+            raise InputError(
+                f"{stored.path}: its inputs do not fit artifact {record['name']} ({reason}); "
+                "re-run 'modelpress run' to write it again"
+            ) from None
         record["parity"] = {**parity.to_dict(), "reference": str(reference_path(out_dir, source).relative_to(out_dir))}
         verdict = "passed" if parity.passed else "failed: " + "; ".join(parity.failures)
         if record.get("status") == "changed":

@@ -11,22 +11,15 @@ from pathlib import Path
 
 from compress.core.errors import InputError
 from compress.core.io import read_json, write_json_atomic
+from compress.core.untrusted import check_name, inside, regular
 from export.report.manifest import sha256_file
 from export.runfolder.artifacts import artifacts_dir, file_facts, graph_facts
+from export.runfolder.evidence import listed_sha256
 
 # Figures measured on the file a record was written for: stale once that file is gone or replaced.
 MEASURED = ("parity", "metric", "latency", "provider_support", "ort_format", "warnings", "size_bytes")
 MEASURED += ("size_gzip_bytes", "sha256", "external_data", "op_counts", "initializer_dtypes", "opset")
 MEASURED += ("generation_parity",)
-
-
-def inside(out_dir: Path, relative: str, what: str) -> Path:
-    """``out_dir / relative``, refused (one line, exit 2) when it is absolute or leaves ``out_dir``."""
-    path = Path(relative)
-    root = out_dir.resolve()
-    if path.is_absolute() or ".." in path.parts or not (root / path).resolve().is_relative_to(root):
-        raise InputError(f"{out_dir}: {what} {relative!r} leaves the run folder; refusing to read or write it")
-    return out_dir / path
 
 
 def _checked_records(out_dir: Path) -> list[tuple[Path, dict]]:
@@ -36,16 +29,17 @@ def _checked_records(out_dir: Path) -> list[tuple[Path, dict]]:
         record = read_json(json_path)
         if not record:
             continue
-        name = str(record.get("name", ""))
-        if not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise InputError(f"{json_path}: artifact name {name!r} is not a plain file name; refusing the run folder")
+        if not isinstance(record, dict):
+            raise InputError(f"{json_path}: not an artifact record; refusing the run folder (rerun to write it)")
+        # A name is printed, logged and made into paths: a plain name, never control characters.
+        name = check_name(record.get("name"), "artifact name", json_path)
         if "path" in record:
             inside(out_dir, record["path"], f"artifact {name} path")
         records.append((json_path, record))
     return records
 
 
-def _mark(record: dict, status: str, error: str) -> dict:
+def mark(record: dict, status: str, error: str) -> dict:
     for key in MEASURED:
         record.pop(key, None)
     return {**record, "status": status, "error": error}
@@ -59,15 +53,14 @@ def _changed(record: dict, path: Path) -> dict:
     except Exception as exc:  # noqa: BLE001  (protobuf and onnx raise many types for a corrupt file)
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         note = f"file differs from manifest.json and is not a readable ONNX model ({reason}); restore it or rerun"
-        return _mark(record, "changed", note)
+        return mark(record, "changed", note)
     note = "file differs from manifest.json; parity not re-verified, old figures dropped"
-    return {**_mark(record, "changed", note), **facts, **file_facts(path)}
+    return {**mark(record, "changed", note), **facts, **file_facts(path)}
 
 
 def verify_run_folder(out_dir: Path) -> list[dict]:
     """Check every artifact against manifest.json; rewrite the records of missing or changed files."""
-    manifest = read_json(out_dir / "manifest.json") or {}
-    listed = manifest.get("artifacts", {})
+    listed = listed_sha256(out_dir)
     for relative in listed:
         inside(out_dir, relative, "manifest entry")
     verified = []
@@ -77,8 +70,8 @@ def verify_run_folder(out_dir: Path) -> list[dict]:
             continue
         path = out_dir / record["path"]
         expected = listed.get(record["path"], record.get("sha256"))
-        if not path.is_file():
-            record = _mark(record, "missing", f"artifact file missing: {record['path']}")
+        if regular(path, f"artifact {record['name']}") is None:
+            record = mark(record, "missing", f"artifact file missing: {record['path']}")
         elif expected is not None and sha256_file(path) != expected:
             record = _changed(record, path)
         else:

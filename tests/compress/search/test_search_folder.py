@@ -11,8 +11,19 @@ from export.measure.environment import package_version
 KEY = "0123456789abcdef"
 
 
+POINT = {"name": "int8", "status": "passed", "path": f"trials/{KEY}/int8.onnx"}
+TRIAL = {"key": KEY, "passes": [], "validation_batches": 1, "validation_complete": True, "points": [POINT]}
+
+
 def old_search(out, extra: dict[str, str]) -> None:
-    files = {STATE: json.dumps({"identity": {"old": 1}}), f"trials/{KEY}/int8.onnx": "x", "plots/front.png": "x"}
+    files = {
+        STATE: json.dumps({"identity": {"old": 1}}),
+        "trials.jsonl": json.dumps(TRIAL) + "\n",
+        f"trials/{KEY}/int8.onnx": "x",
+        "plots/metric_vs_size.png": "x",
+        "work/run/run.json": json.dumps({"identity": {}, "files": ["run.json", "stages/00-baseline/stage.json"]}),
+        "work/run/stages/00-baseline/stage.json": "{}",
+    }
     for name, text in {**files, **extra}.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(text)
@@ -29,6 +40,17 @@ def test_force_refuses_when_the_searchs_folders_hold_other_files(tmp_path):
     with pytest.raises(OutputError, match=rf"not: trials/{KEY}/notes.txt, work/run/data.csv; move them"):
         claim(tmp_path, {"new": 1}, force=True)
     assert (tmp_path / STATE).is_file() and (tmp_path / "work/run/data.csv").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "mine", [f"trials/{KEY}/other.onnx", "trials/fedcba9876543210/int8.onnx", "work/run/stages/01-x/model.safetensors"]
+)
+def test_force_removes_only_what_the_searchs_records_list(tmp_path, mine):
+    # Each path fits the layout a search writes; none is listed by trials.jsonl or a run.json: the user's.
+    old_search(tmp_path, {mine: "mine"})
+    with pytest.raises(OutputError, match=f"these are not: {mine}; move them"):
+        claim(tmp_path, {"new": 1}, force=True)
+    assert (tmp_path / mine).read_text() == "mine"
 
 
 def test_a_search_json_that_is_no_record_is_refused(tmp_path):

@@ -94,5 +94,5 @@ def test_names_and_paths_leaving_the_folder_are_refused_and_nothing_is_written(t
 def test_manifest_entry_leaving_the_folder_is_refused(tmp_path, exported):
     out = run_folder(tmp_path, exported[0])
     write_json_atomic(out / "manifest.json", {"artifacts": {"../../etc/passwd": "0"}})
-    with pytest.raises(InputError, match="manifest entry '../../etc/passwd' leaves the run folder"):
+    with pytest.raises(InputError, match="manifest entry '../../etc/passwd' leaves the folder"):
         verify_run_folder(out)
