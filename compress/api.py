@@ -235,9 +235,9 @@ def _torch_sources(out: Path, recipe: Recipe, trust_run: bool) -> tuple[dict[str
     from compress.engine.reload import load
 
     try:
-        sources = {"compressed": load(out)}
+        sources = {"compressed": load(out, trust_code=True)}  # --trust-run is the caller's consent
         if recipe.export.baseline:
-            sources["baseline"] = load(out, 0)
+            sources["baseline"] = load(out, 0, trust_code=True)
     except ModelpressError as exc:
         log.warn(f"{out}: torch model not rebuilt: {str(exc).splitlines()[0]}", collect=False)  # in stale_reason
         return {}, f"torch rows not re-measured: the torch model was not rebuilt ({str(exc).splitlines()[0]})"

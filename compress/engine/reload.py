@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from compress.core.errors import InputError
-from compress.core.untrusted import open_read
+from compress.core.untrusted import escape, open_read
 from compress.engine.folder import read_run_folder
 from compress.engine.stages import StageResult, load_stage_weights, read_stages
 from compress.recipe.registry import get_pass
@@ -57,6 +57,19 @@ def _inputs_from_onnx(out: Path) -> Any:
     return rebuild_inputs(template, tensors)
 
 
+# Factories the folder may name without the caller's consent: modelpress's own code.
+OWN_FACTORIES = "compress."
+
+
+def _check_factory_consent(out: Path, factory: str | None, trust_code: bool) -> None:
+    """Consent to run code is the caller's: a factory written in the folder's recipe grants nothing."""
+    if factory and not factory.startswith(OWN_FACTORIES) and not trust_code:
+        raise InputError(
+            f"{out}: the run's recipe names the model factory {escape(factory)!r}; calling it runs code the "
+            "folder chose: pass trust_code=True if you trust this folder, or model=<the uncompressed model>"
+        )
+
+
 def load(
     run_dir: str | Path,
     stage: str | int = "final",
@@ -64,14 +77,16 @@ def load(
     model: torch.nn.Module | None = None,
     example_inputs: Any = None,
     trust_checkpoint: bool = False,
+    trust_code: bool = False,
 ) -> torch.nn.Module:
     """The model of a run folder after ``stage`` (``"final"``, a stage name such as ``"distill"``, or an index).
 
     ``model`` is the uncompressed model to rebuild on, for runs made from the Python API
     with an in-memory model; its weights are replaced, and it is modified in place.
     Without it, the model is built as the run's recipe says (``model.factory`` /
-    ``model.checkpoint``): importing a factory named by a run folder runs that code, so
-    load only run folders you trust. ``example_inputs`` (one batch of model inputs) trace
+    ``model.checkpoint``). Importing a factory named by a run folder runs code the folder chose
+    (``os:system`` would do), so a factory outside modelpress's own ``compress`` package is called
+    only with ``trust_code=True``. ``example_inputs`` (one batch of model inputs) trace
     the model to replay structural pruning; by default they are zeros shaped like the
     run's ONNX inputs. Torch-side quantization (bitsandbytes) is applied again as recorded.
     ``trust_checkpoint`` lets a pickled checkpoint be fully unpickled (it can run code); the folder's
@@ -89,6 +104,7 @@ def load(
             )
         from compress.models.loading import load_model
 
+        _check_factory_consent(out, recipe.model.factory, trust_code)
         search_dir = run_info.get("search_dir") or None
         # Consent to unpickle is the caller's: a trust_checkpoint written in the folder's recipe grants nothing.
         spec = recipe.model.model_copy(update={"trust_checkpoint": trust_checkpoint})

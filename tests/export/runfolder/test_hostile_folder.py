@@ -126,7 +126,7 @@ REFUSALS = {"link": ("symbolic link", "leaves the folder"), "fifo": ("FIFO",)}
 def load(run):
     with hang_guard():
         try:
-            return compress.load(run)
+            return compress.load(run, trust_code=True)  # the caller trusts the code; the files stay hostile
         except InputError as exc:
             return exc
 
@@ -217,6 +217,17 @@ def test_the_folders_trust_checkpoint_grants_nothing(case, tmp_path):
     recipe["model"].update(checkpoint=str(tmp_path / "evil.pt"), trust_checkpoint=True)
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(InputError, match="refused: loading it needs arbitrary unpickling"):
+        compress.load(run, trust_code=True)
+    assert not marker.exists()
+
+
+def test_a_factory_the_folder_names_is_not_called_without_the_callers_consent(case, tmp_path):
+    run, _, _ = case
+    marker = tmp_path / "PWNED"
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["model"] = {"factory": "os:system", "kwargs": {"command": f"touch {marker}"}}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(InputError, match="names the model factory 'os:system'.*trust_code=True"):
         compress.load(run)
     assert not marker.exists()
 
