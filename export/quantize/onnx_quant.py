@@ -16,7 +16,7 @@ import onnx
 import torch
 
 from compress.core.errors import InputError
-from compress.models.data import TaskData, flatten_inputs, take_rows, training_inputs
+from compress.models.data import TaskData, fixed_batches, flatten_inputs, take_rows, training_inputs
 from compress.quant.isa import reduce_range
 from export.errors import ExportError
 
@@ -108,19 +108,30 @@ def weight_nodes(model: onnx.ModelProto, scheme: str, exclude_ops: list[str] = (
     ]
 
 
-class CalibrationReader:
-    """onnxruntime.quantization's data reader over the calibration split, up to ``samples`` rows."""
+def graph_batch(path: Path) -> int | None:
+    """The batch size a graph exported with fixed input shapes takes (its first input's first axis);
+    None when that axis is dynamic. Read without the weights."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    first = next(i for i in graph.input if i.name not in weights).type.tensor_type.shape.dim
+    return first[0].dim_value if first and first[0].HasField("dim_value") else None
 
-    def __init__(self, data: TaskData, samples: int):
+
+class CalibrationReader:
+    """onnxruntime.quantization's data reader over the calibration split, up to ``samples`` rows, in batches
+    of ``batch`` rows for a graph with fixed input shapes (``graph_batch``)."""
+
+    def __init__(self, data: TaskData, samples: int, batch: int | None = None):
         split = data.resolve("calibration")
         self.feeds = []
         rows = 0
-        for batch in data.batches(split):
-            inputs = training_inputs(batch)
-            names, tensors = flatten_inputs(inputs)
-            count = min(int(tensors[0].shape[0]), samples - rows)
-            names, tensors = flatten_inputs(take_rows(inputs, count))
-            self.feeds.append({n: t.detach().cpu().numpy() for n, t in zip(names, tensors)})
+        for batch_of_split in data.batches(split):
+            inputs = training_inputs(batch_of_split)
+            count = min(int(flatten_inputs(inputs)[1][0].shape[0]), samples - rows)
+            first = take_rows(inputs, count)
+            for chunk in [first] if batch is None else fixed_batches(first, batch):
+                names, tensors = flatten_inputs(chunk)
+                self.feeds.append({n: t.detach().cpu().numpy() for n, t in zip(names, tensors)})
             rows += count
             if rows >= samples:
                 break
@@ -178,7 +189,7 @@ def _int8_static(src: Path, dst: Path, spec, excluded: list[str], data: TaskData
     quantize_static(
         str(src),
         str(dst),
-        CalibrationReader(data, calibration.samples),
+        CalibrationReader(data, calibration.samples, graph_batch(src)),
         quant_format=QuantFormat.QDQ,
         per_channel=spec.per_channel,
         reduce_range=reduce_range(spec.reduce_range),
@@ -214,7 +225,9 @@ def _weight_only_int4(src: Path, dst: Path, spec, excluded: list[str], ops: tupl
     for name in ("onnxruntime.quantization.matmul_nbits_quantizer", "neural_compressor"):
         logging.getLogger(name).setLevel(logging.ERROR)
     algorithm = int4_algorithms.require(spec.algorithm)
-    calibration = CalibrationReader(data, spec.calibration.samples) if algorithm.needs_calibration else None
+    calibration = (
+        CalibrationReader(data, spec.calibration.samples, graph_batch(src)) if algorithm.needs_calibration else None
+    )
     quantized = int4_algorithms.quantize(onnx.load(str(src)), spec, excluded, ops, calibration)
     quantized.save_model_to_file(str(dst), False)
 

@@ -109,6 +109,15 @@ def _scheme(artifact: dict) -> str:
     return artifact["scheme"] + (f" ({algorithm})" if algorithm != "default" else "")
 
 
+def _kept_float(artifact: dict) -> str:
+    """The nodes left float, grouped by why (records before ``float_reasons`` give names only)."""
+    reasons = artifact.get("float_reasons") or dict.fromkeys(artifact.get("float_nodes", []), "")
+    groups: dict[str, list[str]] = {}
+    for node, why in reasons.items():
+        groups.setdefault(why, []).append(f"`{node}`")
+    return "; ".join(", ".join(nodes) + (f" ({why})" if why else "") for why, nodes in groups.items()) or "none"
+
+
 def _quantized(artifacts: list[dict], stages: list[dict]) -> list:
     quantized = [a for a in artifacts if "scheme" in a]
     if not quantized:
@@ -130,7 +139,7 @@ def _quantized(artifacts: list[dict], stages: list[dict]) -> list:
                 torch_metric.get(a.get("source_stage"), "–"),
                 verdict,
                 str(a.get("quantized_nodes", "–")),
-                ", ".join(f"`{n}`" for n in a.get("float_nodes", [])) or "none",
+                _kept_float(a),
             ]
         )
     headers = ["artifact", "scheme", "metric in ORT", "metric in torch (source)", "budget", "quantized nodes"]

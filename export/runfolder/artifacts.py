@@ -18,7 +18,7 @@ import torch
 from compress.core import log
 from compress.core.errors import ModelpressError
 from compress.core.io import read_json, write_json_atomic
-from compress.models.data import TaskData
+from compress.models.data import TaskData, flatten_inputs, take_rows
 from compress.models.evaluate import Evaluator
 from compress.recipe.schema import Recipe
 from export.measure.benchmark import benchmark_sessions, merge_latency
@@ -180,6 +180,12 @@ def _batch_sizes(recipe: Recipe) -> list[int]:
     return recipe.report.batch_sizes if recipe.export.dynamic_batch else [recipe.export.fixed_batch_size]
 
 
+def _fixed_rows(record: dict) -> int | None:
+    """The batch size of an artifact with fixed input shapes, as its file declares it; None when dynamic."""
+    first = next(iter(record.get("input_shapes", {}).values()), [None])
+    return first[0] if first and isinstance(first[0], int) else None
+
+
 def measure_artifacts(
     out_dir: Path, recipe: Recipe, evaluator: Evaluator, data: TaskData, unscored: str | None = None
 ) -> list[dict]:
@@ -219,7 +225,9 @@ def measure_artifacts(
             value = f"{record['metric']['value']:.4f}" if "metric" in record else "not scored"
             log.info(f"measure {record['name']} ({provider}): {evaluator.name} {value}; {summary}")
     for record in measured:
-        check = provider_support(out_dir / record["path"], recipe.export.check_providers, feed(sample))
+        # One batch of the size the file takes: a fixed-shape file refuses any other row count.
+        rows = _fixed_rows(record) or int(flatten_inputs(sample)[1][0].shape[0])
+        check = provider_support(out_dir / record["path"], recipe.export.check_providers, feed(take_rows(sample, rows)))
         record["provider_support"] = merge_support(record.get("provider_support", []), check)
     flag_artifacts(records, out_dir, sample)
     for record in measured if unscored else []:
