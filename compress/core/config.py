@@ -22,7 +22,7 @@ def args_docs(doc: str | None) -> dict[str, str]:
         if re.match(r"^\s*Args\b.*:$", line):
             in_args, key = True, None
         elif not line.strip():
-            in_args = key is None and in_args  # the blank line after a one-line summary precedes ``Args:``
+            in_args = key is None and in_args  # a blank line ends the section, but not right after ``Args:``
             key = None
         elif in_args and (entry := _ENTRY.match(line.strip())) and not line.startswith(("  ", "\t")):
             key = entry.group(1)
