@@ -71,8 +71,18 @@ def fixed_batch_size(session) -> int | None:
     return first if isinstance(first, int) else None
 
 
+def file_batch_size(path: Path) -> int | None:
+    """``fixed_batch_size`` of an ONNX file, read without its weights and without a session."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    dims = next(i for i in graph.input if i.name not in weights).type.tensor_type.shape.dim
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+
+
 def _run_in_chunks(session, inputs: Any, size: int) -> list[np.ndarray]:
-    """All outputs, run in chunks of the fixed batch ``size``, the last one padded by repeating its rows."""
+    """All outputs, run in chunks of the fixed batch ``size``, the last one filled up by repeating its last row."""
     rows = int(flatten_inputs(inputs)[1][0].shape[0])
     outputs = []
     for start, chunk in zip(range(0, rows, size), fixed_batches(inputs, size)):

@@ -19,6 +19,7 @@ from compress.core.errors import InputError
 from compress.models.data import TaskData, fixed_batches, flatten_inputs, take_rows, training_inputs
 from compress.quant.isa import reduce_range
 from export.errors import ExportError
+from export.onnx.runtime import file_batch_size
 
 # Weight-bearing ops each scheme quantizes, with the input index of the weight.
 WEIGHT_INPUTS = {
@@ -108,18 +109,9 @@ def weight_nodes(model: onnx.ModelProto, scheme: str, exclude_ops: list[str] = (
     ]
 
 
-def graph_batch(path: Path) -> int | None:
-    """The batch size a graph exported with fixed input shapes takes (its first input's first axis);
-    None when that axis is dynamic. Read without the weights."""
-    graph = onnx.load(str(path), load_external_data=False).graph
-    weights = {init.name for init in graph.initializer}
-    first = next(i for i in graph.input if i.name not in weights).type.tensor_type.shape.dim
-    return first[0].dim_value if first and first[0].HasField("dim_value") else None
-
-
 class CalibrationReader:
     """onnxruntime.quantization's data reader over the calibration split, up to ``samples`` rows, in batches
-    of ``batch`` rows for a graph with fixed input shapes (``graph_batch``)."""
+    of ``batch`` rows for a graph with fixed input shapes (``file_batch_size``)."""
 
     def __init__(self, data: TaskData, samples: int, batch: int | None = None):
         split = data.resolve("calibration")
@@ -189,7 +181,7 @@ def _int8_static(src: Path, dst: Path, spec, excluded: list[str], data: TaskData
     quantize_static(
         str(src),
         str(dst),
-        CalibrationReader(data, calibration.samples, graph_batch(src)),
+        CalibrationReader(data, calibration.samples, file_batch_size(src)),
         quant_format=QuantFormat.QDQ,
         per_channel=spec.per_channel,
         reduce_range=reduce_range(spec.reduce_range),
@@ -226,7 +218,7 @@ def _weight_only_int4(src: Path, dst: Path, spec, excluded: list[str], ops: tupl
         logging.getLogger(name).setLevel(logging.ERROR)
     algorithm = int4_algorithms.require(spec.algorithm)
     calibration = (
-        CalibrationReader(data, spec.calibration.samples, graph_batch(src)) if algorithm.needs_calibration else None
+        CalibrationReader(data, spec.calibration.samples, file_batch_size(src)) if algorithm.needs_calibration else None
     )
     quantized = int4_algorithms.quantize(onnx.load(str(src)), spec, excluded, ops, calibration)
     quantized.save_model_to_file(str(dst), False)

@@ -23,7 +23,7 @@ from compress.quant.budget import candidate_count, fit_budget
 from compress.recipe.schema import Recipe
 from export.errors import ExportError
 from export.onnx.exporter import export_onnx
-from export.onnx.runtime import make_session, ort_predictor
+from export.onnx.runtime import file_batch_size, make_session, ort_predictor
 from export.onnx.scratch import own_cwd
 from export.onnx.validate import quantized_parity
 from export.quantize import int4_algorithms
@@ -35,7 +35,6 @@ from export.quantize.onnx_quant import (
     CalibrationReader,
     auto_scheme_of_module,
     check_tables,
-    graph_batch,
     int4_ops,
     name_nodes,
     resolve_scheme,
@@ -169,7 +168,7 @@ def build_variant(
 
         def rank() -> dict[str, float | None] | None:
             try:
-                feeds = CalibrationReader(data, spec.calibration.samples, graph_batch(prepared)).feeds
+                feeds = CalibrationReader(data, spec.calibration.samples, file_batch_size(prepared)).feeds
             except InputError as exc:
                 log.warn(f"  {name}: no SQNR ranking ({first_line(exc)}); the budget measures every node")
                 return None

@@ -25,7 +25,7 @@ from export.measure.benchmark import benchmark_sessions, merge_latency
 from export.measure.edge import merge_support, provider_support, to_ort_format
 from export.measure.guardrail import flag_artifacts
 from export.onnx.exporter import export_onnx
-from export.onnx.runtime import default_threads, feed, make_session, ort_predictor
+from export.onnx.runtime import default_threads, feed, file_batch_size, make_session, ort_predictor
 from export.onnx.validate import compare_outputs
 
 
@@ -180,12 +180,6 @@ def _batch_sizes(recipe: Recipe) -> list[int]:
     return recipe.report.batch_sizes if recipe.export.dynamic_batch else [recipe.export.fixed_batch_size]
 
 
-def _fixed_rows(record: dict) -> int | None:
-    """The batch size of an artifact with fixed input shapes, as its file declares it; None when dynamic."""
-    first = next(iter(record.get("input_shapes", {}).values()), [None])
-    return first[0] if first and isinstance(first[0], int) else None
-
-
 def measure_artifacts(
     out_dir: Path, recipe: Recipe, evaluator: Evaluator, data: TaskData, unscored: str | None = None
 ) -> list[dict]:
@@ -226,7 +220,7 @@ def measure_artifacts(
             log.info(f"measure {record['name']} ({provider}): {evaluator.name} {value}; {summary}")
     for record in measured:
         # One batch of the size the file takes: a fixed-shape file refuses any other row count.
-        rows = _fixed_rows(record) or int(flatten_inputs(sample)[1][0].shape[0])
+        rows = file_batch_size(out_dir / record["path"]) or int(flatten_inputs(sample)[1][0].shape[0])
         check = provider_support(out_dir / record["path"], recipe.export.check_providers, feed(take_rows(sample, rows)))
         record["provider_support"] = merge_support(record.get("provider_support", []), check)
     flag_artifacts(records, out_dir, sample)
