@@ -13,7 +13,7 @@ import torch
 from compress.core import log
 from compress.core.distributed import init_from_environment, is_main
 from compress.core.errors import InputError, ModelpressError
-from compress.core.io import read_json, set_active_folder, write_json_atomic
+from compress.core.io import link_duplicates, read_json, set_active_folder, write_json_atomic
 from compress.engine import folder
 from compress.engine.job import claimed, drop_stale_outputs, prepare_job
 from compress.engine.metrics import weights_fingerprint
@@ -99,6 +99,9 @@ def run(
             outcome.artifacts = write_generation_folders(out, outcome.artifacts, floats, data.tokenizer)
             if recipe.export.ort_format:
                 outcome.artifacts = convert_to_ort(out, recipe)
+            # Files of equal bytes (baseline and compressed of a recipe that changed no weight, their
+            # reference outputs) are stored once.
+            link_duplicates(sorted(path for path in (out / "artifacts").rglob("*") if path.is_file()))
             if report:
                 measure_torch_sources(out, _timed_sources(result, recipe), recipe, evaluator, data)
                 outcome.report_path, outcome.artifacts = measure_and_report(out, recipe, evaluator, data, logged=logged)

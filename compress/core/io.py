@@ -1,6 +1,7 @@
 """Atomic writes: a file is either complete or absent, never half-written."""
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -49,6 +50,47 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
     return path
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read in blocks (weights files run to gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def link_duplicate(path: Path, others: list[Path]) -> Path | None:
+    """Replace ``path`` by a hard link to the first of ``others`` holding the same bytes, so that a run
+    folder stores them once; return that file, or None (no twin, or no hard links on this file system:
+    the copy stays). Callers pass files of their own run folder only. Every write replaces a file by
+    renaming a new one over it, so a later write never changes the twin through the link."""
+    size = path.stat().st_size
+    # a twin must be a regular file of the folder itself: never a link, whose target may lie outside
+    plain = [o for o in others if not o.is_symlink() and o.is_file()]
+    same_size = [o for o in plain if o.stat().st_size == size and not os.path.samefile(o, path)]
+    digest = file_digest(path) if same_size else None
+    twin = next((o for o in same_size if file_digest(o) == digest), None)
+    if twin is None:
+        return None
+    link = path.with_name(f".{path.name}.link.tmp")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(twin, link, follow_symlinks=False)
+        os.replace(link, path)  # atomic: the file is the copy or the link, never absent
+    except OSError:
+        link.unlink(missing_ok=True)
+        return None
+    return twin
+
+
+def link_duplicates(paths: list[Path]) -> None:
+    """Every file of ``paths`` that holds the same bytes as an earlier one becomes a hard link to it."""
+    kept: list[Path] = []
+    for path in paths:
+        if link_duplicate(path, kept) is None:
+            kept.append(path)
 
 
 def _umask() -> int:

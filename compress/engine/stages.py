@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from compress.core.errors import InputError, OutputError
-from compress.core.io import read_json, write_atomic, write_json_atomic
+from compress.core.io import link_duplicate, read_json, write_atomic, write_json_atomic
 from compress.core.untrusted import check_name, escape, no_link, regular
 
 WEIGHTS = "model.safetensors"
@@ -83,6 +83,9 @@ def save_stage(out_dir: Path, stage: StageResult, model: torch.nn.Module | None)
             shutil.rmtree(stale)
     if model is not None:
         write_atomic(folder / WEIGHTS, lambda tmp: save_model(model, str(tmp)))
+        # A pass that changed no weight (ONNX-side quantization, say) keeps no second copy: a hard link.
+        earlier = [p for p in stages_dir(out_dir).glob(f"*/{WEIGHTS}") if p.parent.name < stage.folder_name]
+        link_duplicate(folder / WEIGHTS, sorted(earlier))
     write_json_atomic(folder / "stage.json", stage.to_dict())
     return folder
 

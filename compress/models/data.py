@@ -191,3 +191,13 @@ def take_rows(inputs: Any, count: int) -> Any:
     tensors = flatten_inputs(inputs)[1]
     rows = torch.arange(count) % tensors[0].shape[0]
     return rebuild_inputs(template, [t[rows] for t in tensors])
+
+
+def fixed_batches(inputs: Any, size: int) -> Iterator[Any]:
+    """The rows of a batch in batches of exactly ``size`` rows, the last one filled up by repeating its last
+    row: a graph exported with fixed input shapes takes no other count. Callers drop the filler outputs."""
+    tensors = flatten_inputs(inputs)[1]
+    rows = int(tensors[0].shape[0])
+    for start in range(0, rows, size):
+        index = torch.arange(start, start + size).clamp(max=rows - 1)
+        yield rebuild_inputs(inputs, [t[index] for t in tensors])

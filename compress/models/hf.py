@@ -6,6 +6,7 @@ all-MiniLM-L6-v2, so its output is the sentence embedding that STS-B scores.
 """
 
 import csv
+import os
 from pathlib import Path
 
 import torch
@@ -51,7 +52,10 @@ def sentence_encoder(path: str | None = None) -> SentenceEncoder:
 def read_stsb(path: Path) -> list[tuple[str, str, float]]:
     """(sentence 1, sentence 2, score) rows of an STS-B file (tab-separated; extra trailing fields ignored)."""
     if not path.is_file():
-        raise InputError(f"STS-B file {path} not found; set data.kwargs.path to the folder holding sts-*.csv")
+        raise InputError(
+            f"STS-B file {path} not found; download the STS Benchmark (README, 'STS-B') and set MODELPRESS_STSB "
+            "(or data.kwargs.path) to the folder holding sts-train.csv and sts-dev.csv"
+        )
     rows = []
     with path.open(encoding="utf-8") as handle:
         for fields in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
@@ -88,7 +92,7 @@ def stsb_data(
     train_sentences: int | None = None,
     calibration_batches: int = 8,
 ) -> TaskData:
-    """STS-B for a sentence encoder.
+    """STS-B for a sentence encoder, from ``$MODELPRESS_STSB`` when set, else ``path``.
 
     eval: the dev pairs, ``(ids a, ids b, gold)`` batches. validation: the first
     ``validation_pairs`` scored train pairs, for checkpoint selection (dev stays unseen).
@@ -96,7 +100,8 @@ def stsb_data(
     """
     from transformers import AutoTokenizer
 
-    folder = Path(path).expanduser().resolve()
+    # A fresh clone has no ../shared: the environment names the data folder wherever it lies.
+    folder = Path(os.environ.get("MODELPRESS_STSB") or path).expanduser().resolve()
     tok = AutoTokenizer.from_pretrained(str(tokenizer or minilm_path()))
     train_pairs = read_stsb(folder / "sts-train.csv")
     held = train_pairs[:validation_pairs]

@@ -121,19 +121,52 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], sour
     model.load_state_dict(state, strict=True)
 
 
-def _load_hf_folder(path: Path) -> torch.nn.Module:
+def _hf_class(path: Path, named: str | None):
+    """The transformers class that loads the folder: the recipe's ``model.hf_class``, else the first of
+    ``architectures`` in its config.json (the class it was saved from, head included), else ``AutoModel``."""
+    import json
+
+    import transformers
+
     try:
-        from transformers import AutoModel
+        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        architectures = []  # transformers names what is wrong with the config when it loads it
+    name = named or next(iter(architectures), "AutoModel")
+    cls = getattr(transformers, name, None)
+    if not isinstance(cls, type) or not hasattr(cls, "from_pretrained"):
+        where = "model.hf_class" if named else f"{path / 'config.json'} (architectures)"
+        raise InputError(
+            f"checkpoint {path}: {where} names {name!r}, which is no model class of the installed transformers; "
+            "set model.hf_class to the class the folder was saved from, e.g. BertForSequenceClassification"
+        )
+    return cls
+
+
+def _load_hf_folder(path: Path, named: str | None = None) -> torch.nn.Module:
+    try:
+        import transformers  # noqa: F401
     except ImportError:
         raise InputError(f"{path} is a Hugging Face folder; install transformers to load it") from None
+    cls = _hf_class(path, named)
     try:
-        return AutoModel.from_pretrained(str(path))
+        model, info = cls.from_pretrained(str(path), output_loading_info=True)
     except Exception as exc:  # noqa: BLE001  (transformers raises many types for a bad folder)
         reason = str(exc).splitlines()[0] if str(exc) else ""
         raise InputError(
-            f"checkpoint {path}: not a loadable Hugging Face folder ({type(exc).__name__}: {reason[:200]}); "
-            "check its config.json and weights"
+            f"checkpoint {path}: not a loadable Hugging Face folder with {cls.__name__} "
+            f"({type(exc).__name__}: {reason[:200]}); check its config.json and weights, or model.hf_class"
         ) from None
+    # A head the class does not hold would be dropped (unexpected weights), one the folder lacks would be
+    # random (missing weights): either way the metric would score another model than the user's.
+    for kind, keys in (("holds weights", info["unexpected_keys"]), ("lacks the weights", info["missing_keys"])):
+        if keys and not (named and kind == "holds weights"):
+            shown = ", ".join(sorted(keys)[:4]) + (" ..." if len(keys) > 4 else "")
+            raise InputError(
+                f"checkpoint {path}: the folder {kind} {cls.__name__} does not load ({shown}); set model.hf_class "
+                "to the class it was saved from, with its task head (e.g. BertForSequenceClassification)"
+            )
+    return model
 
 
 def load_model(spec: ModelSpec | None, search_dir: Path | None = None) -> torch.nn.Module:
@@ -147,7 +180,7 @@ def load_model(spec: ModelSpec | None, search_dir: Path | None = None) -> torch.
                 f"model.checkpoint {checkpoint}: a weights file needs model.factory (package.module:function) "
                 "to build the module; only a Hugging Face folder loads on its own"
             )
-        return _load_hf_folder(checkpoint).eval()
+        return _load_hf_folder(checkpoint, spec.hf_class).eval()
     factory = import_object(spec.factory, "model.factory", search_dir)
     model = call_factory(factory, spec.factory, "model.factory", spec.kwargs)
     if not isinstance(model, torch.nn.Module):

@@ -72,16 +72,17 @@ class DistillConfig(PassConfig):
     layerwise: auto, on or off: hidden-state and attention-relation losses on every mapped block
         (auto: on for a pruned or depth-reduced transformer when no ``features`` are named).
     hidden_weight: weight of the mean per-block hidden-state MSE (default 1.0).
-    relation_weight: weight of the mean per-block Q-Q/K-K/V-V relation KL (default 0.1).
-        The defaults make each term about the size of the output loss on an encoder: at the
-        start of the minilm-full distillation (a third of the heads and half the FFN removed)
-        the output MSE is 0.066, the mean block MSE 0.107 and the mean relation KL 0.40.
-    relation_heads are chosen automatically: the student's heads per block, lowered until they
-        divide every q/k/v width of both models.
+    relation_weight: weight of the mean per-block Q-Q/K-K/V-V relation KL (default 0.1), over as many
+        relation heads as divide every q/k/v width of both models (the student's heads per block, lowered).
     temperature: softening of logits (``logits`` loss).
     alpha: share of the soft (teacher) loss; the rest is cross-entropy on labels, when present.
-    epochs / max_steps / max_seconds: training length; whichever ends first.
-    lr, weight_decay, warmup_ratio, max_grad_norm: AdamW with warm-up + cosine decay and clipping.
+    epochs: training length in epochs; with ``max_steps`` and ``max_seconds``, whichever ends first.
+    max_steps: training length in optimizer steps (none: no limit); whichever limit ends first.
+    max_seconds: training length in wall-clock seconds (none: no limit); whichever limit ends first.
+    lr: peak learning rate of AdamW, reached after the warm-up and decayed on a cosine.
+    weight_decay: AdamW's decoupled weight decay.
+    warmup_ratio: share of the steps spent warming the learning rate up from zero.
+    max_grad_norm: gradients are clipped to this global norm (none: no clipping).
     patience: stop after this many epochs without a better validation metric.
     teacher: another model (factory/checkpoint) instead of the model as it entered the pipeline.
     keep_sparsity: weights that are exactly zero (pruned) stay zero during training.
@@ -92,6 +93,10 @@ class DistillConfig(PassConfig):
     (biases, norms, unquantized layers) are trained. Tested with LLM.int8 (Linear8bitLt) on CPU;
     bitsandbytes 0.50 repacks Linear4bit weights for CPU inference in eval mode, so 4-bit layers
     cannot be trained again on CPU after an evaluation.
+
+    The defaults of ``hidden_weight`` and ``relation_weight`` make each term about the size of the
+    output loss on an encoder: at the start of the minilm-full distillation (a third of the heads and
+    half the FFN removed) the output MSE is 0.066, the mean block MSE 0.107 and the mean relation KL 0.40.
     """
 
     loss: DistillLoss = DistillLoss.logits

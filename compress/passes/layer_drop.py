@@ -54,7 +54,8 @@ class LayerDropConfig(PassConfig):
     keep: number of blocks kept (at least 1, fewer than the model has).
     ratio: instead of ``keep``, the share of blocks dropped, in (0, 1); the count is rounded.
     layers: instead, the indices of the blocks kept (0-based, unique, in range); no strategy then.
-    strategy: every_other (no count), uniform (default), first, importance (measured: Block Influence).
+    strategy: which blocks go: every_other (no count), uniform (default), first, or importance (measured:
+        Block Influence).
     blocks: path of the ModuleList of blocks (e.g. ``encoder.layer``); found when the model has one.
     calibration_batches: calibration batches that measure importance (the train split stands in).
     """

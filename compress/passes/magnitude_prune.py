@@ -41,7 +41,9 @@ class MagnitudePruneConfig(PassConfig):
     pattern: ``"N:M"`` semi-structured sparsity, e.g. ``"2:4"``, along each layer's input dimension.
     steps: pruning events on the cubic schedule (1 = one-shot).
     finetune_steps: optimizer steps towards the teacher after each event (needs a train split).
-    targets / exclude: layer names or ``re:`` patterns (Linear/Conv layers).
+    finetune_lr: learning rate of those fine-tuning steps.
+    targets: the Linear/Conv layers pruned, as names or ``re:`` patterns (default: all of them).
+    exclude: Linear/Conv layers never pruned, as names or ``re:`` patterns.
     """
 
     sparsity: float = Field(0.5, ge=0.0, lt=1.0)

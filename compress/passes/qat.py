@@ -65,6 +65,9 @@ class QatConfig(DistillConfig):
         saturating (``compress/quant/isa.py``); a choice of the recipe, not of the machine, so that
         the same recipe trains the same model everywhere.
     opset: opset of the QDQ artifact (13-20: per-channel QuantizeLinear, TorchScript exporter).
+    epochs: training length in epochs (fewer than distill's: QAT starts from the trained model); with
+        ``max_steps``, whichever ends first.
+    lr: peak learning rate of AdamW, smaller than distill's: fake-quantized weights move between grid steps.
 
     Training is bounded by ``epochs`` and ``max_steps``; ``max_seconds`` is refused, so that the
     same recipe gives the same model on every machine.

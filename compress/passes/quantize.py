@@ -58,7 +58,12 @@ class BitsAndBytesSpec(StrictModel):
 
 
 class CalibrationSpec(StrictModel):
-    """Static int8: how activation ranges are measured on the calibration split."""
+    """Static int8: how activation ranges are measured on the calibration split.
+
+    Args:
+    method: ``minmax``, ``entropy`` or ``percentile``: how ONNX Runtime's calibrator sets each range.
+    percentile: the percentile of absolute activations kept in range with ``method: percentile``.
+    """
 
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     samples: PositiveInt = Field(256, le=100_000, description="calibration rows (from the calibration/train split)")
@@ -66,7 +71,12 @@ class CalibrationSpec(StrictModel):
 
 
 class GptqSpec(StrictModel):
-    """int4 ``algorithm: gptq``: dampening and column order of ORT's GPTQ (rows: ``calibration.samples``)."""
+    """int4 ``algorithm: gptq``: dampening and column order of ORT's GPTQ (rows: ``calibration.samples``).
+
+    Args:
+    act_order: quantize the columns in order of decreasing Hessian diagonal (GPTQ's act-order).
+    mse: search each block's clipping range for the least squared error instead of using min/max.
+    """
 
     damp: float = Field(0.01, gt=0.0, le=1.0, description="share of the mean Hessian diagonal added to it")
     act_order: bool = False
@@ -81,11 +91,15 @@ class OnnxQuantSpec(StrictModel):
         (static for convolutional models, whose QDQ Conv ONNX Runtime fuses to QLinearConv;
         dynamic for the rest, where static QDQ MatMuls stay unfused and run slower than fp32).
     name: artifact name (default ``compressed-<scheme>``; ``auto`` named by the scheme it picks).
-    per_channel / reduce_range: int8 weight granularity and 7-bit range; ``auto``: 7 bits on x86 CPUs
-        without VNNI, whose int8 kernels saturate at full range (``compress/quant/isa.py``).
-    calibration: static int8 calibration.
-    exclude_nodes / exclude_ops: ONNX node names / op types left in float.
-    block_size / symmetric / accuracy_level: int4 (accuracy_level 4 = int8 compute, fastest on CPU).
+    per_channel: int8 weights with one scale per output channel instead of one per tensor.
+    reduce_range: int8 weights on 7 bits; ``auto``: on x86 CPUs without VNNI, whose int8 kernels saturate
+        at full range (``compress/quant/isa.py``), and at full range elsewhere.
+    calibration: how static int8 (and GPTQ) read the calibration split.
+    exclude_nodes: ONNX node names left in float.
+    exclude_ops: ONNX op types left in float.
+    block_size: int4 weights per scale.
+    symmetric: int4 without zero points (refused for ``k_quant`` and ``hqq``, which always write them).
+    accuracy_level: MatMulNBits' compute type: 4 = int8 compute (fastest on CPU), 0 = dequantize to fp32.
     algorithm: int4 weight-only algorithm of ONNX Runtime: ``default`` (blockwise round-to-nearest),
         ``rtn``, ``k_quant``, ``hqq``, ``gptq`` (calibrated on ``calibration.samples`` rows); which the
         installed ONNX Runtime ships is checked when the pass runs (``export/quantize/int4_algorithms.py``).
@@ -99,8 +113,9 @@ class OnnxQuantSpec(StrictModel):
         whose attention ONNX Runtime can fuse (and then quantize as QAttention); ``auto`` tries
         dynamo and falls back to TorchScript.
     opset: opset of that graph (default: export.opset).
-    max_metric_drop / budget_split / sensitivity_candidates: this variant's accuracy budget
-        (default: the pass's).
+    max_metric_drop: this variant's accuracy budget in metric units (default: the pass's).
+    budget_split: the split this variant's budget is measured on (``validation`` falls back to ``eval``).
+    sensitivity_candidates: how many layers this variant's budget measures (default: the pass's).
     """
 
     scheme: Literal["auto", "int8_dynamic", "int8_static", "int4"] = "auto"
@@ -120,9 +135,9 @@ class OnnxQuantSpec(StrictModel):
     optimize: Literal["none", "bert", "vit", "gpt2"] = "none"
     exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
     opset: int | None = Field(None, ge=14, le=23)
-    max_metric_drop: float | None = Field(None, ge=0.0, description="this variant's budget (default: the pass's)")
+    max_metric_drop: float | None = Field(None, ge=0.0)
     budget_split: Literal["validation", "eval"] = "validation"
-    sensitivity_candidates: Candidates | None = Field(None, description="default: the pass's")
+    sensitivity_candidates: Candidates | None = None
 
     @model_validator(mode="after")
     def _int4_embeddings_scheme(self):

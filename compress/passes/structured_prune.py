@@ -70,13 +70,15 @@ class StructuredPruneConfig(PassConfig):
     allocation: ``uniform`` (same ratio per group) or ``global`` (one ranking across groups).
     layer_ratios: ratio per layer name or ``re:`` pattern, overriding ``ratio`` there.
     round_to: every pruned width becomes a multiple of this (1: exact widths); auto: 8.
-    exclude: layers never pruned; the layer producing the output is always kept. A norm or a
-        block (e.g. a patch merging) keeps the widths of the groups that cut it or its input.
+    exclude: layers never pruned (the layer producing the output is always kept); a norm or a block
+        (e.g. a patch merging) named here keeps the widths of the groups that cut it or its input.
     auto_exclude: the plan is first tried on a copy; layers whose cut breaks the model (e.g. the
         stage feeding Swin's patch merging) are excluded, with a warning and the reason in the
         record. Off, that is an error listing them all as one ``exclude`` that works.
     head_ratio: share of attention heads removed whole from each attention layer (transformers).
-    steps: prune in this many steps; ``finetune_steps`` optimizer steps towards the teacher between them.
+    steps: prune in this many steps, fine-tuning towards the teacher between them.
+    finetune_steps: optimizer steps towards the teacher between two pruning steps (needs a train split).
+    finetune_lr: learning rate of those fine-tuning steps.
     gradient_batches: calibration batches read before each step by the data-driven criteria
         (taylor: gradients; activation: activation norms) and by ``compensate``.
     compensate: a removed channel's or head's mean contribution on those batches is added to the

@@ -1,31 +1,18 @@
 """Recipe documentation generated from the pydantic models: per-key tables and the JSON Schema.
 
 ``modelpress passes --verbose`` and ``modelpress schema`` print these, so the docs cannot
-drift from the validator: both read the same ``Field`` metadata and ``Args:`` docstrings.
+drift from the validator: both read the same pydantic ``Field`` metadata (its descriptions filled from
+each config's ``Args:`` docstring, ``compress.core.config``).
 """
 
-import re
 from enum import Enum
-from typing import Annotated, Any, Union, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
 # Pydantic's constraint attribute -> the symbol printed in a range.
 _BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-
-
-def _docstring_args(cls: type) -> dict[str, str]:
-    """``name: text`` lines of a class's ``Args:`` docstring, keyed by each name (``a / b: text`` too);
-    keys a config inherits (``qat`` takes every ``distill`` key) are documented by the base class."""
-    docs: dict[str, str] = {}
-    for line in "\n".join(
-        klass.__doc__ or "" for klass in cls.__mro__ if klass.__module__.startswith("compress")
-    ).splitlines():
-        match = re.match(r"^\s*(?:Args:\s*)?([a-z_][a-z0-9_]*(?:\s*[/,]\s*[a-z_][a-z0-9_]*)*):\s+(.+)$", line)
-        if match:
-            for name in re.split(r"\s*[/,]\s*", match.group(1)):
-                docs.setdefault(name, match.group(2).strip())
-    return docs
 
 
 def _constrained_members(annotation: Any) -> list:
@@ -36,16 +23,22 @@ def _constrained_members(annotation: Any) -> list:
 
 
 def _type_name(annotation: Any) -> str:
-    if _constrained_members(annotation):  # each member by its type; the constraints go to the range
-        return " | ".join(
-            _type_name(get_args(arg)[0] if get_origin(arg) is Annotated else arg) for arg in get_args(annotation)
-        )
+    """A key's type as a recipe writes it: ``int | None``, ``list[int]``, ``'a' | 'b'`` (an enum or a
+    literal by its values); constraints go to the range column, never into the type."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is Literal:
+        return " | ".join(repr(arg) for arg in args)
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(arg) for arg in args)
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return " | ".join(repr(member.value) for member in annotation)
-    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-    text = text or str(annotation)
-    text = re.sub(r"\b(typing|compress\.[\w.]+|pydantic\.[\w.]+|annotated_types)\.", "", text)
-    return text.replace("NoneType", "None")
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(arg) for arg in args)}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
 
 
 def _range(field) -> str:
@@ -71,7 +64,6 @@ def _default(field) -> str:
 
 def describe_keys(cls: type[BaseModel]) -> list[dict[str, str]]:
     """One row per key of ``cls``: name, type, default, range and its one-line doc."""
-    docs = _docstring_args(cls)
     rows = []
     for name, field in cls.model_fields.items():
         rows.append(
@@ -80,7 +72,7 @@ def describe_keys(cls: type[BaseModel]) -> list[dict[str, str]]:
                 "type": _type_name(field.annotation),
                 "default": _default(field),
                 "range": _range(field),
-                "doc": field.description or docs.get(name, ""),
+                "doc": field.description or "",
             }
         )
     return rows

@@ -41,6 +41,11 @@ class ModelSpec(StrictModel):
     factory: str | None = Field(None, description="package.module:function returning an nn.Module")
     checkpoint: str | None = Field(None, description="safetensors / state_dict file, or a Hugging Face folder")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
+    hf_class: str | None = Field(
+        None,
+        description="the transformers class that loads a Hugging Face folder with its task head, e.g. "
+        "BertForSequenceClassification; default: the class its config.json names in architectures",
+    )
     trust_checkpoint: bool = Field(False, description="allow full unpickling (can run code); only for trusted files")
 
 

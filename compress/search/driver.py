@@ -107,10 +107,23 @@ def _search(
     write_json_atomic(runner.out / STATE, {**state, "status": "running"})
     if runner.data.validation is None:
         log.warn("search: the data has no validation split; the eval split chooses, so its figure is not held out")
+    log.info(f"search: {search.reserve_text()}")
     search.trial([], None, "fp32 baseline", None)
     search.run_rungs()
     recipe = runner.recipe
-    chosen, baseline = search.choose(search.final_timing())
+    ended = {
+        "stopped_by_budget": search.stopped_by_budget,
+        "elapsed_seconds": round(search.elapsed(), 1),
+        "metric": metric_name,
+        "higher_is_better": higher_is_better,
+    }
+    try:
+        chosen, baseline = search.choose(search.final_timing())
+    except NothingWithinBudget as exc:  # a result too: its report says why, with every trial
+        summary = {**state, **ended, "status": "nothing chosen", "outcome": str(exc), "chosen": None}
+        report_path = report.write_report(runner.out, summary, search.trials, spec)
+        write_json_atomic(runner.out / STATE, summary)
+        raise NothingWithinBudget(f"{exc}; report: {report_path}") from None
     baseline["validation_metric"] = search.reference(search.validation_total)
     chosen["eval_metric"] = runner.eval_metric(chosen["path"])
     baseline["eval_metric"] = runner.eval_metric(baseline["path"])
@@ -119,10 +132,8 @@ def _search(
     summary = {
         **state,
         "status": "finished",
-        "stopped_by_budget": search.stopped_by_budget,
-        "elapsed_seconds": round(search.elapsed(), 1),
-        "metric": metric_name,
-        "higher_is_better": higher_is_better,
+        **ended,
+        "elapsed_seconds": round(search.elapsed(), 1),  # the final timing included
         "chosen": chosen,
         "baseline": baseline,
         "finalists": [

@@ -159,39 +159,11 @@ def _plots(out: Path, points: list[dict], metric: str, higher_is_better: bool) -
     return drawn
 
 
-def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec) -> Path:
-    """report.md, the plots and environment.json of a finished search."""
-    from export.measure.environment import collect_environment
-
-    environment = {**collect_environment(), "load_average": list(os.getloadavg())}
-    write_json_atomic(out / "environment.json", environment)
+def _chosen_section(summary: dict, spec: SearchSpec) -> list[str]:
+    """The chosen point beside fp32, and the final timing of every finalist."""
     chosen, baseline, metric = summary["chosen"], summary["baseline"], summary["metric"]
-    higher = summary.get("higher_is_better", True)
-    complete = [
-        p for t in trials if t["validation_complete"] for p in t["points"] if p["status"] == "passed" and "speedup" in p
-    ]
     final = chosen["final"]
-    computed = [t for t in trials if not t["resumed"]]
-    lines = [
-        f"# modelpress search: {summary['identity']['run']['name']}",
-        "",
-        f"- objective: {spec.objective}"
-        + (
-            f" at batch {spec.batch_size} (p50, ONNX Runtime {final['provider']}, {final['threads']} threads)"
-            if spec.objective == "latency"
-            else " (ONNX file on disk)"
-        ),
-        f"- budget: {spec.max_drop:g} point{'' if spec.max_drop == 1 else 's'} of {metric} below fp32 on the "
-        "validation split"
-        f" ({spec.max_drop * strategy.point_size(metric):g} in metric units)",
-        f"- time: {summary['elapsed_seconds'] / 60:.1f} min of {spec.budget_minutes:g}"
-        + (" (stopped by the time budget)" if summary["stopped_by_budget"] else ""),
-        f"- trials: {len(trials)} ({len(computed)} run, {len(trials) - len(computed)} resumed); stages computed "
-        f"{sum(t['stages_computed'] for t in computed)}, reused {sum(t['stages_reused'] for t in computed)}",
-        f"- machine: {environment['cpu']}, {environment['usable_cores']} usable cores; load average "
-        f"{', '.join(f'{x:.2f}' for x in environment['load_average'])} at the end. The choice holds for this "
-        "machine: latency was measured here, not estimated, and may rank differently elsewhere",
-        "",
+    return [
         "## Chosen point",
         "",
         f"| | {metric} validation | Δ (pt) | {metric} eval | p50 at batch {spec.batch_size} (ms) "
@@ -215,6 +187,45 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
         f"within {TIE_TOLERANCE[spec.objective]:.0%} of the fastest, the better validation metric wins.",
         "",
         *_final_rows(summary.get("finalists", []), baseline),
+    ]
+
+
+def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec) -> Path:
+    """report.md, the plots and environment.json of a search that ended: with a chosen point, or without
+    one (``chosen`` None, ``outcome`` says why), so that every trial it ran is on record either way."""
+    from export.measure.environment import collect_environment
+
+    environment = {**collect_environment(), "load_average": list(os.getloadavg())}
+    write_json_atomic(out / "environment.json", environment)
+    chosen, metric = summary["chosen"], summary["metric"]
+    higher = summary.get("higher_is_better", True)
+    complete = [
+        p for t in trials if t["validation_complete"] for p in t["points"] if p["status"] == "passed" and "speedup" in p
+    ]
+    timed = (
+        f"ONNX Runtime {chosen['final']['provider']}, {chosen['final']['threads']} threads"
+        if chosen
+        else "ONNX Runtime"
+    )
+    computed = [t for t in trials if not t["resumed"]]
+    outcome = _chosen_section(summary, spec) if chosen else ["## No point chosen", "", summary["outcome"] + "."]
+    lines = [
+        f"# modelpress search: {summary['identity']['run']['name']}",
+        "",
+        f"- objective: {spec.objective}"
+        + (f" at batch {spec.batch_size} (p50, {timed})" if spec.objective == "latency" else " (ONNX file on disk)"),
+        f"- budget: {spec.max_drop:g} point{'' if spec.max_drop == 1 else 's'} of {metric} below fp32 on the "
+        "validation split"
+        f" ({spec.max_drop * strategy.point_size(metric):g} in metric units)",
+        f"- time: {summary['elapsed_seconds'] / 60:.1f} min of {spec.budget_minutes:g}"
+        + (" (stopped by the time budget)" if summary["stopped_by_budget"] else ""),
+        f"- trials: {len(trials)} ({len(computed)} run, {len(trials) - len(computed)} resumed); stages computed "
+        f"{sum(t['stages_computed'] for t in computed)}, reused {sum(t['stages_reused'] for t in computed)}",
+        f"- machine: {environment['cpu']}, {environment['usable_cores']} usable cores; load average "
+        f"{', '.join(f'{x:.2f}' for x in environment['load_average'])} at the end. The choice holds for this "
+        "machine: latency was measured here, not estimated, and may rank differently elsewhere",
+        "",
+        *outcome,
         "",
         "## Pareto front: metric vs latency",
         "",

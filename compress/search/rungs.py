@@ -12,7 +12,7 @@ import time
 from compress.core import log
 from compress.core.errors import InputError, ModelpressError, OutputError, first_line
 from compress.recipe.search_spec import SearchSpec
-from compress.search import strategy
+from compress.search import outcome, strategy
 from compress.search.space import Space
 from compress.search.trials import TrialLog, TrialRunner, trial_key, validation_subset
 
@@ -88,7 +88,11 @@ class Search:
         if record is None:
             if not self._time_left(rung, refit):
                 self.stopped_by_budget = True
-                log.warn(f"search: the time budget ({self.spec.budget_minutes:g} min) is spent; no new trials")
+                log.warn(
+                    f"search: the time budget (--budget-minutes {self.spec.budget_minutes:g}) is spent: "
+                    f"{self.elapsed() / 60:.1f} min of trials, {self._final_timing_seconds() / 60:.1f} min kept for "
+                    "the final timing; no new trials"
+                )
                 return None
             earlier = next((t for t in reversed(self.trials) if t["passes"] == passes and self.points(t)), None)
             if earlier is not None:
@@ -194,6 +198,15 @@ class Search:
             "max_seconds": max(report.max_seconds, FINAL_TIMING_FLOOR["max_seconds"]),
         }
 
+    def reserve_text(self) -> str:
+        """What the final timing takes out of the budget, said before the first trial."""
+        row = self._final_timing_seconds()  # no finalist yet: the baseline's row
+        return (
+            f"budget {self.spec.budget_minutes:g} min (--budget-minutes); the final timing takes {row:.0f} s a row "
+            f"(the fp32 baseline and up to {MAX_FINALISTS} finalists), kept free from the start: {row:.0f} s now, "
+            "one row more with each finalist"
+        )
+
     def _final_timing_seconds(self) -> float:
         """What the last timing will take at most: every finalist and the baseline, its seconds each."""
         from export.measure.benchmark import ROUNDS, TURN_WARMUP_SECONDS
@@ -217,25 +230,6 @@ class Search:
                     found[point["path"]] = {**point, "trial": trial["key"]}
         return list(found.values())
 
-    def _failures(self) -> str:
-        """`` (N of M candidate trials failed: see run.log)`` when some did, else empty."""
-        tried = [t for t in self.trials if t["passes"]]
-        failed = [t for t in tried if not self.points(t)]
-        return f" ({len(failed)} of {len(tried)} candidate trials failed: see run.log)" if failed else ""
-
-    def _closest(self) -> str:
-        scored = [p for trial in self.trials if trial["validation_complete"] for p in self.points(trial)]
-        if not scored:
-            return (
-                f"search: no trial was scored on the whole validation split within {self.spec.budget_minutes:g} "
-                f"minutes{self._failures()}; raise --budget-minutes"
-            )
-        closest = min(scored, key=lambda p: p["drop"])
-        return (
-            f"search: no point is within --max-drop {self.spec.max_drop:g}: the closest, {closest['name']}, loses "
-            f"{closest['drop']:.2f} points; raise --max-drop, or add none to --quantize so that the fp32 points count"
-        )
-
     def best_so_far(self) -> dict | None:
         finalists = self.finalists()
         return min(finalists, key=lambda p: strategy.cost(p, self.spec.objective)) if finalists else None
@@ -256,9 +250,9 @@ class Search:
         )
 
     def run_rungs(self) -> None:
-        # The most compressed first: the objective prefers them, and a time budget that runs out
-        # then cuts the candidates least likely to win.
-        candidates = sorted(self.space.candidates, key=lambda c: -c.amount)
+        # The safest (least compressed) first: a budget that runs out then leaves points that are likely
+        # within --max-drop, rather than aggressive cuts that lose tens of points.
+        candidates = sorted(self.space.candidates, key=lambda c: c.amount)
         last = len(self.space.fractions) - 1
         for rung in range(last):
             entries = self._run_rung(candidates, rung)
@@ -339,7 +333,7 @@ class Search:
         """The finalists timed together with the baseline; the cheapest one, and the baseline's figures."""
         finalists = sorted(self.finalists(), key=lambda p: strategy.cost(p, self.spec.objective))[:MAX_FINALISTS]
         if not finalists:
-            raise NothingWithinBudget(self._closest())
+            raise NothingWithinBudget(outcome.closest(self))
         rows = {f"{p['trial']}/{p['name']}": p for p in finalists}
         figures = self.runner.time_points(
             {"baseline": self.runner.baseline_path, **{k: p["path"] for k, p in rows.items()}}, timing
@@ -356,23 +350,9 @@ class Search:
         tied = [p for p in rows.values() if by_final(p) <= fastest * (1 + TIE_TOLERANCE[objective])]
         chosen = max(tied, key=lambda p: (p["validation_metric"], self.rung_of[p["trial"]], -by_final(p)))
         if chosen["path"] == self.runner.baseline_path:
-            raise NothingWithinBudget(self._nothing_beats_fp32())
+            raise NothingWithinBudget(outcome.nothing_beats_fp32(self))
         baseline = {"path": self.runner.baseline_path, "final": figures["baseline"]}
         return chosen, baseline
-
-    def _nothing_beats_fp32(self) -> str:
-        """Why the fp32 model is the best answer: the time ran out first, or no compressed point helps."""
-        if self.stopped_by_budget and not any(t["passes"] and t["validation_complete"] for t in self.trials):
-            return (
-                f"search: the time budget ({self.spec.budget_minutes:g} min) ran out before any candidate reached "
-                "the last rung; raise --budget-minutes (a rerun into the same folder resumes the finished trials)"
-            )
-        return (
-            f"search: no compressed point within --max-drop {self.spec.max_drop:g} is "
-            f"{'faster' if self.spec.objective == 'latency' else 'smaller'} than the fp32 model on this machine"
-            f"{self._failures()}; "
-            "widen the space (the search: section), or raise --max-drop"
-        )
 
 
 class NothingWithinBudget(ModelpressError):

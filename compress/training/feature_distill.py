@@ -26,7 +26,14 @@ class FeatureLossKind(str, Enum):
 
 
 class FeatureMatch(StrictModel):
-    """One pair of layers whose outputs are matched."""
+    """One pair of layers whose outputs are matched.
+
+    Args:
+    student: name of the student's layer (``model.named_modules()``) whose output is matched.
+    teacher: name of the teacher's layer it is matched to (default: the same name).
+    loss: ``mse`` or ``cosine`` between the two outputs, through a learned projection where widths differ.
+    weight: weight of this term in the total loss.
+    """
 
     student: str
     teacher: str | None = None

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from compress.models.data import flatten_inputs
+from compress.models.data import fixed_batches, flatten_inputs
 from compress.recipe.schema import usable_cores
 
 
@@ -71,15 +71,22 @@ def fixed_batch_size(session) -> int | None:
     return first if isinstance(first, int) else None
 
 
+def file_batch_size(path: Path) -> int | None:
+    """``fixed_batch_size`` of an ONNX file, read without its weights and without a session."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    dims = next(i for i in graph.input if i.name not in weights).type.tensor_type.shape.dim
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+
+
 def _run_in_chunks(session, inputs: Any, size: int) -> list[np.ndarray]:
-    """All outputs, run in chunks of the fixed batch ``size``, the last one padded by repeating its rows."""
-    names, tensors = flatten_inputs(inputs)
-    rows = int(tensors[0].shape[0])
+    """All outputs, run in chunks of the fixed batch ``size``, the last one filled up by repeating its last row."""
+    rows = int(flatten_inputs(inputs)[1][0].shape[0])
     outputs = []
-    for start in range(0, rows, size):
-        index = torch.arange(start, start + size).clamp(max=rows - 1)
-        chunk = {name: t[index].detach().cpu().numpy() for name, t in zip(names, tensors)}
-        outputs.append([out[: rows - start] for out in session.run(scored_outputs(session), chunk)])
+    for start, chunk in zip(range(0, rows, size), fixed_batches(inputs, size)):
+        outputs.append([out[: rows - start] for out in session.run(scored_outputs(session), feed(chunk))])
     return [np.concatenate(parts) for parts in zip(*outputs)]
 
 

@@ -16,9 +16,10 @@ import onnx
 import torch
 
 from compress.core.errors import InputError
-from compress.models.data import TaskData, flatten_inputs, take_rows, training_inputs
+from compress.models.data import TaskData, fixed_batches, flatten_inputs, take_rows, training_inputs
 from compress.quant.isa import reduce_range
 from export.errors import ExportError
+from export.onnx.runtime import file_batch_size
 
 # Weight-bearing ops each scheme quantizes, with the input index of the weight.
 WEIGHT_INPUTS = {
@@ -109,18 +110,20 @@ def weight_nodes(model: onnx.ModelProto, scheme: str, exclude_ops: list[str] = (
 
 
 class CalibrationReader:
-    """onnxruntime.quantization's data reader over the calibration split, up to ``samples`` rows."""
+    """onnxruntime.quantization's data reader over the calibration split, up to ``samples`` rows, in batches
+    of ``batch`` rows for a graph with fixed input shapes (``file_batch_size``)."""
 
-    def __init__(self, data: TaskData, samples: int):
+    def __init__(self, data: TaskData, samples: int, batch: int | None = None):
         split = data.resolve("calibration")
         self.feeds = []
         rows = 0
-        for batch in data.batches(split):
-            inputs = training_inputs(batch)
-            names, tensors = flatten_inputs(inputs)
-            count = min(int(tensors[0].shape[0]), samples - rows)
-            names, tensors = flatten_inputs(take_rows(inputs, count))
-            self.feeds.append({n: t.detach().cpu().numpy() for n, t in zip(names, tensors)})
+        for batch_of_split in data.batches(split):
+            inputs = training_inputs(batch_of_split)
+            count = min(int(flatten_inputs(inputs)[1][0].shape[0]), samples - rows)
+            first = take_rows(inputs, count)
+            for chunk in [first] if batch is None else fixed_batches(first, batch):
+                names, tensors = flatten_inputs(chunk)
+                self.feeds.append({n: t.detach().cpu().numpy() for n, t in zip(names, tensors)})
             rows += count
             if rows >= samples:
                 break
@@ -178,7 +181,7 @@ def _int8_static(src: Path, dst: Path, spec, excluded: list[str], data: TaskData
     quantize_static(
         str(src),
         str(dst),
-        CalibrationReader(data, calibration.samples),
+        CalibrationReader(data, calibration.samples, file_batch_size(src)),
         quant_format=QuantFormat.QDQ,
         per_channel=spec.per_channel,
         reduce_range=reduce_range(spec.reduce_range),
@@ -214,7 +217,9 @@ def _weight_only_int4(src: Path, dst: Path, spec, excluded: list[str], ops: tupl
     for name in ("onnxruntime.quantization.matmul_nbits_quantizer", "neural_compressor"):
         logging.getLogger(name).setLevel(logging.ERROR)
     algorithm = int4_algorithms.require(spec.algorithm)
-    calibration = CalibrationReader(data, spec.calibration.samples) if algorithm.needs_calibration else None
+    calibration = (
+        CalibrationReader(data, spec.calibration.samples, file_batch_size(src)) if algorithm.needs_calibration else None
+    )
     quantized = int4_algorithms.quantize(onnx.load(str(src)), spec, excluded, ops, calibration)
     quantized.save_model_to_file(str(dst), False)
 

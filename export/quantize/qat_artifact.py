@@ -30,6 +30,7 @@ from compress.recipe.schema import ParitySpec, Recipe
 from export.errors import ExportError
 from export.onnx.exporter import export_onnx
 from export.onnx.validate import quantized_parity
+from export.quantize.float_nodes import float_weight_nodes
 from export.quantize.records import checked, quantized_record
 from export.runfolder.artifacts import artifacts_dir
 
@@ -193,7 +194,7 @@ def build_qat_variant(
         precision="int8",
         scheme=spec.scheme,
         quantized_nodes=len(quantized_layers(fake_quant_model)),
-        float_nodes=float_layer_nodes(onnx.load(str(path)).graph),
+        float_nodes=[name for name, _ in float_weight_nodes(onnx.load(str(path), load_external_data=False))],
         budget=None,
         calibration_samples=None,
         exporter="torchscript",
@@ -209,11 +210,3 @@ def build_qat_variant(
         )
     fake_quant_model.train(was_training)
     return record
-
-
-def float_layer_nodes(graph: onnx.GraphProto) -> list[str]:
-    """Conv / Gemm / MatMul nodes whose weight is a float initializer, not a dequantized int8 one."""
-    initializers = {init.name for init in graph.initializer}
-    return [
-        node.name for node in graph.node if node.op_type in (*BIASED_OPS, "MatMul") and node.input[1] in initializers
-    ]

@@ -23,13 +23,15 @@ from compress.quant.budget import candidate_count, fit_budget
 from compress.recipe.schema import Recipe
 from export.errors import ExportError
 from export.onnx.exporter import export_onnx
-from export.onnx.runtime import make_session, ort_predictor
+from export.onnx.runtime import file_batch_size, make_session, ort_predictor
 from export.onnx.scratch import own_cwd
 from export.onnx.validate import quantized_parity
 from export.quantize import int4_algorithms
+from export.quantize.float_nodes import float_reasons, unfuse_gemm
 from export.quantize.onnx_quant import (
     PRECISION,
     SCHEMES,
+    WEIGHT_INPUTS,
     CalibrationReader,
     auto_scheme_of_module,
     check_tables,
@@ -105,6 +107,11 @@ def _prepare(spec, torch_model, recipe: Recipe, example_inputs, work: Path) -> t
     return prepared, made_by
 
 
+# Scheme -> rewrite of the prepared graph before quantizing: ORT's pre-processing fuses Linear layers
+# into Gemm, which MatMulNBits does not pack.
+GRAPH_REWRITES = {"int4": unfuse_gemm}
+
+
 def _calibrates(spec, scheme: str) -> bool:
     """Whether the variant read calibration rows: int8 static, and int4 algorithms that calibrate (GPTQ)."""
     return scheme == "int8_static" or (
@@ -129,6 +136,9 @@ def build_variant(
         prepared, made_by = _prepare(spec, torch_model, recipe, example_inputs, work)
         graph = onnx.load(str(prepared))
         scheme = resolve_scheme(spec, graph)
+        if scheme in GRAPH_REWRITES:  # before the node list: the rewritten nodes are candidates too
+            graph = GRAPH_REWRITES[scheme](graph)
+            onnx.save(graph, str(prepared))
         advice = scheme_advice(spec, graph)
         if advice:
             log.warn(f"  {name}: {advice}", collect=False)  # the guardrail decides whether the report keeps it
@@ -158,7 +168,7 @@ def build_variant(
 
         def rank() -> dict[str, float | None] | None:
             try:
-                feeds = CalibrationReader(data, spec.calibration.samples).feeds
+                feeds = CalibrationReader(data, spec.calibration.samples, file_batch_size(prepared)).feeds
             except InputError as exc:
                 log.warn(f"  {name}: no SQNR ranking ({first_line(exc)}); the budget measures every node")
                 return None
@@ -176,8 +186,10 @@ def build_variant(
                 candidate_count(spec.sensitivity_candidates),
                 evaluator.higher_is_better,
             )
-        float_nodes = budget.float_layers if budget else []
-        write_atomic(path, lambda tmp: quantize([n for n in nodes if n not in float_nodes], tmp))
+        budget_float = budget.float_layers if budget else []
+        write_atomic(path, lambda tmp: quantize([n for n in nodes if n not in budget_float], tmp))
+    asked = tuple(op for op in WEIGHT_INPUTS[scheme] if op not in skipped)
+    reasons = float_reasons(onnx.load(str(path), load_external_data=False), spec, scheme, asked, budget_float)
     record = quantized_record(
         name,
         path,
@@ -185,8 +197,9 @@ def build_variant(
         spec,
         precision=PRECISION[scheme],
         scheme=scheme,
-        quantized_nodes=len(nodes) - len(float_nodes),
-        float_nodes=float_nodes,
+        quantized_nodes=sum(n not in reasons for n in nodes),
+        float_nodes=list(reasons),
+        float_reasons=reasons,
         budget={**budget.to_dict(), "split": split} if budget else None,
         calibration_samples=(
             CalibrationReader(data, spec.calibration.samples).provenance() if _calibrates(spec, scheme) else None

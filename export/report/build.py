@@ -15,7 +15,7 @@ from compress.models.evaluate import metric_loss
 from compress.recipe.schema import Recipe
 from export.report.plots import write_plots
 from export.report.render import render_html, render_markdown
-from export.report.summary import headline_latency, higher_is_better
+from export.report.summary import headline_latency, higher_is_better, unreliable
 
 SCHEMA = "modelpress.report/2"
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
@@ -35,7 +35,11 @@ def recommend(artifacts: list[dict], budget: float, device_name: str | None) -> 
     """The fastest passed artifact whose metric is within ``budget`` of the baseline's (ties: better
     metric, then smaller), among those without warnings when any of them qualifies: a warned
     artifact (slower somewhere, not smaller, weak parity) is never picked over a clean one. None
-    without a measured baseline."""
+    without a measured baseline.
+
+    When a timing the choice rests on (a qualifying artifact's or the baseline's headline row) is
+    unreliable, no speed is claimed: the smallest qualifying artifact is chosen (``basis: size``), and
+    the reason says to re-measure idle."""
     base = next((a for a in artifacts if a["name"] == "baseline" and "metric" in a), None)
     if base is None:
         return None
@@ -47,20 +51,27 @@ def recommend(artifacts: list[dict], budget: float, device_name: str | None) -> 
         drop = metric_loss(base["metric"]["value"], artifact["metric"]["value"], higher)
         if drop <= budget:
             warned = bool(artifact.get("warnings"))
-            candidates.append((warned, latency["p50_ms"], drop, artifact["size_bytes"], artifact))
+            candidates.append((warned, latency["p50_ms"], drop, artifact["size_bytes"], artifact, latency))
     if not candidates:
         return None
-    warned, p50, drop, _, best = min(candidates, key=lambda c: c[:4])
-    base_p50 = headline_latency(base, device_name)["p50_ms"]
+    base_latency = headline_latency(base, device_name)
+    shaky = unreliable(base_latency) or any(unreliable(c[5]) for c in candidates)
+    by_size, by_speed = (lambda c: (c[0], c[3], c[2])), (lambda c: c[:4])
+    warned, p50, drop, _, best, _ = min(candidates, key=by_size if shaky else by_speed)
+    size = f"{best['size_bytes'] / 1e6:.3f} MB ({best['size_bytes'] / base['size_bytes']:.2f}× baseline)"
+    within = f"within the metric budget ({drop:+.4f} drop ≤ {budget})"
+    if shaky:
+        reason = (
+            f"smallest artifact {within}: {size}; no speed is claimed, the timings it would rest on are "
+            "unreliable: re-measure idle"
+        )
+    else:
+        reason = f"fastest artifact {within}: {p50:.3f} ms p50 ({p50 / base_latency['p50_ms']:.2f}× baseline), {size}"
     return {
         "name": best["name"],
         "path": best["path"],
-        "reason": (
-            f"fastest artifact within the metric budget ({drop:+.4f} drop ≤ {budget}): "
-            f"{p50:.3f} ms p50 ({p50 / base_p50:.2f}× baseline), {best['size_bytes'] / 1e6:.3f} MB "
-            f"({best['size_bytes'] / base['size_bytes']:.2f}× baseline)"
-            + ("; every artifact within the budget has warnings (see them)" if warned else "")
-        ),
+        "basis": "size" if shaky else "latency",
+        "reason": reason + ("; every artifact within the budget has warnings (see them)" if warned else ""),
     }
 
 
@@ -102,15 +113,19 @@ def _load_text(entry: dict) -> str:
     return text if others is None else f"{text}, other processes {others} cores"
 
 
-def timing_warnings(artifacts: list[dict]) -> list[str]:
-    """Latency entries whose spread or machine load makes them unreliable, named in the summary."""
-    return [
-        f"{a['name']}: latency at batch {e['batch_size']} on {e['provider']} is unreliable "
-        f"(cv {e.get('cv', 0):.2f}, {_load_text(e)}): re-measure idle"
-        for a in artifacts
-        for e in a.get("latency", [])
-        if e.get("unreliable") and not e.get("stale")
-    ]
+def timing_banner(artifacts: list[dict]) -> str | None:
+    """One line for every latency entry whose spread or machine load makes it unreliable: the summary's
+    first line, so that no speed-up in the report reads as a result. None when every timing holds."""
+    rows = [(a["name"], e) for a in artifacts for e in a.get("latency", []) if unreliable(e)]
+    if not rows:
+        return None
+    names = ", ".join(dict.fromkeys(name for name, _ in rows))
+    loads = sorted({_load_text(e) for _, e in rows})
+    return (
+        f"Timings unreliable: {len(rows)} latency rows ({names}) were measured under load or spread too wide "
+        f"({loads[0]}{' ...' if len(loads) > 1 else ''}); they are marked ⚠ in the latency table and the plots, "
+        "and no speed-up built on them is a result: re-measure idle (modelpress report <run folder>)"
+    )
 
 
 def stale_warnings(artifacts: list[dict]) -> list[str]:
@@ -146,13 +161,14 @@ def build_report(
     run_warnings = logged if run_warnings is None else list(run_warnings)
     warnings = [f"{a['name']}: {w}" for a in artifacts for w in a.get("warnings", [])]
     warnings += [f"{a['name']}: {a.get('error', 'failed')}" for a in artifacts if a.get("status") != "passed"]
-    warnings += stage_warnings(stages) + timing_warnings(artifacts) + stale_warnings(artifacts)
+    warnings += stage_warnings(stages) + stale_warnings(artifacts)
     warnings += run_warnings + logged
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "recipe": {"name": recipe.name, "sha256": recipe.sha256(), "passes": [p.to_dict() for p in recipe.passes]},
         "summary": {
+            "timing_banner": timing_banner(artifacts),
             "recommended": recommend(artifacts, spec.max_metric_drop, environment["cpu"]),
             "max_metric_drop": spec.max_metric_drop,
             "warnings": list(dict.fromkeys(warnings)),

@@ -7,7 +7,7 @@ matplotlib runs headless (Agg) and is imported only when a report is written.
 from pathlib import Path
 
 from compress.core.io import write_atomic
-from export.report.summary import headline_latency, higher_is_better, pareto_front
+from export.report.summary import headline_latency, higher_is_better, pareto_front, unreliable
 
 PLOT_DIR = "plots"
 PRECISION_COLOURS = {"float32": "#4c72b0", "int8": "#dd8452", "nf4": "#55a868", "fp4": "#c44e52"}
@@ -17,17 +17,19 @@ def _save(figure, path: Path) -> None:
     write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 
-def _tradeoff(report: dict, cost_of, xlabel: str, title: str, path: Path) -> bool:
-    """Metric against a cost per artifact, the Pareto front as a dashed line; False when nothing to plot."""
-    points, names = [], []
+def _tradeoff(report: dict, cost_of, xlabel: str, title: str, path: Path, shaky_of=lambda a: False) -> bool:
+    """Metric against a cost per artifact, the Pareto front as a dashed line; False when nothing to plot.
+    ``shaky_of``: whether an artifact's cost is an unreliable timing (its point is marked)."""
+    points, names, shaky = [], [], []
     for artifact in report["artifacts"]:
         cost = cost_of(artifact)
         if artifact.get("status") == "passed" and "metric" in artifact and cost is not None:
             points.append((cost, artifact["metric"]["value"]))
             names.append(artifact["name"])
+            shaky.append(shaky_of(artifact))
     metric = report["artifacts"][0].get("metric", {}).get("name", "metric") if report["artifacts"] else "metric"
     higher = higher_is_better(report["artifacts"])
-    return plot_front(points, names, xlabel, f"{metric} (ONNX Runtime)", title, path, higher)
+    return plot_front(points, names, xlabel, f"{metric} (ONNX Runtime)", title, path, higher, shaky)
 
 
 def plot_front(
@@ -38,9 +40,11 @@ def plot_front(
     title: str,
     path: Path,
     higher_is_better: bool = True,
+    unreliable: list[bool] | None = None,
 ) -> bool:
     """Scatter of ``(cost, metric)`` points, named, the Pareto front dashed; False when there are none.
-    Shared by the run report (one point per artifact) and ``modelpress search`` (one per trial's artifact)."""
+    Shared by the run report (one point per artifact) and ``modelpress search`` (one per trial's artifact).
+    Points whose cost is an ``unreliable`` timing are drawn as orange crosses, their names marked ⚠."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +59,19 @@ def plot_front(
     axes.scatter(
         [points[i][0] for i in front], [points[i][1] for i in front], s=90, facecolors="none", edgecolors="#c44e52"
     )
+    shaky = [i for i, flag in enumerate(unreliable or []) if flag]
+    if shaky:
+        axes.scatter(
+            [points[i][0] for i in shaky],
+            [points[i][1] for i in shaky],
+            marker="x",
+            s=80,
+            color="#dd8452",
+            zorder=4,
+            label="timing unreliable: re-measure idle",
+        )
     for index, ((x, y), name) in enumerate(zip(points, names)):  # alternate sides: close points stay legible
+        name = f"⚠ {name}" if index in shaky else name
         axes.annotate(name, (x, y), textcoords="offset points", xytext=(5, 6 if index % 2 else -12), fontsize=8)
     axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
     axes.grid(alpha=0.3)
@@ -116,7 +132,12 @@ def write_plots(out_dir: Path, report: dict) -> dict[str, str]:
     batch = max((e["batch_size"] for e in headline), default="largest")
     plots = {
         "metric_vs_latency": lambda p: _tradeoff(
-            report, latency, f"p50 latency, ms (ONNX Runtime CPU, batch {batch})", "Metric vs latency", p
+            report,
+            latency,
+            f"p50 latency, ms (ONNX Runtime CPU, batch {batch})",
+            "Metric vs latency",
+            p,
+            lambda a: unreliable(headline_latency(a, cpu)),
         ),
         "metric_vs_size": lambda p: _tradeoff(
             report, lambda a: a.get("size_bytes", 0) / 1e6 or None, "size on disk, MB", "Metric vs size", p

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from export.measure.benchmark import latency_key
-from export.report.summary import higher_is_better, pareto_front
+from export.report.summary import higher_is_better, pareto_front, unreliable
 
 
 def _ratio(value: float | None, base: float | None) -> str:
@@ -27,6 +27,8 @@ def _summary(report: dict) -> list:
     summary = report["summary"]
     best = summary["recommended"]
     blocks = [("h2", "Summary")]
+    if summary.get("timing_banner"):  # first: every speed figure below reads in its light
+        blocks.append(("p", f"**⚠ {summary['timing_banner']}.**"))
     if best:
         blocks.append(("p", f"**Recommended artifact: `{best['name']}`** (`{best['path']}`): {best['reason']}."))
     else:
@@ -109,6 +111,15 @@ def _scheme(artifact: dict) -> str:
     return artifact["scheme"] + (f" ({algorithm})" if algorithm != "default" else "")
 
 
+def _kept_float(artifact: dict) -> str:
+    """The nodes left float, grouped by why (records before ``float_reasons`` give names only)."""
+    reasons = artifact.get("float_reasons") or dict.fromkeys(artifact.get("float_nodes", []), "")
+    groups: dict[str, list[str]] = {}
+    for node, why in reasons.items():
+        groups.setdefault(why, []).append(f"`{node}`")
+    return "; ".join(", ".join(nodes) + (f" ({why})" if why else "") for why, nodes in groups.items()) or "none"
+
+
 def _quantized(artifacts: list[dict], stages: list[dict]) -> list:
     quantized = [a for a in artifacts if "scheme" in a]
     if not quantized:
@@ -130,7 +141,7 @@ def _quantized(artifacts: list[dict], stages: list[dict]) -> list:
                 torch_metric.get(a.get("source_stage"), "–"),
                 verdict,
                 str(a.get("quantized_nodes", "–")),
-                ", ".join(f"`{n}`" for n in a.get("float_nodes", [])) or "none",
+                _kept_float(a),
             ]
         )
     headers = ["artifact", "scheme", "metric in ORT", "metric in torch (source)", "budget", "quantized nodes"]
@@ -192,13 +203,15 @@ def _latency(report: dict) -> list:
     artifacts = report["artifacts"]
     baseline = next((a for a in artifacts if a["name"] == "baseline"), {})
     # A ratio only between figures of one measurement: fresh with fresh, stale with stale of the same time.
-    base_p50 = {(latency_key(e), _measurement(e)): e["p50_ms"] for e in baseline.get("latency", [])}
+    base_rows = {(latency_key(e), _measurement(e)): e for e in baseline.get("latency", [])}
     rows = []
     for a in artifacts:
         for e in a.get("latency", []):
+            base = base_rows.get((latency_key(e), _measurement(e)))
+            shaky = unreliable(e) or unreliable(base)  # a ratio built on such a row is no result
             rows.append(
                 [
-                    a["name"],
+                    a["name"] + (" ⚠ unreliable" if unreliable(e) else ""),
                     f"{e['device']}: {e.get('device_name', '?')}",
                     f"{e['runtime']} ({e['provider']})",
                     str(e["batch_size"]),
@@ -207,7 +220,7 @@ def _latency(report: dict) -> list:
                     f"{e['p90_ms']:.3f}",
                     f"{e['p99_ms']:.3f}" if "p99_ms" in e else "–",
                     f"{e['throughput_per_s']:,.1f}" if "throughput_per_s" in e else "–",
-                    _ratio(e["p50_ms"], base_p50.get((latency_key(e), _measurement(e)))),
+                    "– (timing unreliable)" if shaky else _ratio(e["p50_ms"], base and base["p50_ms"]),
                     _measured(e),
                 ]
             )

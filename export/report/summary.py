@@ -34,3 +34,8 @@ def headline_latency(artifact: dict, device_name: str | None) -> dict | None:
         and not e.get("stale")
     ]
     return max(entries, key=lambda e: e["batch_size"]) if entries else None
+
+
+def unreliable(entry: dict | None) -> bool:
+    """A fresh latency entry whose spread or machine load makes it no basis for a claim."""
+    return bool(entry and entry.get("unreliable") and not entry.get("stale"))

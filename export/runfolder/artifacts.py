@@ -19,14 +19,14 @@ from compress.core import log
 from compress.core.errors import ModelpressError
 from compress.core.io import read_json, write_json_atomic
 from compress.core.untrusted import open_read, regular
-from compress.models.data import TaskData
+from compress.models.data import TaskData, flatten_inputs, take_rows
 from compress.models.evaluate import Evaluator
 from compress.recipe.schema import Recipe
 from export.measure.benchmark import benchmark_sessions, merge_latency
 from export.measure.edge import merge_support, provider_support, to_ort_format
 from export.measure.guardrail import flag_artifacts
 from export.onnx.exporter import export_onnx
-from export.onnx.runtime import default_threads, feed, make_session, ort_predictor
+from export.onnx.runtime import default_threads, feed, file_batch_size, make_session, ort_predictor
 from export.onnx.validate import compare_outputs
 
 
@@ -223,7 +223,9 @@ def measure_artifacts(
             value = f"{record['metric']['value']:.4f}" if "metric" in record else "not scored"
             log.info(f"measure {record['name']} ({provider}): {evaluator.name} {value}; {summary}")
     for record in measured:
-        check = provider_support(out_dir / record["path"], recipe.export.check_providers, feed(sample))
+        # One batch of the size the file takes: a fixed-shape file refuses any other row count.
+        rows = file_batch_size(out_dir / record["path"]) or int(flatten_inputs(sample)[1][0].shape[0])
+        check = provider_support(out_dir / record["path"], recipe.export.check_providers, feed(take_rows(sample, rows)))
         record["provider_support"] = merge_support(record.get("provider_support", []), check)
     flag_artifacts(records, out_dir, sample)
     for record in measured if unscored else []:

@@ -103,17 +103,6 @@ def test_a_measurement_beside_a_busy_thread_records_spread_and_load():
     assert result.cv >= 0 and result.load_before is not None and result.load_after is not None
 
 
-def test_unreliable_entries_are_named_in_the_report_summary():
-    from export.report.build import timing_warnings
-
-    entry = {"batch_size": 1, "provider": "CPUExecutionProvider", "cv": 0.4, "load_before": 1.5, "load_after": 2.0}
-    artifacts = [{"name": "q", "latency": [{**entry, "unreliable": True}, {**entry, "unreliable": False}]}]
-    assert timing_warnings(artifacts) == [
-        "q: latency at batch 1 on CPUExecutionProvider is unreliable "
-        "(cv 0.40, load per core 1.5 -> 2.0): re-measure idle"
-    ]
-
-
 def test_only_other_processes_cpu_makes_a_timing_unreliable(monkeypatch):
     """This process's own threads (a 2-thread session on 2 cores) are no competition; other processes are."""
     import export.measure.benchmark as benchmark
