@@ -34,10 +34,21 @@ def _nodes(graph):
 
 
 def _declared_bytes(tensor) -> int:
+    """The bytes ``tensor``'s shape and type take as ONNX stores them: sub-byte types (int4, uint4,
+    float4, int2, uint2) packed into whole bytes, the last one padded."""
     import onnx
 
+    count = math.prod(max(d, 0) for d in tensor.dims)
+    packed = {name: bits for name, bits in SUB_BYTE_BITS.items() if hasattr(onnx.TensorProto, name)}
+    bits = {getattr(onnx.TensorProto, name): b for name, b in packed.items()}.get(tensor.data_type)
+    if bits is not None:
+        return (count * bits + 7) // 8
     itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize if tensor.data_type else 1
-    return math.prod(max(d, 0) for d in tensor.dims) * itemsize
+    return count * itemsize
+
+
+# Element types narrower than a byte (names as onnx.TensorProto spells them; newer ones where defined).
+SUB_BYTE_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}
 
 
 def _external(tensor, path: Path) -> str | None:

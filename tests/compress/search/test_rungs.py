@@ -60,10 +60,15 @@ def make_search(tmp_path, run, spec: SearchSpec | None = None) -> Search:
 def test_a_crashed_trial_fails_alone_and_a_rerun_tries_it_again(tmp_path):
     calls = []
 
+    # the rerun resumes trials.jsonl, whose points must be the search's own files
+    baseline = tmp_path / "trials" / "base" / "compressed.onnx"
+    baseline.parent.mkdir(parents=True)
+    baseline.write_bytes(b"onnx")
+
     def crash(passes, batches, scheme_of):
         calls.append(passes)
         if not passes:
-            return record(passes, [point("compressed", 100)])
+            return record(passes, [point("compressed", 100, path="trials/base/compressed.onnx")])
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x3 and 4x5)\nmore")
 
     for _ in range(2):

@@ -59,8 +59,8 @@ def test_depth_candidates_drop_blocks_once_and_the_recipe_reproduces(tmp_path, m
     labels = [t["label"] for t in result.trials]
     assert labels == [
         "fp32 baseline",
+        "depth 0.5, distill 1 epochs",  # the safest candidate first
         "depth 0.5, heads 0.5, distill 1 epochs",
-        "depth 0.5, distill 1 epochs",
         "depth 0.5, heads 0.5, distill 2 epochs",
         "depth 0.5, distill 2 epochs",
     ]
