@@ -1,5 +1,6 @@
 """report.json follows its schema; report.md and report.html render every row; the summary recommends."""
 
+import copy
 import json
 
 import jsonschema
@@ -78,7 +79,9 @@ def stage(index, name, metric, nonzero):
 def make_report(artifacts=None):
     recipe = load_recipe({"name": "r", "passes": [{"pass": "magnitude_prune"}]})
     stages = [stage(0, "baseline", 1.0, 100), stage(1, "magnitude_prune", 0.98, 51)]
-    return build_report(recipe, stages, artifacts or [BASELINE, FAST, FASTEST_BUT_BAD, FAILED], ENV)
+    # deep copies: a test that edits its report must not edit the shared records other tests read
+    chosen = copy.deepcopy(artifacts or [BASELINE, FAST, FASTEST_BUT_BAD, FAILED])
+    return build_report(recipe, stages, chosen, ENV)
 
 
 def test_pareto_front_keeps_only_undominated_points():
