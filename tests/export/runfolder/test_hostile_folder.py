@@ -281,18 +281,23 @@ BOMBS = {
 }
 
 
+def report_peak(run, capfd) -> tuple[int, str, int]:
+    """``modelpress report run``: exit status, stderr, and the peak of Python's allocations meanwhile."""
+    tracemalloc.start()
+    try:
+        code, err = cli(["report", str(run)], capfd)
+        return code, err, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("bomb", BOMBS)
 @pytest.mark.parametrize("relative", ["artifacts/heldout.npz", "artifacts/compressed.reference.npz"])
 def test_an_npz_bomb_is_refused_from_its_headers_in_bounded_memory(case, bomb, relative, capfd):
     run, _, _ = case
     BOMBS[bomb](run / relative)
     vouch(run, relative)
-    tracemalloc.start()
-    try:
-        code, err = cli(["report", str(run)], capfd)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    code, err, peak = report_peak(run, capfd)
     refused(code, err, "not a readable .npz")
     assert peak < 200 << 20, f"{peak >> 20} MB"
 
@@ -307,12 +312,7 @@ def test_a_record_over_the_bound_is_refused_unread(case, capfd, relative):
     import export.runfolder.artifacts  # noqa: F401  (imported by report on the way: not counted below)
     import export.runfolder.integrity  # noqa: F401
 
-    tracemalloc.start()
-    try:
-        code, err = cli(["report", str(run)], capfd)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    code, err, peak = report_peak(run, capfd)
     refused(code, err, "over the 67108864-byte bound")
     assert peak < 32 << 20, f"{peak >> 20} MB"  # its 64 MB were never read
 
