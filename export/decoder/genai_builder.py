@@ -74,7 +74,11 @@ def build_fused(model: Any, path: Path | str, tokenizer: Any = None) -> DecoderO
     with tempfile.TemporaryDirectory(prefix="modelpress-builder-") as scratch:
         work = Path(scratch)
         folder, out = work / "hf", work / "out"
-        model.save_pretrained(str(folder), safe_serialization=True)
+        try:
+            model.save_pretrained(str(folder), safe_serialization=True)
+        except Exception as exc:  # noqa: BLE001  (transformers refuses some models, e.g. still marked quantized)
+            why = str(exc).splitlines()[0]
+            raise ExportError(f"the builder reads a saved folder and save_pretrained refused: {why}") from None
         (tokenizer or _placeholder_tokenizer(shape.vocab_size)).save_pretrained(str(folder))
         _run_builder(folder, out, work / "cache")
         graph = onnx.load(str(out / "model.onnx"))  # the weights come in from model.onnx.data

@@ -155,6 +155,10 @@ def build_decoder_variant(
     if int4_algorithms.ALGORITHMS[spec.algorithm].needs_calibration:
         raise ExportError(f"{spec.algorithm} calibrates on single forward passes; for a decoder choose "
                           "block_minimum, k_quant, hqq, rtn or default")  # fmt: skip
+    if spec.max_metric_drop is not None:
+        raise ExportError(f"{name}: a decoder's int4 has no per-node budget search; its floor is export.parity's "
+                          "quantized_min_top1_agreement (accuracy_level auto) and lm_head / block_precision keep "
+                          "weights wider: remove max_metric_drop from this variant and its pass")  # fmt: skip
     path = artifacts_dir(out_dir) / f"{name}.onnx"
     export = recipe.export
     with tempfile.TemporaryDirectory(prefix="modelpress-quant-") as scratch:
