@@ -117,6 +117,8 @@ def choose_levels(model: onnx.ModelProto, slots: dict[str, list[str]], measure, 
                 break
     top1 = round(top1, 5)
     reason = f"level {FAST_LEVEL} everywhere: top-1 {top1} >= {floor}"
+    if not chosen and top1 < floor:
+        reason = f"level {FAST_LEVEL} everywhere: no kind of weight gains top-1 at level {EXACT_LEVEL} (top-1 {top1})"
     if chosen:
         moved = ", ".join(chosen)
         reason = f"level {EXACT_LEVEL} for {moved} (top-1 {top1}, floor {floor}), level {FAST_LEVEL} elsewhere"
@@ -181,7 +183,7 @@ def build_decoder_variant(
                     rows -= len(inputs["input_ids"])
                 if rows <= 0:
                     break
-            floor = export.parity.quantized_min_top1_agreement + LEVEL_MARGIN
+            floor = round(export.parity.quantized_min_top1_agreement + LEVEL_MARGIN, 6)
             levels = choose_levels(model, _slots(plan.decisions), _top1_measure(torch_model, batches, work), floor)
             levels["split"] = split
             log.info(f"  {name}: accuracy levels: {levels['reason']}")
