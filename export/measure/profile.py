@@ -136,14 +136,18 @@ def _unfused_qdq_hint(model, reference, record: dict) -> str | None:
 
 
 def _nbits_level_hint(model, reference, record: dict) -> str | None:
-    levels = {
+    levels = [
         next((a.i for a in n.attribute if a.name == "accuracy_level"), 0)
         for n in model.graph.node
         if n.op_type == "MatMulNBits"
-    }
-    if not levels or levels == {4}:
+    ]
+    slow = sorted({level for level in levels if level < 4})
+    if not slow:
         return None
-    return "MatMulNBits with accuracy_level 0 dequantizes to fp32 before each matmul; set accuracy_level: 4"
+    share = f"{sum(level < 4 for level in levels)} of {len(levels)} MatMulNBits"
+    why = record.get("accuracy_levels", {}).get("reason")
+    chosen = f" (chosen for top-1: {why})" if why else "; set accuracy_level: 4"
+    return f"{share} at accuracy_level {', '.join(map(str, slow))} compute in fp32 (dequantized weights){chosen}"
 
 
 # What a file shows -> what to change. Every applicable hint is named; none is templated by scheme.
