@@ -73,6 +73,7 @@ def run(
     from export.runfolder.artifacts import convert_to_ort, export_artifacts, measure_torch_sources
     from export.runfolder.evidence import store_evidence
     from export.runfolder.generation import write_generation_folders
+    from export.runfolder.hub import write_hub_folder
 
     # From the recipe's validation on, every warning printed reaches the report (``collect_warnings``).
     with log.collect_warnings() as logged:
@@ -97,6 +98,9 @@ def run(
                 out, compressed, stage, variants, recipe, evaluator, data, job.example_inputs, result.model
             )
             outcome.artifacts = write_generation_folders(out, outcome.artifacts, floats, data.tokenizer)
+            outcome.artifacts = write_hub_folder(
+                out, outcome.artifacts, compressed, job.example_inputs, recipe, data.tokenizer
+            )
             if recipe.export.ort_format:
                 outcome.artifacts = convert_to_ort(out, recipe)
             # Files of equal bytes (baseline and compressed of a recipe that changed no weight, their

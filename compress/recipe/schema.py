@@ -106,6 +106,12 @@ class ExportSpec(StrictModel):
         description="a causal LM (a Hugging Face model that generates) is exported with its KV cache, in the "
         "onnxruntime-genai/Optimum signature, so the artifact can generate; false: one forward pass",
     )
+    hf_folder: bool = Field(
+        False,
+        description="also save the compressed transformers model as a Hugging Face folder (artifacts/compressed.hf, "
+        "a sentence-transformers folder for sentence encoders) with a model card; a cut no config describes is "
+        "said in one line",
+    )
     parity: ParitySpec = Field(default_factory=ParitySpec)
 
 
@@ -156,6 +162,8 @@ class Recipe(StrictModel):
         body = self.model_dump(mode="json", exclude={"passes"})
         if body["search"] is None:  # absent unless given: recipes (and their hashes) stay as they were
             del body["search"]
+        if not body["export"]["hf_folder"]:  # the same for the options of issue 31
+            del body["export"]["hf_folder"]
         return {**body, "passes": [p.to_dict() for p in self.passes]}
 
     def sha256(self) -> str:
