@@ -75,8 +75,9 @@ def _onnx_gap(path: Path, module: torch.nn.Module, inputs: dict[str, torch.Tenso
     return float(np.abs(session.run(None, feed)[0] - expected).max())
 
 
-def write_onnx_files(encoder: torch.nn.Module, folder: Path, inputs: dict[str, torch.Tensor], opset: int, int8: Any):
-    """``onnx/model.onnx`` (checked against torch in ONNX Runtime) and, when ``int8`` (the run's int8
+def write_onnx_files(encoder: torch.nn.Module, folder: Path, inputs: dict[str, torch.Tensor], export, int8: Any):
+    """``onnx/model.onnx`` (exported with the recipe's ``export`` opset and exporter, checked against torch
+    in ONNX Runtime) and, when ``int8`` (the run's int8
     dynamic variant spec, or None) is given, ``onnx/model_qint8_<cpu>.onnx`` quantized as that variant
     is. Returns the files' names relative to ``folder``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -88,7 +89,7 @@ def write_onnx_files(encoder: torch.nn.Module, folder: Path, inputs: dict[str, t
     fp32 = folder / "onnx" / "model.onnx"
     fp32.parent.mkdir(exist_ok=True)
     feed = {name: inputs[name] for name in ("input_ids", "attention_mask")}
-    export_onnx(module, feed, fp32, opset, output_name="last_hidden_state")
+    export_onnx(module, feed, fp32, export.opset, exporter=export.exporter, output_name="last_hidden_state")
     gap = _onnx_gap(fp32, module, feed)
     if not gap <= ONNX_PARITY_ATOL:
         raise ExportError(f"onnx/model.onnx differs from torch (max |diff| {gap:.2e} > {ONNX_PARITY_ATOL})")

@@ -49,7 +49,7 @@ def _build(staging: Path, model, example_inputs, recipe, tokenizer) -> tuple[Pat
         return made.path, facts
     facts["hf_folder_kind"] = "sentence-transformers"
     facts["hf_folder_files"] = write_onnx_files(
-        hf_model, staging / "st", example_inputs, recipe.export.opset, _int8_spec(recipe)
+        hf_model, staging / "st", example_inputs, recipe.export, _int8_spec(recipe)
     )
     return staging / "st", facts
 
