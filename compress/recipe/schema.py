@@ -115,6 +115,18 @@ class ExportSpec(StrictModel):
     parity: ParitySpec = Field(default_factory=ParitySpec)
 
 
+class MlflowSpec(StrictModel):
+    """Where ``report.mlflow`` logs each run (and each search trial, as a child run)."""
+
+    tracking_uri: str | None = Field(
+        None,
+        max_length=2000,
+        description="MLflow tracking URI (a server, sqlite:///..., a folder); default: $MLFLOW_TRACKING_URI, "
+        "else an SQLite store in the run folder (mlflow/)",
+    )
+    experiment: str | None = Field(None, max_length=500, description="MLflow experiment; default: the recipe name")
+
+
 class ReportSpec(StrictModel):
     batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_BATCH)]] = Field(
         default_factory=lambda: [1, 32], min_length=1, max_length=16
@@ -136,6 +148,9 @@ class ReportSpec(StrictModel):
 
     max_metric_drop: float = Field(
         0.01, ge=0, description="artifacts within this metric drop of the baseline qualify for the recommendation"
+    )
+    mlflow: MlflowSpec | None = Field(
+        None, description="log the run to MLflow (pip install modelpress[mlflow]); absent: off"
     )
 
 
@@ -164,6 +179,8 @@ class Recipe(StrictModel):
             del body["search"]
         if not body["export"]["hf_folder"]:  # the same for the options of issue 31
             del body["export"]["hf_folder"]
+        if body["report"]["mlflow"] is None:
+            del body["report"]["mlflow"]
         return {**body, "passes": [p.to_dict() for p in self.passes]}
 
     def sha256(self) -> str:

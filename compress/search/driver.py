@@ -66,6 +66,10 @@ def run_search(
     the same search into it skips the trials it finished.
     """
     recipe: Recipe = load_recipe(recipe if recipe is not None else {})
+    if recipe.report.mlflow is not None:
+        from export.hub.tracking import require_mlflow
+
+        require_mlflow()  # before any trial: a missing package is bad input
     if data is None:
         from compress.models.loading import load_data
 
@@ -123,6 +127,7 @@ def _search(
         summary = {**state, **ended, "status": "nothing chosen", "outcome": str(exc), "chosen": None}
         report_path = report.write_report(runner.out, summary, search.trials, spec)
         write_json_atomic(runner.out / STATE, summary)
+        _track(runner, summary, search.trials)
         raise NothingWithinBudget(f"{exc}; report: {report_path}") from None
     baseline["validation_metric"] = search.reference(search.validation_total)
     chosen["eval_metric"] = runner.eval_metric(chosen["path"])
@@ -144,6 +149,7 @@ def _search(
     }
     report_path = report.write_report(runner.out, summary, search.trials, spec)
     write_json_atomic(runner.out / STATE, summary)
+    _track(runner, summary, search.trials)
     speedup = chosen["final"]["speedup"]
     log.info(
         f"[bold]search[/bold] chose {chosen['label']}: {metric_name} {chosen['validation_metric']:.4f} "
@@ -152,6 +158,21 @@ def _search(
         f"recipe: {recipe_path}; report: {report_path}"
     )
     return SearchResult(runner.out, chosen, baseline, recipe_path, report_path, search.trials)
+
+
+def _track(runner: TrialRunner, summary: dict, trials: list[dict]) -> None:
+    """The search in MLflow (``report.mlflow``): a parent run, a child run per trial."""
+    spec = runner.recipe.report.mlflow
+    if spec is None:
+        return
+    from export.hub.tracking import log_search
+
+    try:
+        run_id = log_search(runner.out, spec, runner.recipe.name, summary, trials)
+    except Exception as exc:  # noqa: BLE001  (MLflow and its stores raise many types; the search's files stand)
+        log.warn(f"report.mlflow: search not logged ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+        return
+    log.info(f"mlflow: search run {run_id} with {len(trials)} trial runs")
 
 
 def search_recipe(source: str | Path, trust_checkpoint: bool = False, **options) -> SearchResult:

@@ -95,15 +95,22 @@ def card_text(report: dict, record: dict) -> str:
     )
 
 
-def write_model_cards(out_dir: Path, report: dict[str, Any]) -> list[Path]:
-    """Rewrite the README.md of every folder an artifact of ``report`` names (``hf_folder``)."""
-    written = []
+def card_folders(out_dir: Path, report: dict[str, Any]) -> list[tuple[str, Path]]:
+    """(artifact name, folder) of every folder an artifact of ``report`` names (``hf_folder``) that exists."""
+    found = []
     for record in report["artifacts"]:
         relative = record.get("hf_folder")
-        if not relative:
-            continue
-        folder = inside(out_dir, relative, f"artifact {record['name']} hf_folder")
-        if not no_link(folder, "a model folder"):
-            continue  # removed since: nothing to describe
-        written.append(write_text_atomic(folder / "README.md", card_text(report, record)))
-    return written
+        if relative:
+            folder = inside(out_dir, relative, f"artifact {record['name']} hf_folder")
+            if no_link(folder, "a model folder"):  # removed since: nothing to describe
+                found.append((record["name"], folder))
+    return found
+
+
+def write_model_cards(out_dir: Path, report: dict[str, Any]) -> list[Path]:
+    """Rewrite the README.md of every folder an artifact of ``report`` names (``hf_folder``)."""
+    records = {record["name"]: record for record in report["artifacts"]}
+    return [
+        write_text_atomic(folder / "README.md", card_text(report, records[name]))
+        for name, folder in card_folders(out_dir, report)
+    ]
