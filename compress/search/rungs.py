@@ -11,6 +11,7 @@ import time
 
 from compress.core import log
 from compress.core.errors import InputError, ModelpressError, OutputError, first_line
+from compress.core.progress import progress
 from compress.recipe.search_spec import SearchSpec
 from compress.search import outcome, strategy
 from compress.search.space import Space
@@ -98,7 +99,8 @@ class Search:
             if earlier is not None:
                 record = self.runner.rescore(earlier, effective)
             else:
-                record = self._run(passes, effective)
+                with progress(f"search trial {len(self.trials) + 1}: {label}"):  # its own lines are quieted
+                    record = self._run(passes, effective)
             record.update(rung=rung, refit=refit, resumed=False)
             self._note_baseline(passes, record)
             self._refuse_empty_cut(passes, record)
