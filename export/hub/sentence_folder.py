@@ -63,6 +63,8 @@ def save_sentence_transformer(hf_folder: Path, folder: Path, mode: str) -> None:
     transformer = Transformer(str(hf_folder), model_kwargs={"attn_implementation": "eager"})
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode=mode)
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
+    # Its generated card would describe training it never had; the report writes the card with the run's figures.
+    (folder / "README.md").unlink(missing_ok=True)
 
 
 def _onnx_gap(path: Path, module: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> float:
