@@ -32,6 +32,7 @@ def _latency_entries(artifact: dict, machine: str) -> list[dict]:
         if row.get("stale") or row.get("p50_ms") is None:
             continue  # a figure of another machine or an older file stays in report.json's history only
         where = f"{row.get('runtime')} {row.get('provider')}, {row.get('threads')} threads, {machine}"
+        where += ", unreliable: the machine was loaded" if row.get("unreliable") else ""  # as report.json flags it
         label = f"p50 latency ms, batch {row.get('batch_size')} ({artifact['name']}: {where})"
         entries.append(_entry("latency_p50_ms", artifact["name"], row["p50_ms"], label))
     return entries
