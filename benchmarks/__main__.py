@@ -14,6 +14,7 @@ SUITES = {
     "pruned-cnns": "benchmarks.pruned_cnns",
     "qat-digits": "benchmarks.qat_digits",
     "smollm2": "benchmarks.smollm2",
+    "smollm2-run": "benchmarks.smollm2_run",
 }
 
 
@@ -22,9 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", choices=sorted(SUITES))
     parser.add_argument("--quick", action="store_true", help="smoke mode: a few batches, few timing rounds")
     parser.add_argument("--out", default="reports/benchmarks", help="folder for <suite>.md/.json")
+    parser.add_argument("--run-folder", help="smollm2-run: the run folder of smollm2-int4.yaml")
     args = parser.parse_args(argv)
+    extra = {"run_folder": Path(args.run_folder)} if args.run_folder else {}
     with tempfile.TemporaryDirectory(prefix="modelpress-bench-") as work:
-        path = importlib.import_module(SUITES[args.suite]).run(Path(args.out), Path(work), quick=args.quick)
+        path = importlib.import_module(SUITES[args.suite]).run(Path(args.out), Path(work), quick=args.quick, **extra)
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0
 

@@ -170,8 +170,9 @@ def measure_and_report(
     from export.measure.environment import collect_environment
     from export.report.build import build_report, write_report
     from export.runfolder.artifacts import measure_artifacts
+    from export.runfolder.generation import measure_generation
 
-    artifacts = measure_artifacts(out, recipe, evaluator, data, unscored)
+    artifacts = measure_generation(out, recipe, measure_artifacts(out, recipe, evaluator, data, unscored))
     report = build_report(recipe, read_stages(out), artifacts, collect_environment(), logged or [], run_warnings)
     path = write_report(out, report)
     log.info(f"report: {path}, {path.with_suffix('.md')} and {path.with_suffix('.html')}")

@@ -158,4 +158,10 @@ def causal_lm(path: str | None = None, gguf_file: str | None = None) -> torch.nn
         model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise InputError(f"model: no causal LM in {path} ({str(exc).splitlines()[0]})") from None
+    if gguf_file:
+        # The weights are plain fp32 now; only the loader's marks still say "gguf", and they make
+        # save_pretrained refuse the model (which onnxruntime-genai's builder reads from a folder).
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     return model.eval()

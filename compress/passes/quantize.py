@@ -99,7 +99,11 @@ class OnnxQuantSpec(StrictModel):
     exclude_ops: ONNX op types left in float.
     block_size: int4 weights per scale.
     symmetric: int4 without zero points (refused for ``k_quant`` and ``hqq``, which always write them).
-    accuracy_level: MatMulNBits' compute type: 4 = int8 compute (fastest on CPU), 0 = dequantize to fp32.
+    accuracy_level: MatMulNBits' compute type: 4 = int8 compute (fastest on CPU), 0 = dequantize to fp32;
+        ``auto`` (decoders with their KV cache): level 4, with the kinds of weight whose top-1 suffers most at
+        level 4 moved to 1 until the parity floor holds (``export/quantize/decoder_variant.py``).
+    lm_head: a decoder's LM head: ``quantize`` (at the variant's 4 bits), ``int8`` or ``float``.
+    block_precision: a decoder's transformer blocks kept at ``int8`` or ``float``, by index (-1 = the last).
     algorithm: int4 weight-only algorithm of ONNX Runtime: ``default`` (blockwise round-to-nearest),
         ``rtn``, ``k_quant``, ``hqq``, ``gptq`` (calibrated on ``calibration.samples`` rows); which the
         installed ONNX Runtime ships is checked when the pass runs (``export/quantize/int4_algorithms.py``).
@@ -127,7 +131,9 @@ class OnnxQuantSpec(StrictModel):
     exclude_ops: list[str] = Field(default_factory=list)
     block_size: ORT_BLOCK_SIZES = 64
     symmetric: bool = False
-    accuracy_level: Literal[0, 1, 2, 3, 4] = 4
+    accuracy_level: Literal[0, 1, 2, 3, 4, "auto"] = 4
+    lm_head: Literal["quantize", "int8", "float"] = "quantize"
+    block_precision: dict[int, Literal["int8", "float"]] = Field(default_factory=dict)
     algorithm: str = Field("default", pattern=r"^[a-z0-9_]+$")
     gptq: GptqSpec = Field(default_factory=GptqSpec)
     quantize_embeddings: bool = True

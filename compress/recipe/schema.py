@@ -112,6 +112,12 @@ class ExportSpec(StrictModel):
         "a sentence-transformers folder for sentence encoders) with a model card; a cut no config describes is "
         "said in one line",
     )
+    decoder_graph: Literal["auto", "genai_builder", "torch"] = Field(
+        "auto",
+        description="the graph of a decoder with its cache: genai_builder = onnxruntime-genai's builder "
+        "(GroupQueryAttention, fused norms; faster), torch = torch's exporter; auto: the builder where it knows "
+        "the family and matches torch, else torch",
+    )
     parity: ParitySpec = Field(default_factory=ParitySpec)
 
 
@@ -127,6 +133,17 @@ class MlflowSpec(StrictModel):
     experiment: str | None = Field(None, max_length=500, description="MLflow experiment; default: the recipe name")
 
 
+class GenerationSpec(StrictModel):
+    """The generation benchmark of decoders (``export/measure/generation.py``): every passed artifact with an
+    onnxruntime-genai folder generates ``new_tokens`` greedy tokens after a ``prompt_tokens`` prompt at each
+    of the report's batch sizes, the rows taking turns for ``rounds`` rounds."""
+
+    enabled: bool = True
+    prompt_tokens: int = Field(64, ge=1, le=32_768)
+    new_tokens: int = Field(32, ge=2, le=4096)
+    rounds: int = Field(5, ge=1, le=1000)
+
+
 class ReportSpec(StrictModel):
     batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_BATCH)]] = Field(
         default_factory=lambda: [1, 32], min_length=1, max_length=16
@@ -135,6 +152,7 @@ class ReportSpec(StrictModel):
     iterations: int = Field(100, ge=1, le=100_000)
     max_seconds: float = Field(5.0, gt=0, le=3600, description="time budget per measurement")
     threads: int | None = Field(None, ge=1, le=1024, description="ONNX Runtime intra-op threads; default: all cores")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
 
     @field_validator("threads")
     @classmethod

@@ -7,9 +7,10 @@ builder writes (``onnxruntime_genai/models/builders/base.py: make_genai_config``
 ``model.decoder`` names the inputs and the ``%d`` patterns of past/present, gives the head counts
 and sizes, ``model`` the special token ids, ``search`` the generation defaults.
 
-``past_present_share_buffer`` is false: our graph concatenates past and new keys (present grows
-by the new tokens), whereas a shared buffer needs a fixed-size cache updated in place, which only
-GroupQueryAttention graphs provide.
+``past_present_share_buffer`` is true only for a graph with GroupQueryAttention (the builder's,
+``genai_builder``), which updates a fixed-size cache in place, as the builder's own config says;
+torch's graph concatenates past and new keys (present grows by the new tokens) and needs it false.
+The decoder's input names are read from the file, so either graph is described as it is.
 """
 
 import json
@@ -69,7 +70,7 @@ def _decoder_section(decoder: DecoderOnnx, shape: DecoderShape) -> dict[str, Any
     }
 
 
-def _search_section(generation_config: Any, context_length: int) -> dict[str, Any]:
+def _search_section(generation_config: Any, context_length: int, share_buffer: bool = False) -> dict[str, Any]:
     search = {key: getattr(generation_config, key, None) for key in SEARCH_DEFAULTS}
     search = {key: default if search[key] is None else search[key] for key, default in SEARCH_DEFAULTS.items()}
     return {
@@ -77,7 +78,7 @@ def _search_section(generation_config: Any, context_length: int) -> dict[str, An
         "early_stopping": True,
         "max_length": context_length,
         "min_length": 0,
-        "past_present_share_buffer": False,  # see the module docstring
+        "past_present_share_buffer": share_buffer,  # see the module docstring
     }
 
 
@@ -89,7 +90,9 @@ def _first_set(attribute: str, *sources: Any) -> Any:
     return None
 
 
-def genai_config(decoder: DecoderOnnx, config: Any, generation_config: Any = None) -> dict[str, Any]:
+def genai_config(
+    decoder: DecoderOnnx, config: Any, generation_config: Any = None, share_buffer: bool = False
+) -> dict[str, Any]:
     """The genai_config.json content for ``decoder`` exported from a model with ``config``."""
     shape = decoder_shape(config)
     text = text_config(config)
@@ -109,7 +112,7 @@ def genai_config(decoder: DecoderOnnx, config: Any, generation_config: Any = Non
             "type": genai_type(shape.model_type),
             "vocab_size": shape.vocab_size,
         },
-        "search": _search_section(generation_config, shape.context_length),
+        "search": _search_section(generation_config, shape.context_length, share_buffer),
     }
 
 
@@ -153,8 +156,13 @@ def genai_folder_for(onnx_path: Path, folder: Path, model: Any, tokenizer: Any =
     data = onnx_path.with_name(onnx_path.name + ".data")
     if data.exists():  # the graph names its data file by the artifact's name: keep that name
         _link(data, folder / data.name)
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False)
     decoder = DecoderOnnx.of(folder / "model.onnx", model, opset=0)  # the opset is not read by the config
-    config = genai_config(decoder, model.config, getattr(model, "generation_config", None))
+    decoder = DecoderOnnx(**{**decoder.__dict__, "input_names": tuple(value.name for value in graph.graph.input)})
+    share = any(node.op_type == "GroupQueryAttention" for node in graph.graph.node)
+    config = genai_config(decoder, model.config, getattr(model, "generation_config", None), share)
     (folder / "genai_config.json").write_text(json.dumps(config, indent=4) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))

@@ -66,6 +66,13 @@ def decoding_parity(model: torch.nn.Module, session: Any, inputs: dict, steps: i
     (``input_ids`` and ``attention_mask``): prefill, then ``steps`` greedy steps, as a record."""
     ids, mask = inputs["input_ids"][:rows], inputs.get("attention_mask")
     mask = torch.ones_like(ids) if mask is None else mask[:rows]
+    lengths = mask.long().sum(-1)
+    if bool((mask.long().cumsum(-1).max(-1).values == lengths).all()) and bool((mask[:, 0] == 1).all()):
+        # right padded: cut to the shortest row. A decoding step after right padding has no common
+        # layout (torch appends the new key after the pads, GroupQueryAttention writes it after the
+        # row's last real token), so the steps are compared on rows without padding.
+        shortest = int(lengths.min())
+        ids, mask = ids[:, :shortest], mask[:, :shortest]
     return generation_parity(model, session, ids, mask, steps).to_dict()
 
 

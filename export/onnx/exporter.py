@@ -245,6 +245,7 @@ def export_onnx(
     *args: Any,
     exporter: str = "auto",
     kv_cache: bool = False,
+    decoder_graph: str = "torch",
     **kwargs: Any,
 ) -> tuple[OnnxModel, dict]:
     """``to_onnx`` with the exporter choice; returns the file and the facts of which exporter made it.
@@ -253,14 +254,15 @@ def export_onnx(
     traces one concrete run and so survives what torch.export refuses (data-dependent branches,
     views over non-contiguous strides in windowed attention). Both failing raises both causes.
     With ``kv_cache``, a causal LM is exported with its cache (``export.decoder``: one graph for the
-    prefill and each decoding step, dynamic axes), the rest as above.
+    prefill and each decoding step, dynamic axes) by ``decoder_graph`` (``export.decoder.graphs``),
+    the rest as above.
     """
     if kv_cache and generates(model):
-        from export.decoder.kv_export import export_decoder
+        from export.decoder.graphs import export_with_cache
 
-        made = export_decoder(model, path, opset=opset)
+        made, facts = export_with_cache(model, path, opset, decoder_graph)
         names = list(made.input_names), list(made.output_names)
-        return OnnxModel(path, *names, opset), {"exporter": "dynamo", "kv_cache": True}
+        return OnnxModel(path, *names, made.opset), {**facts, "kv_cache": True}
     args = (opset, *args)
     if exporter != "auto":
         return to_onnx(model, example_inputs, path, *args, exporter=exporter, **kwargs), {"exporter": exporter}

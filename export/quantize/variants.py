@@ -94,6 +94,7 @@ def _prepare(spec, torch_model, recipe: Recipe, example_inputs, work: Path) -> t
         export.output_name,
         exporter=spec.exporter,
         kv_cache=export.kv_cache,
+        decoder_graph=export.decoder_graph,
     )
     if "exporter_fallback" in made_by:
         log.warn(f"  fp32 source exported with TorchScript ({made_by['exporter_fallback']})")
@@ -238,8 +239,17 @@ def _build_qat_variant(spec, name, models, *args) -> dict:
 BUILDERS = {"int8_qat": _build_qat_variant}
 
 
-def _build_ptq_variant(spec, name, models, *args) -> dict:
-    return build_variant(spec, name, models["float"], *args)
+def _build_ptq_variant(spec, name, models, recipe, *args) -> dict:
+    from export.onnx.exporter import generates
+
+    if spec.scheme == "int4" and recipe.export.kv_cache and generates(models["float"]):
+        from export.quantize.decoder_variant import build_decoder_variant
+
+        return build_decoder_variant(spec, name, models["float"], recipe, *args)
+    if spec.accuracy_level == "auto" or spec.lm_head != "quantize" or spec.block_precision:
+        raise ExportError(f"{name}: accuracy_level auto, lm_head and block_precision apply to int4 decoders "
+                          "exported with their KV cache; remove them")  # fmt: skip
+    return build_variant(spec, name, models["float"], recipe, *args)
 
 
 def export_quantized(

@@ -123,11 +123,14 @@ def export_artifacts(
                     spec.output_name,
                     exporter=spec.exporter,
                     kv_cache=spec.kv_cache,
+                    decoder_graph=spec.decoder_graph,
                     external_data=spec.external_data,
                 )
             record.update(made_by)
             if "exporter_fallback" in made_by:
                 log.warn(f"  {name}: exported with TorchScript ({made_by['exporter_fallback']})")
+            if "decoder_graph_fallback" in made_by:
+                log.info(f"  {name}: torch's decoder graph ({made_by['decoder_graph_fallback']})")
             record.update(graph_facts(path), **file_facts(path))
             session = make_session(path)
             with progress(f"checking {name} against torch"):

@@ -169,3 +169,31 @@ def test_block_minimum_packs_every_matmul_on_the_integer_path_and_rounds_closer_
     # random weights sit on no grid: asymmetric rounding, closer than symmetric (measured +0.6% vs +3.4%)
     gap = {name: abs(scores[name].perplexity / scores["torch"].perplexity - 1) for name in ("minimum", "default")}
     assert gap["minimum"] < gap["default"] and scores["minimum"].top1_agreement >= 0.5  # measured 0.61
+
+
+def test_a_tied_8_bit_head_lends_its_bytes_to_the_embedding(tmp_path):
+    from export.decoder.perplexity import language_scores as scores_of
+    from export.quantize.decoder import SHARED_EMBEDDING
+
+    model = wide_llama(tie=True)
+    decoder = export_decoder(model, tmp_path / "fp32.onnx")
+    record = quantize_decoder(decoder.path, tmp_path / "int8.onnx", DecoderQuantSpec(bits=8, accuracy_level=1))
+    embedding = next(d for d in record.decisions if d.role == "embedding")
+    assert record.tied_lm_head and (embedding.precision, embedding.reason) == ("int8", SHARED_EMBEDDING)
+    graph = onnx.load(record.path).graph
+    (gather,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    producers = {out: n for n in graph.node for out in n.output}
+    codes, scales = (producers[name].input[0] for name in gather.input[:3:2])  # through a Reshape each
+    (head,) = [n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1] == codes]
+    # the LM head's own codes and scales, not copies; its implied zero point (128, symmetric) written out
+    assert head.input[2] == scales and {a.name: a.i for a in head.attribute}["N"] == model.config.vocab_size
+    assert {a.name: a.i for a in gather.attribute}["bits"] == 8
+    vocab, hidden = model.config.vocab_size, model.config.hidden_size
+    assert not [
+        i for i in graph.initializer if list(i.dims) == [vocab, hidden] and i.data_type == onnx.TensorProto.FLOAT
+    ]
+    # an 8-bit table is nearly exact: the file agrees with torch on the teacher-forced tokens
+    scores = scores_of(
+        {"torch": torch_logits(model), "int8": onnx_logits(onnx_session(record.path))}, text_batches(), "torch"
+    )
+    assert scores["int8"].top1_agreement >= 0.95
