@@ -17,7 +17,7 @@ import torch
 
 from compress.core import log
 from compress.core.errors import InputError
-from compress.core.io import ensure_writable, read_json, set_active_folder, write_json_atomic
+from compress.core.io import ensure_writable, set_active_folder, write_json_atomic
 from compress.engine import folder
 from compress.engine.job import run_identity
 from compress.models.data import as_task_data
@@ -30,7 +30,7 @@ from compress.search.search_folder import STATE, claim, measured_on
 from compress.search.space import Space, build_space
 from compress.search.study import Study, shown_url, storage_url
 from compress.search.trials import TrialRunner
-from compress.search.workers import Guard, Queue, start_local, stop_local, work
+from compress.search.workers import Guard, Queue, folder_id, start_local, stop_local, wait_ready, work
 
 __all__ = ["NothingWithinBudget", "SearchResult", "run_search", "search_recipe"]
 
@@ -130,10 +130,12 @@ def local_workers(study: Study, count: int, payload: tuple, url: str, out: Path)
     share = max(1, (os.cpu_count() or 1) // count)
     study.set("status", "running")
     study.set("workers", count)
+    study.set("folder", folder_id(out))  # a worker joining in this folder shares its files and its timing lock
     processes = start_local(count - 1, payload, url, out, share) if count > 1 else []
     if processes:
         log.info(f"search: {count} workers on this machine (this process and {len(processes)} more)")
         torch.set_num_threads(share)
+        wait_ready(study, processes)
     try:
         yield
     finally:
@@ -147,10 +149,8 @@ def joined(runner: TrialRunner, identity: dict, storage: str, force: bool) -> in
     the cheap rungs' tasks, timed beside a baseline exported here. Returns how many trials it ran."""
     out = runner.out
     study = Study(storage_url(storage, out), identity, create=False)
-    state = read_json(out / STATE) if (out / STATE).exists() else None
-    same_folder = isinstance(state, dict) and state.get("identity") == identity and state.get("status") != "worker"
-    runner.guard = Guard(out) if out.is_dir() else None
-    if same_folder:
+    if study.get("folder") == folder_id(out):  # the search's own folder: its lock is the search's
+        runner.guard = Guard(out)
         ran = work(study, runner, lambda task: True)
     else:
         ensure_writable(out)

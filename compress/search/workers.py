@@ -185,6 +185,9 @@ def admitted(seconds_left: float, estimate: float, count: int, workers: int) -> 
 
 def work(study, runner, accepts, own_baseline: str | None = None) -> int:
     """A joining worker: take tasks until the search ends; how many it ran."""
+    from compress.search.study import machine
+
+    study.set(f"ready {machine()}", True)  # a local worker's search queues nothing before this
     ran = 0
     while study.get("status") == "running":  # "ended": the search chose, or stopped
         claimed = study.claim(accepts)
@@ -209,6 +212,18 @@ def start_local(count: int, payload: tuple, url: str, out: Path, threads: int) -
     for process in processes:
         process.start()
     return processes
+
+
+def wait_ready(study, processes: list) -> None:
+    """Until each local worker has joined the study (or died): the first queued trials then go to all of them,
+    rather than to this process while the others still import torch."""
+    host = socket.gethostname()
+    while True:
+        ready = {key for key in study.study.user_attrs if key.startswith("ready ")}
+        alive = [p for p in processes if p.is_alive()]
+        if all(f"ready {host}/{p.pid}" in ready for p in alive):
+            return
+        time.sleep(POLL)
 
 
 def stop_local(processes: list) -> None:
