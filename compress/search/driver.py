@@ -88,7 +88,8 @@ def run_search(
     data = as_task_data(data)
     metric = evaluator or recipe.task.metric
     resolved = resolve_evaluator(metric, search_dir)
-    out = Path(out_dir or Path("searches") / recipe.name)
+    local_join = join is not None and "://" not in join  # --join searches/x: a worker in that folder
+    out = Path(out_dir or (join if local_join else Path("searches") / recipe.name))
     without_search = recipe.model_copy(update={"search": None})
     identity = {
         "run": run_identity(without_search, model, data),
@@ -108,7 +109,7 @@ def run_search(
         with log.run_log(out):
             url = storage_url(storage, out)
             directions = ["minimize", "maximize" if resolved.higher_is_better else "minimize"]
-            study = Study(url, identity, create=True, directions=directions)
+            study = Study(url, identity, create=True, directions=directions, metric=resolved.name)
             space = build_space(model, recipe, spec, spec.max_drop * strategy.point_size(resolved.name))
             for line in space.describe():
                 log.info(f"search: {line}")

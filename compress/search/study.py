@@ -106,7 +106,9 @@ def shown_url(url: str) -> str:
 class Study:
     """One search's Optuna study: records read back, trials queued, claimed and told."""
 
-    def __init__(self, url: str, identity: dict, create: bool, directions: list[str] | None = None):
+    def __init__(
+        self, url: str, identity: dict, create: bool, directions: list[str] | None = None, metric: str = "metric"
+    ):
         optuna = _optuna()
         self.url, self.name = url, study_name(identity)
         try:
@@ -131,6 +133,7 @@ class Study:
         shared = self.study.user_attrs.get("identity")
         if create and shared is None:
             self.study.set_user_attr("identity", identity)
+            self.study.set_metric_names(["cost (1/speed-up or bytes)", metric])  # optuna-dashboard's axes
         elif not create and not _same_inputs(shared, identity):
             raise OutputError(f"{shown_url(url)}: study {self.name} searches other inputs; check the recipe and data")
 
@@ -228,11 +231,13 @@ class Study:
         """Fail the trials of workers that stopped beating; Optuna's callback queues them again."""
         _optuna().storages.fail_stale_trials(self.study)
 
-    def pending(self, key: str) -> bool:
-        """Whether a trial of ``key`` waits or runs (queued by this search, or a retry of a dead worker's)."""
+    def pending(self, key: str) -> int | None:
+        """The number of a trial of ``key`` that waits or runs (queued by this search, by an interrupted run
+        of it, or a retry of a dead worker's), else None."""
         optuna = _optuna()
         states = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
-        return any((t.user_attrs.get("task") or {}).get("key") == key for t in self.trials(states=states))
+        numbers = [t.number for t in self.trials(states=states) if (t.user_attrs.get("task") or {}).get("key") == key]
+        return min(numbers) if numbers else None
 
 
 def _same_inputs(shared: object, identity: dict) -> bool:

@@ -152,8 +152,11 @@ class Queue:
         """Queue ``tasks`` and work the queue until each has a fresh record: key -> record."""
         since = max((t.number for t in self.study.trials()), default=-1) + 1
         for task in tasks:
-            if not self.study.pending(task["key"]):  # a retry of a dead worker's trial may be queued already
+            queued = self.study.pending(task["key"])  # by an interrupted run, or a retry of a dead worker's
+            if queued is None:
                 self.study.enqueue({**task, "objective": self.objective}, task["rung"])
+            else:
+                since = min(since, queued)  # its record, when it comes, is this run's
         keys = [task["key"] for task in tasks]
         accepts = lambda task: True  # noqa: E731  (this folder holds every file a task needs)
         while True:
@@ -167,7 +170,7 @@ class Queue:
                 continue
             self.study.fail_stale()
             for key in missing:
-                if not self.study.pending(key) and key not in self.study.records(include_crashed=True, since=since):
+                if self.study.pending(key) is None and key not in self.study.records(include_crashed=True, since=since):
                     # no retry left: Optuna's callback stops after RETRIES; the trial killed its workers
                     task = next(t for t in tasks if t["key"] == key)
                     error = "its worker died each time it ran it (killed, or out of memory?)"

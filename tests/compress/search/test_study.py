@@ -69,7 +69,9 @@ def test_two_workers_and_a_joining_one_share_a_postgres_study_each_trial_once(da
     for record in records:
         by_process.setdefault(record["worker"].rsplit("/", 1)[1], []).append(record)
     assert len(by_process) == 3, sorted(by_process)  # the search's process, its local worker, the joined one
-    remote = by_process[str(joined.pid)]
-    assert remote and all(r["remote"] and r["validation_batches"] == 1 for r in remote)  # cheap rungs only
+    remote = [t for t in trials if t.user_attrs.get("worker", "").endswith(f"/{joined.pid}")]
+    assert remote and all(t.params["rung"] == 0 and t.user_attrs["record"]["remote"] for t in remote), [
+        (t.params, t.user_attrs.get("record")) for t in remote
+    ]  # the cheap rung only, its files left in its own folder
     assert not (tmp_path / "elsewhere" / "study.db").exists() and (tmp_path / "search" / "recipe.yaml").is_file()
     assert "secret" not in shown_url("postgresql://user:secret@host/db")  # messages and reports hide a password
