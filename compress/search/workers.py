@@ -157,11 +157,19 @@ class Queue:
                 self.study.enqueue({**task, "objective": self.objective}, task["rung"])
             else:
                 since = min(since, queued)  # its record, when it comes, is this run's
-        keys = [task["key"] for task in tasks]
+        keys, told = [task["key"] for task in tasks], set()
         accepts = lambda task: True  # noqa: E731  (this folder holds every file a task needs)
         while True:
             records = self.study.records(include_crashed=True, since=since)
             missing = [key for key in keys if key not in records]
+            for task in tasks if len(tasks) > 1 else []:  # the rung's progress as trials end, in any order
+                if task["key"] in records and task["key"] not in told:
+                    told.add(task["key"])
+                    done = records[task["key"]]
+                    log.info(
+                        f"search: {len(told)}/{len(tasks)} done: {task.get('label', '')} by "
+                        f"{done.get('worker', '?')}, {done.get('seconds', 0):.0f} s"
+                    )
             if not missing:
                 return {key: records[key] for key in keys}
             claimed = self.study.claim(accepts)
