@@ -75,3 +75,35 @@ def test_two_workers_and_a_joining_one_share_a_postgres_study_each_trial_once(da
     ]  # the cheap rung only, its files left in its own folder
     assert not (tmp_path / "elsewhere" / "study.db").exists() and (tmp_path / "search" / "recipe.yaml").is_file()
     assert "secret" not in shown_url("postgresql://user:secret@host/db")  # messages and reports hide a password
+
+
+def test_a_trial_queued_by_an_interrupted_run_is_run_once_by_the_rerun(tmp_path):
+    from compress.recipe.schema import load_recipe
+    from compress.search.trials import trial_key
+    from tests.compress.search.test_rungs import PASSES, make_search, point, record
+    from tests.export.runfolder.test_hostile_folder import hang_guard
+
+    calls = []
+    for name in ("1", "2"):  # a resumed record's points must be files of the folder's trials/
+        (tmp_path / "trials" / name).mkdir(parents=True)
+        (tmp_path / "trials" / name / "compressed.onnx").write_bytes(b"onnx")
+
+    def run(passes, batches, scheme_of):
+        calls.append(passes)
+        path = f"trials/{len(calls)}/compressed.onnx"
+        return record(passes, [point("compressed", 100 - 40 * bool(passes), path=path)])
+
+    passes = [*PASSES, {"pass": "quantize"}]
+    key = trial_key(passes, None, load_recipe({}).seed)
+    search = make_search(tmp_path, run)
+    search.trial([], None, "fp32 baseline", None)
+    study = search.queue.study
+    task = {"key": key, "passes": passes, "validation_batches": None, "scheme_of": {}, "baseline": None}
+    study.enqueue({**task, "objective": "size"}, 0)  # queued, then the search was killed before it ran
+    rerun = make_search(tmp_path, run)
+    assert rerun.trial([], None, "fp32 baseline", None)["resumed"]
+    with hang_guard():  # a rerun that waited for a record newer than the queued trial would never end
+        got = rerun.trial(passes, None, "prune 0.5, quantized", 0)
+    assert got["key"] == key and not got["resumed"] and calls == [[], passes]
+    queued = [t for t in study.trials() if t.user_attrs.get("task", {}).get("key") == key]
+    assert [t.state.name for t in queued] == ["COMPLETE"]  # run once, from the queue it was left in

@@ -106,3 +106,37 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path, monkeypatch):
     data = vector_data()
     predict = rerun_artifact(mlp(), result, data, held_accuracy, tmp_path / "again")
     assert held_accuracy(predict, data.batches(data.resolve("validation"))) == chosen["validation_metric"]
+
+
+def test_timing_waits_for_the_work_under_way_and_new_work_waits_for_the_timing(tmp_path):
+    from compress.search.workers import Guard
+
+    trainer, timer, late = Guard(tmp_path), Guard(tmp_path), Guard(tmp_path)  # three workers' descriptors
+    events = []
+
+    def time_it():
+        with timer.timing():
+            events.append("timing")
+            ended.wait()
+        events.append("timed")
+
+    def work_late():
+        with late.working():
+            events.append("late work")
+
+    ended = threading.Event()
+    with trainer.working():
+        timing = threading.Thread(target=time_it)
+        timing.start()
+        timing.join(0.5)
+        assert events == []  # the timing waits while a worker trains
+        blocked = threading.Thread(target=work_late)
+        blocked.start()
+        blocked.join(0.5)
+        assert events == []  # the gate is closed to new work while a timing waits
+    timing.join(0.5)
+    assert events == ["timing"]  # the training ended: the timing has the machine, new work still waits
+    ended.set()
+    timing.join()
+    blocked.join()
+    assert events == ["timing", "timed", "late work"]
