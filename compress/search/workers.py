@@ -122,7 +122,7 @@ def run_claimed(study, runner, claimed, own_baseline: str | None = None) -> None
     """Run a claimed trial with a heartbeat and tell the study; an interrupted one is told failed (a rerun
     of the search queues it again)."""
     trial_id, number, task = claimed
-    runner.baseline_path = own_baseline or task["baseline"]
+    previous, runner.baseline_path = runner.baseline_path, own_baseline or task["baseline"]
     try:
         with study.heartbeat(trial_id):
             record = execute(runner, task, remote=own_baseline is not None)
@@ -130,6 +130,8 @@ def run_claimed(study, runner, claimed, own_baseline: str | None = None) -> None
         with contextlib.suppress(Exception):
             study.finish(trial_id, number, None, None)
         raise
+    finally:
+        runner.baseline_path = previous  # the search's own, which the task's only repeats
     study.finish(trial_id, number, record, None if record.get("crashed") else values(record, task["objective"]))
 
 
