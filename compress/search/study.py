@@ -1,13 +1,18 @@
 """The search's record: an Optuna study (issue 30). Optuna owns storage, the trial queue and dead workers.
 
-Every trial is an Optuna trial: its params are the candidate (for optuna-dashboard), its user
-attributes the task a worker runs (``task``: passes, validation batches, the baseline to time
-beside) and, once run, the modelpress record (``record``: points with metric, size, latency and
-the baseline's latency timed beside them). Its values are the cheapest scored point's cost and
-metric, so the dashboard draws the front. modelpress keeps what Optuna has no equivalent for: the
-rungs, promotion with measured slack and the one-at-a-time finalists (``rungs``); it drives the
-study by ask/tell of fixed candidates: ``enqueue`` adds WAITING trials, ``claim`` takes one the
-way ``Study.ask`` pops its queue (a state change only one process wins), ``finish`` tells it.
+Every trial is an Optuna trial: its param is its rung, its user attributes the candidate's label
+and the task a worker runs (``task``: passes, validation batches, the baseline to time beside)
+and, once run, the modelpress record (``record``: points with metric, size, latency and the
+baseline's latency timed beside them, the worker, the seconds). Its values are the cheapest scored
+point's cost and metric, so optuna-dashboard draws the front. modelpress keeps what Optuna has no
+equivalent for: the rungs, promotion with measured slack and the one-at-a-time finalists
+(``rungs``, ``strategy``). Optuna's SuccessiveHalvingPruner stops a trial by its intermediate
+values against others' at the same step; a rung here ranks whole trials by their cheapest point
+within the accuracy budget (plus a slack the finalists then measure), which no Optuna pruner or
+sampler does, and the space is a short list of discrete candidates, all tried, so no sampler
+chooses them. The search drives the study by ask/tell of fixed candidates: ``enqueue`` adds
+WAITING trials, ``claim`` takes one the way ``Study.ask`` pops its queue (a state change only one
+process wins), ``finish`` tells it.
 
 Storage: ``study.db`` (SQLite, no server) in the search folder by default, any Optuna RDB URL with
 ``--storage`` (PostgreSQL for several machines). A worker records a heartbeat while it runs a
