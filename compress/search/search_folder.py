@@ -27,6 +27,7 @@ OURS = (
     "plots",
     ".search-gate.lock",  # ``workers.Guard``: timing waits for the other workers of this machine
     ".search-timing.lock",
+    ".search-claim.lock",  # ``study.Study.claim``: SQLite's claims one process at a time
 )
 # The plots a search draws (``report._plots``): the only files of plots/ that --force removes.
 PLOTS = ("plots/metric_vs_latency.png", "plots/metric_vs_size.png")

@@ -41,7 +41,10 @@ STUDY_FILE = "study.db"
 SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
 # A worker beats every HEARTBEAT s while it runs a trial; one silent for GRACE s is dead and its trial
 # goes back to the queue (at most RETRIES times: a trial that kills every worker is recorded as failed).
-HEARTBEAT, GRACE, RETRIES = 2, 10, 2
+# GRACE is generous: on a loaded 2-core machine a beat can wait seconds for the GIL; a worker that was
+# only late keeps its work (``finish``).
+HEARTBEAT, GRACE, RETRIES = 2, 30, 2
+CLAIM_LOCK = ".search-claim.lock"  # beside study.db: one SQLite claim at a time (``Study._claiming``)
 SQLITE_TIMEOUT = 120  # seconds a writer waits for another process's transaction on study.db
 
 
@@ -183,12 +186,39 @@ class Study:
         )
         self.study.add_trial(trial)
 
+    @contextlib.contextmanager
+    def _claiming(self):
+        """SQLite has no row lock (Optuna's ``FOR UPDATE`` is a no-op there): two processes could both move
+        one WAITING trial to RUNNING. Its workers share one folder, so a file lock there makes a claim
+        one process's at a time; a server (PostgreSQL) locks the row itself."""
+        if not self.url.startswith("sqlite:///"):
+            yield
+            return
+        import fcntl
+
+        from compress.core.untrusted import open_lock
+
+        fd = open_lock(Path(self.url[len("sqlite:///") :]).parent / CLAIM_LOCK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def claim(self, accepts) -> tuple[int, int, dict] | None:
         """A waiting trial whose task ``accepts`` takes, now RUNNING for this process: (id, number, task)."""
+        with self._claiming():
+            return self._claim(accepts)
+
+    def _claim(self, accepts) -> tuple[int, int, dict] | None:
         optuna = _optuna()
         for trial in self.trials(states=(optuna.trial.TrialState.WAITING,)):
             task = trial.user_attrs.get("task")
             if not isinstance(task, dict) or not accepts(task):
+                continue
+            if task.get("key") in self.records():  # a retry of a trial whose worker was late, not dead
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    self.storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
                 continue
             try:
                 if self.storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.RUNNING):
@@ -221,10 +251,16 @@ class Study:
     def finish(self, trial_id: int, number: int, record: dict | None, values: list[float] | None) -> None:
         """Tell the trial: its record, COMPLETE with values when a point scored, else FAIL."""
         optuna = _optuna()
-        if record is not None:
-            self.storage.set_trial_user_attr(trial_id, "record", record)
         state = optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL
-        self.study.tell(number, values=values if values else None, state=state)
+        try:
+            if record is not None:
+                self.storage.set_trial_user_attr(trial_id, "record", record)
+            self.study.tell(number, values=values if values else None, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another process failed it as stale (a heartbeat late on a loaded machine) while this one
+            # still worked: the work is kept in a trial of its own, and its retry is skipped (``claim``).
+            if record is not None:
+                self.add_record(record, values)
 
     def add_record(self, record: dict, values: list[float] | None) -> None:
         """A record computed without a worker (a rescore of kept artifacts): a finished trial at once."""
