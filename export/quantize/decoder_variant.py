@@ -10,9 +10,11 @@ top-1 at level 4 with its weights exact); level 1 (fp32 activations) is exact th
 starts from level 4 everywhere and, while teacher-forced top-1 on the budget split stays under the
 recipe's floor (``quantized_min_top1_agreement`` + ``LEVEL_MARGIN``), moves one kind of weight (the
 same slot of every block, e.g. every qkv_proj, or the LM head) to level 1, the kinds taken in order of
-measured top-1 gain per weight moved. Every trial is in the record with its top-1.
+measured top-1 gain per weight moved (level 1's cost grows with the weights it multiplies). Every
+trial is in the record with its top-1.
 """
 
+import math
 import re
 import tempfile
 from pathlib import Path
@@ -94,9 +96,13 @@ def _top1_measure(reference: torch.nn.Module, batches: list[dict], work: Path):
     return measure
 
 
-def choose_levels(model: onnx.ModelProto, slots: dict[str, list[str]], measure, floor: float) -> dict:
-    """Set each packed node's accuracy level by measured sensitivity (see the module docstring); the record."""
-    weights = {label: len(names) for label, names in slots.items()}
+def choose_levels(
+    model: onnx.ModelProto, slots: dict[str, list[str]], measure, floor: float, weights: dict[str, int] | None = None
+) -> dict:
+    """Set each packed node's accuracy level by measured sensitivity (see the module docstring); the record.
+    ``weights``: each kind's weight count, the cost of its move (level 1 is slower per weight); default:
+    its node count."""
+    weights = weights or {label: len(names) for label, names in slots.items()}
     levels = {name: FAST_LEVEL for names in slots.values() for name in names}
     top1 = measure(model, levels)
     trials, chosen = [{"level 1": [], "top1": round(top1, 5)}], []
@@ -184,7 +190,10 @@ def build_decoder_variant(
                 if rows <= 0:
                     break
             floor = round(export.parity.quantized_min_top1_agreement + LEVEL_MARGIN, 6)
-            levels = choose_levels(model, _slots(plan.decisions), _top1_measure(torch_model, batches, work), floor)
+            slots = _slots(plan.decisions)
+            size = {d.node: math.prod(d.shape) for d in plan.decisions}
+            weights = {label: sum(size[node] for node in nodes) for label, nodes in slots.items()}
+            levels = choose_levels(model, slots, _top1_measure(torch_model, batches, work), floor, weights)
             levels["split"] = split
             log.info(f"  {name}: accuracy levels: {levels['reason']}")
         write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
