@@ -73,12 +73,17 @@ def run(
     from export.runfolder.artifacts import convert_to_ort, export_artifacts, measure_torch_sources
     from export.runfolder.evidence import store_evidence
     from export.runfolder.generation import write_generation_folders
+    from export.runfolder.hub import write_hub_folder
 
     # From the recipe's validation on, every warning printed reaches the report (``collect_warnings``).
     with log.collect_warnings() as logged:
         init_from_environment()
         job = prepare_job(model, recipe, data, example_inputs, out_dir, evaluator, search_dir, inplace)
         recipe, data, evaluator, out = job.recipe, job.data, job.evaluator, job.out
+        if report and recipe.report.mlflow is not None:
+            from export.hub.tracking import require_mlflow
+
+            require_mlflow()  # before any work: a missing package is bad input, not a lost run
         with claimed(job, force):
             result = run_pipeline(job.model, recipe, data, evaluator, job.example_inputs, out)
             outcome = CompressionResult(result.model, result.stages, out_dir=out)
@@ -97,6 +102,9 @@ def run(
                 out, compressed, stage, variants, recipe, evaluator, data, job.example_inputs, result.model
             )
             outcome.artifacts = write_generation_folders(out, outcome.artifacts, floats, data.tokenizer)
+            outcome.artifacts = write_hub_folder(
+                out, outcome.artifacts, compressed, job.example_inputs, recipe, data.tokenizer
+            )
             if recipe.export.ort_format:
                 outcome.artifacts = convert_to_ort(out, recipe)
             # Files of equal bytes (baseline and compressed of a recipe that changed no weight, their
@@ -106,7 +114,21 @@ def run(
                 measure_torch_sources(out, _timed_sources(result, recipe), recipe, evaluator, data)
                 outcome.report_path, outcome.artifacts = measure_and_report(out, recipe, evaluator, data, logged=logged)
             _write_manifest(out, recipe, result.baseline)
+            if report and recipe.report.mlflow is not None:
+                _track(out, recipe)
             return outcome
+
+
+def _track(out: Path, recipe: Recipe) -> None:
+    """Log the run to MLflow (``report.mlflow``); a store that cannot be reached costs the log, not the run."""
+    from export.hub.tracking import log_run
+
+    try:
+        run_id = log_run(out, recipe.report.mlflow, read_json(out / "report.json"))
+    except Exception as exc:  # noqa: BLE001  (MLflow and its stores raise many types; the run's files stand)
+        log.warn(f"report.mlflow: not logged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        return
+    log.info(f"mlflow: run {run_id}")
 
 
 def _exported_sources(result, recipe: Recipe) -> dict[str, tuple[torch.nn.Module, str]]:

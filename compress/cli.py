@@ -25,7 +25,9 @@ EXAMPLES = {
     "schema": "example:\n  modelpress schema > recipe.schema.json   # point your editor's YAML schema setting at it",
     "bench": "example:\n  modelpress bench minilm-sts --out reports/benchmarks   # needs: pip install -e '.[bench]'",
     "search": "example:\n  modelpress search recipe.yaml --objective latency --batch-size 32 --max-drop 0.5 "
-    "--budget-minutes 10 --out searches/my-model\n  modelpress run searches/my-model/recipe.yaml   # the chosen point",
+    "--budget-minutes 10 --out searches/my-model\n  modelpress run searches/my-model/recipe.yaml   # the chosen point\n"
+    "  modelpress search recipe.yaml --workers 2 --storage postgresql://user@db/searches   # a shared study\n"
+    "  modelpress search recipe.yaml --join postgresql://user@db/searches   # one more worker, on any machine",
 }
 
 
@@ -86,8 +88,17 @@ def _cmd_search(args) -> int:
 
     options = {key: getattr(args, key) for key in SEARCH_OPTIONS}
     result = search_recipe(
-        args.recipe, trust_checkpoint=args.trust_checkpoint, out_dir=args.out, force=args.force, **options
+        args.recipe,
+        trust_checkpoint=args.trust_checkpoint,
+        out_dir=args.out,
+        force=args.force,
+        workers=args.workers,
+        storage=args.storage,
+        join=args.join,
+        **options,
     )
+    if args.join:  # a worker of another search: that search writes the report
+        return 0
     print(result.recipe_path)
     print(result.report_path)
     return 0
@@ -202,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
             for key, settings in SEARCH_OPTIONS.items():
                 cmd.add_argument(f"--{key.replace('_', '-')}", dest=key, **settings)
             cmd.add_argument("--out", help="search folder (default: searches/<recipe name>); rerunning into it resumes")
+            cmd.add_argument(
+                "--workers", type=int, default=1, help="worker processes on this machine running trials (default 1)"
+            )
+            cmd.add_argument(
+                "--storage",
+                help="Optuna storage URL of the search's study (default: study.db, SQLite, in the search folder); "
+                "postgresql://... to share it with --join workers of other machines",
+            )
+            cmd.add_argument(
+                "--join",
+                metavar="STORAGE",
+                help="add a worker to the running search of this recipe whose study is at STORAGE (a URL, or the "
+                "search folder on this machine); its trials' files go to --out",
+            )
         if name in ("run", "export", "search"):
             cmd.add_argument("--force", action="store_true", help="replace a run of another recipe in --out")
             cmd.add_argument(

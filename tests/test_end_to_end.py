@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 import compress
 from compress.models.evaluate import EVALUATORS, torch_predictor
 from export.report.build import SCHEMA_FILE
+from tests.terminal import BAR, run_on_terminal
 from tests.tiny_models import TINY_ARCHS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,15 +48,14 @@ def test_typed_configs_and_plain_iterable_data(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """One fresh demo (empty model cache) shared by the demo tests: (run folder, completed process)."""
+    """One fresh demo (empty model cache) shared by the demo tests: (run folder, finished process). Its
+    stderr is a pseudo-terminal, as a person's would be (progress bars are drawn there), its stdout a pipe."""
     tmp = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MODELPRESS_CACHE": str(tmp / "cache")}
     out = tmp / "demo"
-    result = subprocess.run(
+    result = run_on_terminal(
         [sys.executable, "-m", "compress.cli", "demo", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
+        env,
         timeout=1800,  # a hang guard only: a loaded 2-core machine runs the demo several times slower
     )
     assert result.returncode == 0, result.stderr
@@ -118,6 +117,15 @@ def test_demo_keeps_third_party_output_off_the_terminal_and_in_run_log(demo_run)
     for line in ("stage 1/3: structured_prune", "  distill epoch 15:", "quantize int8 (int8_static)", "manifest: "):
         assert line in log
     assert "stage 1/3: structured_prune" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_draws_progress_bars_with_an_eta_on_a_terminal(demo_run):
+    _, result = demo_run
+    assert BAR in result.stderr and "eta" in result.stderr  # distillation's bar, with its ETA column
+    for step in ("training", "exporting compressed", "quantizing int8", "calibrating", "timing 3 artifacts"):
+        assert step in result.stderr, step
+    assert BAR not in (result.stdout + "").strip()  # stdout keeps the results only
 
 
 @pytest.mark.slow

@@ -195,3 +195,51 @@ TINY_ARCHS = {
     "tiny_vit": (tiny_vit, image_data),
     "tiny_gpt2": (tiny_gpt2, token_data),
 }
+
+
+WORDS = "a the cat dog sat on mat ran far and fast slow red blue big small house tree bird sings loud quiet".split()
+SENTENCES = [
+    "the cat sat on the mat",
+    "a dog ran far and fast",
+    "the red bird sings loud",
+    "a big blue house",
+    "the small tree is quiet",
+    "a slow cat and a fast dog",
+]
+
+
+def tiny_tokenizer():
+    """A BERT word-piece tokenizer over ``WORDS``, built in code (no download)."""
+    from transformers import BertTokenizerFast
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    return BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)}, do_lower_case=True)
+
+
+def tiny_minilm(vocab_size: int):
+    """A MiniLM-shaped sentence encoder (BERT blocks, mean pooling, no pooler), random weights, seeded."""
+    from transformers import BertConfig, BertModel
+
+    from compress.models.hf import SentenceEncoder
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    config._attn_implementation = "eager"  # as compress.models.hf.sentence_encoder loads all-MiniLM-L6-v2
+    return SentenceEncoder(BertModel(config, add_pooling_layer=False)).eval()
+
+
+def sentence_data(tokenizer, batch_size: int = 3) -> TaskData:
+    """``SENTENCES`` tokenized into ``(inputs, label)`` batches, the tokenizer kept with them."""
+    batches = []
+    for start in range(0, len(SENTENCES), batch_size):
+        encoded = tokenizer(SENTENCES[start : start + batch_size], padding=True, return_tensors="pt")
+        inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        batches.append((inputs, torch.zeros(len(SENTENCES[start : start + batch_size]))))
+    return TaskData(eval=batches, train=batches, calibration=batches[:1], tokenizer=tokenizer)

@@ -24,6 +24,11 @@ def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
     _state["quiet"], _state["verbose"] = quiet, verbose
 
 
+def is_quiet() -> bool:
+    """``-q``, or inside ``quieted``: progress (lines and bars) stays off the terminal."""
+    return bool(_state["quiet"])
+
+
 @contextlib.contextmanager
 def quieted():
     """Progress printed while inside goes to run.log only (warnings still print): the search's

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from compress.core.errors import InputError, OutputError
 
-# JSON records (run.json, manifest.json, artifact records, search.json, trials.jsonl): modelpress
+# JSON records (run.json, manifest.json, artifact records, search.json, a search's study.db): modelpress
 # writes kilobytes; a bound far above that still stops a file built to exhaust memory.
 MAX_RECORD_BYTES = 64 << 20
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

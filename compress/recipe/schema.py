@@ -106,6 +106,12 @@ class ExportSpec(StrictModel):
         description="a causal LM (a Hugging Face model that generates) is exported with its KV cache, in the "
         "onnxruntime-genai/Optimum signature, so the artifact can generate; false: one forward pass",
     )
+    hf_folder: bool = Field(
+        False,
+        description="also save the compressed transformers model as a Hugging Face folder (artifacts/compressed.hf, "
+        "a sentence-transformers folder for sentence encoders) with a model card; a cut no config describes is "
+        "said in one line",
+    )
     decoder_graph: Literal["auto", "genai_builder", "torch"] = Field(
         "auto",
         description="the graph of a decoder with its cache: genai_builder = onnxruntime-genai's builder "
@@ -113,6 +119,18 @@ class ExportSpec(StrictModel):
         "the family and matches torch, else torch",
     )
     parity: ParitySpec = Field(default_factory=ParitySpec)
+
+
+class MlflowSpec(StrictModel):
+    """Where ``report.mlflow`` logs each run (and each search trial, as a child run)."""
+
+    tracking_uri: str | None = Field(
+        None,
+        max_length=2000,
+        description="MLflow tracking URI (a server, sqlite:///..., a folder); default: $MLFLOW_TRACKING_URI, "
+        "else an SQLite store in the run folder (mlflow/)",
+    )
+    experiment: str | None = Field(None, max_length=500, description="MLflow experiment; default: the recipe name")
 
 
 class GenerationSpec(StrictModel):
@@ -149,6 +167,9 @@ class ReportSpec(StrictModel):
     max_metric_drop: float = Field(
         0.01, ge=0, description="artifacts within this metric drop of the baseline qualify for the recommendation"
     )
+    mlflow: MlflowSpec | None = Field(
+        None, description="log the run to MLflow (pip install modelpress[mlflow]); absent: off"
+    )
 
 
 class Recipe(StrictModel):
@@ -174,6 +195,10 @@ class Recipe(StrictModel):
         body = self.model_dump(mode="json", exclude={"passes"})
         if body["search"] is None:  # absent unless given: recipes (and their hashes) stay as they were
             del body["search"]
+        if not body["export"]["hf_folder"]:  # the same for the options of issue 31
+            del body["export"]["hf_folder"]
+        if body["report"]["mlflow"] is None:
+            del body["report"]["mlflow"]
         return {**body, "passes": [p.to_dict() for p in self.passes]}
 
     def sha256(self) -> str:

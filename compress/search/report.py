@@ -98,9 +98,9 @@ def _point_text(p: dict) -> str:
 
 def _trial_rows(trials: list[dict]) -> list[str]:
     lines = [
-        "| # | trial | validation batches | stages computed / reused | seconds "
+        "| # | trial | validation batches | stages computed / reused | seconds | worker "
         "| points: metric (Δ vs fp32 pt, speed-up, MB) |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for index, trial in enumerate(trials, 1):
         points = "; ".join(_point_text(p) for p in trial["points"])
@@ -108,7 +108,7 @@ def _trial_rows(trials: list[dict]) -> list[str]:
         complete = "all " if trial["validation_complete"] else ""
         lines.append(
             f"| {index} | {trial['label']} | {complete}{trial['validation_batches']} | {trial['stages_computed']} / "
-            f"{trial['stages_reused']} | {seconds} | {points} |"
+            f"{trial['stages_reused']} | {seconds} | {trial.get('worker', '–')} | {points} |"
         )
     return lines
 
@@ -157,6 +157,19 @@ def _plots(out: Path, points: list[dict], metric: str, higher_is_better: bool) -
         if plot_front(points_xy, names, xlabel, ylabel, name, path, higher_is_better):
             drawn.append(f"![{name}](plots/{name}.png)")
     return drawn
+
+
+def _workers_line(summary: dict, trials: list[dict]) -> str:
+    """How many workers ran, on which machines (host/pid), and the study that holds every trial."""
+    workers = summary.get("workers", {"count": 1, "processes": []})
+    ran = sorted({t["worker"] for t in trials if not t["resumed"] and "worker" in t})
+    hosts = sorted({name.split("/")[0] for name in ran})
+    study = summary.get("study", {})
+    return (
+        f"- workers: {workers['count']} on this machine; trials run by {len(ran)} processes on "
+        f"{', '.join(hosts) or 'no machine (all resumed)'} ({', '.join(ran) or '–'}); each trial's seconds and "
+        f"worker are in the table below; study {study.get('name', '?')} in {study.get('storage', '?')}"
+    )
 
 
 def _chosen_section(summary: dict, spec: SearchSpec) -> list[str]:
@@ -221,6 +234,7 @@ def write_report(out: Path, summary: dict, trials: list[dict], spec: SearchSpec)
         + (" (stopped by the time budget)" if summary["stopped_by_budget"] else ""),
         f"- trials: {len(trials)} ({len(computed)} run, {len(trials) - len(computed)} resumed); stages computed "
         f"{sum(t['stages_computed'] for t in computed)}, reused {sum(t['stages_reused'] for t in computed)}",
+        _workers_line(summary, trials),
         f"- machine: {environment['cpu']}, {environment['usable_cores']} usable cores; load average "
         f"{', '.join(f'{x:.2f}' for x in environment['load_average'])} at the end. The choice holds for this "
         "machine: latency was measured here, not estimated, and may rank differently elsewhere",

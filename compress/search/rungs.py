@@ -11,10 +11,11 @@ import time
 
 from compress.core import log
 from compress.core.errors import InputError, ModelpressError, OutputError, first_line
+from compress.core.progress import progress
 from compress.recipe.search_spec import SearchSpec
-from compress.search import outcome, strategy
+from compress.search import outcome, strategy, workers
 from compress.search.space import Space
-from compress.search.trials import TrialLog, TrialRunner, trial_key, validation_subset
+from compress.search.trials import TrialRunner, trial_key, validation_subset
 
 MAX_FINALISTS = 8  # timed together at the end: bounded, as each row costs the report's timing budget
 TIE_TOLERANCE = {"latency": 0.05, "size": 0.0}  # finalists this close to the best count as equally good
@@ -39,13 +40,20 @@ class Search:
     """One search's state: the space, the trial log, the trials done and the time spent."""
 
     def __init__(
-        self, runner: TrialRunner, space: Space, spec: SearchSpec, metric_name: str, higher_is_better: bool = True
+        self,
+        runner: TrialRunner,
+        space: Space,
+        spec: SearchSpec,
+        metric_name: str,
+        higher_is_better: bool = True,
+        queue: workers.Queue | None = None,
     ):
         self.runner, self.space, self.spec = runner, space, spec
         self.size = strategy.point_size(metric_name)
         self.higher_is_better = higher_is_better
         self.metric_name = metric_name
-        self.log = TrialLog(runner.out)
+        self.queue = queue or _own_queue(runner, spec.objective, higher_is_better)
+        self.records = self.queue.resumed()  # key -> record: the trials a rerun of this search skips
         self.trials: list[dict] = []
         self.references: dict[int, float] = {}
         self.start = time.perf_counter()
@@ -82,38 +90,71 @@ class Search:
     def trial(
         self, passes: list[dict], batches: int | None, label: str, rung: int | None, refit: bool = False
     ) -> dict | None:
-        """The trial's record: from trials.jsonl when it finished before, else run now; None past the budget."""
-        effective = None if batches is None or batches >= self.validation_total else batches
-        record = self.log.get(trial_key(passes, effective, self.runner.recipe.seed))
-        if record is None:
-            if not self._time_left(rung, refit):
-                self.stopped_by_budget = True
-                log.warn(
-                    f"search: the time budget (--budget-minutes {self.spec.budget_minutes:g}) is spent: "
-                    f"{self.elapsed() / 60:.1f} min of trials, {self._final_timing_seconds() / 60:.1f} min kept for "
-                    "the final timing; no new trials"
-                )
-                return None
-            earlier = next((t for t in reversed(self.trials) if t["passes"] == passes and self.points(t)), None)
+        """The trial's record: from the study when it finished before, else run now; None past the budget."""
+        return self.run_trials([(passes, batches, label, rung, refit)])[0]
+
+    def run_trials(self, requests: list[tuple]) -> list[dict | None]:
+        """Each request's ``(passes, batches, label, rung, refit)`` record: resumed from the study, rescored from
+        kept artifacts, or queued for the workers all at once; None from the first one past the budget."""
+        plans, tasks = [], []
+        for passes, batches, label, rung, refit in requests:
+            effective = None if batches is None or batches >= self.validation_total else batches
+            key = trial_key(passes, effective, self.runner.recipe.seed)
+            plans.append((key, passes, effective, label, rung, refit))
+            if key in self.records or self._earlier(passes) is not None or any(t["key"] == key for t in tasks):
+                continue
+            anywhere = bool(passes) and not refit and rung is not None and rung < len(self.space.fractions) - 1
+            task = {"key": key, "passes": passes, "validation_batches": effective, "scheme_of": self.scheme_of}
+            tasks.append(task | {"baseline": self.runner.baseline_path, "rung": rung, "label": label})
+            task["local_to"] = None if anywhere else self.queue.here  # the finalists' files stay with the choice
+        fit = self._admitted(tasks, plans[0][4], plans[0][5])
+        if fit < len(tasks):
+            self.stopped_by_budget = True
+            log.warn(
+                f"search: the time budget (--budget-minutes {self.spec.budget_minutes:g}) is spent: "
+                f"{self.elapsed() / 60:.1f} min of trials, {self._final_timing_seconds() / 60:.1f} min kept for "
+                "the final timing; no new trials"
+            )
+            stop = next(i for i, plan in enumerate(plans) if plan[0] == tasks[fit]["key"])
+            plans, tasks = plans[:stop], tasks[:fit]
+        fresh = {}
+        if tasks:
+            with progress(f"search: {len(tasks)} trial{'s' * (len(tasks) > 1)} ({tasks[0]['label']}, ...)"):
+                fresh = self.queue.run(tasks)
+        results = []
+        for key, passes, effective, label, rung, refit in plans:
+            earlier = None if key in self.records or key in fresh else self._earlier(passes)
             if earlier is not None:
                 record = self.runner.rescore(earlier, effective)
+                self.queue.study.add_record(record, workers.values(record, self.spec.objective))
             else:
-                record = self._run(passes, effective)
-            record.update(rung=rung, refit=refit, resumed=False)
-            self._note_baseline(passes, record)
-            self._refuse_empty_cut(passes, record)
-            for point in record["points"]:
-                if point["status"] == "passed":
-                    point["drop"] = strategy.drop(
-                        point, self.reference(record["validation_batches"]), self.size, self.higher_is_better
-                    )
-            record = self._labelled(record, label, passes)
+                record = dict(fresh.get(key) or self.records[key])
+            resumed = key not in fresh and earlier is None
             if not record.pop("crashed", False):
-                self.log.add(record)
-        else:
-            points = [dict(point) for point in record["points"]]  # trials.jsonl's copy keeps its own labels
-            record = self._labelled({**record, "points": points, "resumed": True}, label, passes)
-            self._note_baseline(passes, record)
+                self.records[key] = record
+            results.append(self._finish(record, passes, label, rung, refit, resumed))
+        return results + [None] * (len(requests) - len(results))
+
+    def _earlier(self, passes: list[dict]) -> dict | None:
+        """A trial of these passes run before in this search, with artifacts in this folder to rescore."""
+        mine = (t for t in reversed(self.trials) if t["passes"] == passes and not t.get("remote"))
+        return next((t for t in mine if self.points(t)), None)
+
+    def _finish(self, record: dict, passes: list[dict], label: str, rung, refit: bool, resumed: bool) -> dict:
+        """The record as this search reads it: its points scored against the baseline on the same batches,
+        named by this search's labels, and appended to the trials."""
+        record = {**record, "points": [dict(p) for p in record["points"]], "rung": rung, "refit": refit}
+        record["resumed"] = resumed
+        remote = bool(record.get("remote"))
+        self._note_baseline(passes, record)
+        self._refuse_empty_cut(passes, record)
+        for point in record["points"]:
+            if point["status"] == "passed":
+                point["drop"] = strategy.drop(
+                    point, self.reference(record["validation_batches"]), self.size, self.higher_is_better
+                )
+                point["remote"] = remote  # its files lie with another worker: ranked, never a finalist
+        record = self._labelled(record, label, passes)
         self.trials.append(record)
         log.info(self._progress(record))
         return record
@@ -125,39 +166,6 @@ class Search:
         for point in record["points"]:
             point["label"] = strategy.point_label(label, point["name"], bool(passes))
         return record
-
-    def _run(self, passes: list[dict], batches: int | None) -> dict:
-        """Run a trial. A candidate the passes refuse (a ratio a model cannot take) is recorded as failed;
-        one a library crashes on fails too, unrecorded, so that a rerun tries it again. A full disk stops
-        the search: the candidate is not at fault."""
-        start = time.perf_counter()
-        try:
-            return self.runner.run(passes, batches, self.scheme_of)
-        except OutputError:
-            raise
-        except ModelpressError as exc:
-            if not passes:
-                raise
-            log.warn(f"search: trial failed: {first_line(exc)}")
-            return self._failed(passes, batches, first_line(exc), start)
-        except Exception as exc:  # noqa: BLE001  (torch, Torch-Pruning or ONNX Runtime failing on this candidate)
-            if not passes:
-                raise
-            log.traceback_to_log("search: trial crashed")
-            log.warn(f"search: trial crashed ({first_line(exc)}); traceback in run.log; a rerun tries it again")
-            return {**self._failed(passes, batches, first_line(exc), start), "crashed": True}
-
-    def _failed(self, passes: list[dict], batches: int | None, error: str, start: float) -> dict:
-        return {
-            "key": trial_key(passes, batches, self.runner.recipe.seed),
-            "passes": passes,
-            "validation_batches": 0,
-            "validation_complete": False,
-            "points": [{"name": "compressed", "scheme": "none", "status": "failed", "error": error}],
-            "stages_computed": 0,
-            "stages_reused": 0,
-            "seconds": round(time.perf_counter() - start, 2),  # the time estimate counts what a failure cost
-        }
 
     def _refuse_empty_cut(self, passes: list[dict], record: dict) -> None:
         """A candidate whose ratios round to nothing at all on this model (a quarter of 2 heads, and no other
@@ -180,14 +188,16 @@ class Search:
             self.runner.baseline_path = fp32["path"]
             self.baseline_size = fp32["size_bytes"]
 
-    def _time_left(self, rung: int | None, refit: bool) -> bool:
-        """Whether another trial fits: the time spent plus the mean of this rung's computed trials of its
-        kind (a refit computes only quantization), or of all computed trials before one of them finished."""
+    def _admitted(self, tasks: list[dict], rung: int | None, refit: bool) -> int:
+        """How many of ``tasks`` fit the time budget: the time spent plus, per round of the workers, the mean
+        of this rung's computed trials of its kind (a refit computes only quantization), or of all computed
+        trials before one of them finished; the final timing kept free."""
         computed = [t for t in self.trials if not t["resumed"]]
         alike = [t["seconds"] for t in computed if (t.get("rung"), t.get("refit", False)) == (rung, refit)]
         done = alike or [t["seconds"] for t in computed]
         estimate = sum(done) / len(done) if done else 0.0
-        return self.elapsed() + estimate + self._final_timing_seconds() <= self.spec.budget_minutes * 60
+        left = self.spec.budget_minutes * 60 - self.elapsed() - self._final_timing_seconds()
+        return workers.admitted(left, estimate, len(tasks), self.queue.workers) if left >= 0 else 0
 
     def final_timing(self) -> dict:
         """The last timing's settings: the report's, raised to ``FINAL_TIMING_FLOOR``."""
@@ -226,7 +236,7 @@ class Search:
         found = {}
         for trial in self.trials:
             for point in self.points(trial) if trial["validation_complete"] else []:
-                if point["drop"] <= self.spec.max_drop + 1e-9:
+                if point["drop"] <= self.spec.max_drop + 1e-9 and not point.get("remote"):
                     found[point["path"]] = {**point, "trial": trial["key"]}
         return list(found.values())
 
@@ -267,19 +277,20 @@ class Search:
         self._run_rung(candidates, last)  # one rung: every candidate is a finalist
 
     def _run_rung(self, candidates: list, rung: int) -> list[tuple] | None:
-        """Each candidate's trial on ``rung``: ``(candidate, points)``; None when the time budget is spent."""
+        """Each candidate's trial on ``rung`` (queued together: the workers run them at once):
+        ``(candidate, points)``; None when the time budget is spent."""
         last = rung == len(self.space.fractions) - 1
-        entries = []
+        requests = []
         for candidate in candidates:
-            trial = self._final_trial(candidate, rung) if last else self._cheap_trial(candidate, rung)
-            if trial is None:
-                return None
-            entries.append((candidate, self.points(trial)))
-        return entries
-
-    def _cheap_trial(self, candidate, rung: int) -> dict | None:
-        passes = self.space.passes(candidate, rung)
-        return self.trial(passes, self.spec.validation_batches, trial_label(candidate, passes), rung)
+            passes = self.space.passes(candidate, rung)
+            batches = None if last else self.spec.validation_batches
+            requests.append((passes, batches, trial_label(candidate, passes), rung, False))
+        trials = self.run_trials(requests)
+        if any(trial is None for trial in trials):
+            return None
+        if last and any(self.refit_quantization(t) is None for t in trials):
+            return None
+        return [(candidate, self.points(trial)) for candidate, trial in zip(candidates, trials)]
 
     def _final_trial(self, candidate, rung: int) -> dict | None:
         """The candidate's whole distillation on all of validation, and its refit when one is needed."""
@@ -359,3 +370,12 @@ class NothingWithinBudget(ModelpressError):
     """The search found no point within the accuracy budget (a result, not bad input: exit status 1)."""
 
     exit_code = 1
+
+
+def _own_queue(runner, objective: str, higher_is_better: bool) -> workers.Queue:
+    """A search of one process (a caller without a driver: tests' fake runners): the folder's own study."""
+    from compress.search.study import Study, default_url
+
+    directions = ["minimize", "maximize" if higher_is_better else "minimize"]
+    study = Study(default_url(runner.out), {"run": {"name": "search"}}, create=True, directions=directions)
+    return workers.Queue(study, runner, objective)

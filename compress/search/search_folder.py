@@ -16,7 +16,19 @@ from compress.engine import folder
 STATE = "search.json"
 # What a search folder holds, all written by the search: a folder holding these without our
 # search.json is someone else's, and is refused.
-OURS = (STATE, "trials.jsonl", "report.md", "recipe.yaml", "environment.json", "trials", "work", "plots")
+OURS = (
+    STATE,
+    "study.db",  # the Optuna study (``study``) when no --storage names another
+    "report.md",
+    "recipe.yaml",
+    "environment.json",
+    "trials",
+    "work",
+    "plots",
+    ".search-gate.lock",  # ``workers.Guard``: timing waits for the other workers of this machine
+    ".search-timing.lock",
+    ".search-claim.lock",  # ``study.Study.claim``: SQLite's claims one process at a time
+)
 # The plots a search draws (``report._plots``): the only files of plots/ that --force removes.
 PLOTS = ("plots/metric_vs_latency.png", "plots/metric_vs_size.png")
 
@@ -54,27 +66,40 @@ def claim(out: Path, identity: dict, force: bool) -> None:
             f"{out}: holds a search of other inputs (model, data, recipe passes' settings, batch size, or the "
             "machine and modelpress version that timed it); choose another --out folder, or pass --force to replace it"
         )
-    foreign = _foreign_files(out)
+    foreign = _foreign_files(out, state.get("identity"))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise OutputError(f"{out}: --force replaces a search's own files only, and these are not: {shown}; move them")
     for name in OURS:
         path = out / name
+        for side in ("-journal", "-wal", "-shm") if name == "study.db" else ():
+            out.joinpath(name + side).unlink(missing_ok=True)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
 
 
-def _foreign_files(out: Path) -> list[str]:
-    """Files under the search's folders that its own records do not list: trials/ holds the points
-    trials.jsonl names, work/<run>/ the files each run's run.json names, plots/ the search's plots."""
-    from compress.search.trials import TrialLog
+def _records(out: Path, identity: object) -> list[dict]:
+    """The records of the folder's own study (none when it has none, or it is not one: nothing is listed)."""
+    from compress.core.errors import ModelpressError
+    from compress.search.study import Study, default_url
 
+    if not isinstance(identity, dict) or not isinstance(identity.get("run"), dict) or not (out / "study.db").exists():
+        return []
+    try:
+        return list(Study(default_url(out), identity, create=False).records(include_crashed=True).values())
+    except ModelpressError:
+        return []
+
+
+def _foreign_files(out: Path, identity: object) -> list[str]:
+    """Files under the search's folders that its own records do not list: trials/ holds the points
+    the study's records name, work/<run>/ the files each run's run.json names, plots/ the search's plots."""
     listed = set(PLOTS)
-    for record in TrialLog(out).records.values():
-        for point in record["points"]:
-            if "path" in point:
+    for record in _records(out, identity):
+        for point in record["points"] if isinstance(record.get("points"), list) else []:
+            if isinstance(point, dict) and isinstance(point.get("path"), str):
                 listed |= {point["path"], point["path"] + ".data"}
     # claim() has refused links among these folders: what is below is the folder's own.
     foreign = [f"{name}/{f}" for name in ("trials", "plots") for f in _files(out / name) if f"{name}/{f}" not in listed]

@@ -3,13 +3,15 @@
 Trials whose passes before distillation are alike run in one work folder (``work/<first
 pass>-<digest of those passes>``), so the pipeline's stage fingerprints reuse the stages they
 share: a candidate promoted to a longer distillation loads its cut model instead of cutting
-again. Each finished trial is recorded in ``trials.jsonl`` (the whole file rewritten
-atomically), and a rerun of the same search skips every trial recorded there.
+again. Each finished trial is recorded in the search's Optuna study (``study``), and a rerun of
+the same search skips every trial recorded there; ``check_record`` refuses a record read back
+that this search did not write.
 
 A trial's points are its passed artifacts (the fp32 ``compressed`` one and each quantized
 variant), each scored in ONNX Runtime on the validation split (a bounded number of batches on
 the cheap rungs) and timed at the search's batch size with the fp32 baseline, the rows taking
-turns, so a speed-up is a ratio of two figures taken under the same load.
+turns, so a speed-up is a ratio of two figures taken under the same load, and under the search's
+``Guard``: no other worker of this machine trains or scores meanwhile.
 """
 
 import hashlib
@@ -26,14 +28,13 @@ import torch
 
 from compress.core import log
 from compress.core.errors import InputError, first_line
-from compress.core.io import write_text_atomic
-from compress.core.untrusted import MAX_RECORD_BYTES, check_name, escape, inside, read_bytes, regular
+from compress.core.untrusted import check_name, escape, inside, regular
 from compress.models.data import TaskData
 from compress.models.evaluate import Evaluator
 from compress.recipe.schema import Recipe
 from compress.search.space import trial_recipe
+from compress.search.study import STUDY_FILE
 
-TRIALS_FILE = "trials.jsonl"
 # Timing of a trial's rows: enough calls for a stable median of small models, bounded for large ones.
 TRIAL_TIMING = {"warmup": 5, "iterations": 60, "max_seconds": 2.0}
 BASELINE_ROW = "fp32 baseline"
@@ -55,41 +56,23 @@ def work_folder_name(passes: list[dict]) -> str:
     return f"{passes[0]['pass']}-{digest}"
 
 
-class TrialLog:
-    """``trials.jsonl``: one JSON line per finished trial, read back on resume."""
-
-    def __init__(self, folder: Path):
-        self.path = folder / TRIALS_FILE
-        self.records: dict[str, dict] = {}
-        raw = read_bytes(self.path, MAX_RECORD_BYTES, TRIALS_FILE)  # no link, no FIFO, bounded
-        for number, line in enumerate((raw or b"").decode(errors="replace").splitlines(), 1):
-            try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):
-                continue  # a line cut by a crash outside our atomic rewrite (edited by hand): skipped
-            problem = _malformed(record, folder)
-            if problem:
-                raise InputError(
-                    f"{escape(self.path)}:{number}: {escape(problem)}; it was not written by this search: "
-                    "remove that line (its trial runs again) or choose another --out folder"
-                )
-            self.records[record["key"]] = record
-
-    def get(self, key: str) -> dict | None:
-        return self.records.get(key)
-
-    def add(self, record: dict) -> None:
-        self.records[record["key"]] = record
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values())
-        write_text_atomic(self.path, text)  # the file is whole or absent: a kill never leaves half a trial
-
-
 _NUMBERS = ("validation_metric", "size_bytes", "p50_ms", "baseline_p50_ms", "speedup", "drop")
 
 
+def check_record(record: object, folder: Path, number: int) -> None:
+    """Refuse (one line) a record of the study unusable on resume: it was not written by this search."""
+    problem = _malformed(record, folder)
+    if problem:
+        raise InputError(
+            f"{escape(folder)}: trial {number} of the search's study: {escape(problem)}; it was not written by this "
+            f"search: remove {STUDY_FILE} (its trials run again) or choose another --out folder"
+        )
+
+
 def _malformed(record: object, folder: Path) -> str | None:
-    """What makes a trials.jsonl record unusable on resume, or None: its points' files must be the
-    search's own (``trials/<key>/<name>.onnx``, regular files), its figures numbers."""
+    """What makes a record unusable on resume, or None: its points' files must be the search's own
+    (``trials/<key>/<name>.onnx``, regular files), its figures numbers. A worker of another folder
+    (``remote``) names no file: its figures rank candidates, its files are never read."""
     if not isinstance(record, dict) or not isinstance(record.get("key"), str) or not record["key"].isalnum():
         return "not a trial record (no key)"
     points = record.get("points")
@@ -97,12 +80,17 @@ def _malformed(record: object, folder: Path) -> str | None:
         return "its passes or points are not lists"
     if not isinstance(record.get("validation_batches"), int) or not isinstance(record.get("validation_complete"), bool):
         return "its validation batches are not recorded"
+    remote = record.get("remote", False)
+    if remote is not False and (remote is not True or not record["passes"]):
+        return "its remote flag is not one a worker writes (the baseline never runs in another folder)"
     for point in points:
         if not isinstance(point, dict) or not isinstance(point.get("status"), str):
             return "a point is not a record"
         try:
-            check_name(point.get("name"), "point name", TRIALS_FILE)
-            if point["status"] == "passed":
+            check_name(point.get("name"), "point name", STUDY_FILE)
+            if remote and "path" in point:
+                return "a point of another worker's folder names a file"
+            if point["status"] == "passed" and not remote:
                 path = point.get("path")
                 inside(folder, path, "point path")
                 if not str(path).startswith("trials/") or regular(folder / path, "trial artifact") is None:
@@ -150,6 +138,13 @@ class TrialRunner:
     baseline_path: str | None = None  # the fp32 ONNX file every trial is timed beside (None: this is it)
     # A cheap rung's batches, read once: a shuffling loader would give every trial other samples.
     subsets: dict[int | None, tuple] = field(default_factory=dict, repr=False)
+    guard: Any = None  # ``workers.Guard`` of the search folder: timing waits for other workers' work
+
+    @property
+    def lock(self):
+        from compress.search.workers import NoGuard
+
+        return self.guard or NoGuard()
 
     def validation(self, batches: int | None) -> tuple[list, int, bool]:
         """``validation_subset``, the same batches for every trial (the whole split is read afresh)."""
@@ -169,33 +164,34 @@ class TrialRunner:
         # The search times the artifacts itself; the fp32 baseline is the trial without passes.
         document["export"] = {**document["export"], "baseline": False, "ort_format": False}
         work = self.out / "work" / work_folder_name(passes)
-        with log.quieted():
-            result = run(
-                self.model,
-                document,
-                self.data,
-                out_dir=work,
-                evaluator=self.metric,
-                report=False,
-                search_dir=self.search_dir,
-            )
-        points = []
-        for artifact in result.artifacts:
-            point = {"name": artifact["name"], "scheme": scheme_of.get(artifact["name"], "none")}
-            point["status"] = artifact.get("status", "failed")
-            if point["status"] != "passed":
-                point["error"] = artifact.get("error", "failed")
+        with self.lock.working():
+            with log.quieted():
+                result = run(
+                    self.model,
+                    document,
+                    self.data,
+                    out_dir=work,
+                    evaluator=self.metric,
+                    report=False,
+                    search_dir=self.search_dir,
+                )
+            points = []
+            for artifact in result.artifacts:
+                point = {"name": artifact["name"], "scheme": scheme_of.get(artifact["name"], "none")}
+                point["status"] = artifact.get("status", "failed")
+                if point["status"] != "passed":
+                    point["error"] = artifact.get("error", "failed")
+                    points.append(point)
+                    continue
+                kept = self.out / "trials" / key / f"{artifact['name']}.onnx"
+                _keep(work / artifact["path"], kept)
+                external = (work / artifact["path"]).with_name(Path(artifact["path"]).name + ".data")
+                if external.is_file():
+                    _keep(external, kept.with_name(kept.name + ".data"))
+                point.update(path=str(kept.relative_to(self.out)), size_bytes=artifact["size_bytes"])
                 points.append(point)
-                continue
-            kept = self.out / "trials" / key / f"{artifact['name']}.onnx"
-            _keep(work / artifact["path"], kept)
-            external = (work / artifact["path"]).with_name(Path(artifact["path"]).name + ".data")
-            if external.is_file():
-                _keep(external, kept.with_name(kept.name + ".data"))
-            point.update(path=str(kept.relative_to(self.out)), size_bytes=artifact["size_bytes"])
-            points.append(point)
-        batches, used, complete = self.validation(validation_batches)
-        self.score(points, batches)
+            batches, used, complete = self.validation(validation_batches)
+            self.score(points, batches)
         self.time_beside_baseline(points)
         return {
             "key": key,
@@ -274,7 +270,8 @@ class TrialRunner:
 
         sample = next(heldout_inputs(self.evaluator, self.data))
         sessions = {name: checked_session(self.out / path, self.threads) for name, path in paths.items()}
-        figures = benchmark_sessions(sessions, sample, [self.batch_size], self.threads, **timing)
+        with self.lock.timing():  # the cores to this timing alone: no other worker of the machine works
+            figures = benchmark_sessions(sessions, sample, [self.batch_size], self.threads, **timing)
         return {name: entries[0].to_dict() for name, entries in figures.items()}
 
     def eval_metric(self, path: str) -> float | None:

@@ -77,17 +77,11 @@ def zeros_kept(model: torch.nn.Module, enabled: bool = True) -> Iterator[list[st
 
 @contextlib.contextmanager
 def training_progress(total: int) -> Iterator[Callable[[int, str], None]]:
-    """A rich progress bar on a terminal (rank 0 only); ``update(step, text)`` moves it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """A progress bar with an ETA on a terminal (rank 0 only, none under -q); ``update(step, text)`` moves it."""
+    from compress.core.progress import progress
 
-    from compress.core.distributed import is_main
-    from compress.core.log import console
-
-    enabled = is_main() and console.is_terminal
-    columns = (TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True, disable=not enabled) as progress:
-        task = progress.add_task("training", total=total)
-        yield lambda step, text: progress.update(task, completed=step, description=text)
+    with progress("training", total) as update:
+        yield lambda step, text: update(completed=step, description=text)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import onnx
 import torch
 
 from compress.core.errors import InputError
+from compress.core.progress import progress
 from compress.models.data import TaskData, fixed_batches, flatten_inputs, take_rows, training_inputs
 from compress.quant.isa import reduce_range
 from export.errors import ExportError
@@ -139,7 +140,12 @@ class CalibrationReader:
     def get_next(self) -> dict | None:
         if self._iterator is None:
             self._iterator = iter(self.feeds)
-        return next(self._iterator, None)
+        feed = next(self._iterator, None)
+        if feed is not None:
+            self.on_batch()
+        return feed
+
+    on_batch: "Callable[[], None]" = staticmethod(lambda: None)  # moves a progress bar while ORT calibrates
 
     def rewind(self) -> None:
         self._iterator = None
@@ -178,21 +184,24 @@ def _int8_static(src: Path, dst: Path, spec, excluded: list[str], data: TaskData
         "percentile": CalibrationMethod.Percentile,
     }
     calibration = spec.calibration
-    quantize_static(
-        str(src),
-        str(dst),
-        CalibrationReader(data, calibration.samples, file_batch_size(src)),
-        quant_format=QuantFormat.QDQ,
-        per_channel=spec.per_channel,
-        reduce_range=reduce_range(spec.reduce_range),
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=excluded,
-        op_types_to_quantize=[op for op in WEIGHT_INPUTS["int8_static"] if op not in spec.exclude_ops],
-        calibrate_method=methods[calibration.method],
-        calibration_providers=["CPUExecutionProvider"],
-        extra_options={"CalibPercentile": calibration.percentile},
-    )
+    reader = CalibrationReader(data, calibration.samples, file_batch_size(src))
+    with progress(f"calibrating ({calibration.method})", total=len(reader.feeds)) as update:
+        reader.on_batch = update
+        quantize_static(
+            str(src),
+            str(dst),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=spec.per_channel,
+            reduce_range=reduce_range(spec.reduce_range),
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            op_types_to_quantize=[op for op in WEIGHT_INPUTS["int8_static"] if op not in spec.exclude_ops],
+            calibrate_method=methods[calibration.method],
+            calibration_providers=["CPUExecutionProvider"],
+            extra_options={"CalibPercentile": calibration.percentile},
+        )
 
 
 def int4_ops(spec) -> tuple[str, ...]:

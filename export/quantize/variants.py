@@ -17,6 +17,7 @@ import torch
 from compress.core import log
 from compress.core.errors import InputError, ModelpressError, first_line
 from compress.core.io import write_atomic
+from compress.core.progress import progress
 from compress.models.data import TaskData
 from compress.models.evaluate import Evaluator
 from compress.quant.budget import candidate_count, fit_budget
@@ -276,7 +277,8 @@ def export_quantized(
         log.info(f"quantize {name} ({spec.scheme})")
         try:
             build = BUILDERS.get(spec.scheme, _build_ptq_variant)
-            record = build(spec, name, models, recipe, evaluator, data, example_inputs, out_dir)
+            with progress(f"quantizing {name} ({spec.scheme}): export, quantization, parity"):
+                record = build(spec, name, models, recipe, evaluator, data, example_inputs, out_dir)
         except ModelpressError as exc:
             record = {
                 "name": name,

@@ -13,6 +13,7 @@ from compress.core.io import write_json_atomic, write_text_atomic
 from compress.engine.stages import StageResult
 from compress.models.evaluate import metric_loss
 from compress.recipe.schema import Recipe
+from export.report.model_card import write_model_cards
 from export.report.plots import write_plots
 from export.report.render import render_html, render_markdown
 from export.report.summary import headline_latency, higher_is_better, unreliable
@@ -207,6 +208,7 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
     """Write the plots, report.json, report.md and report.html; return the JSON path."""
     report["plots"] = write_plots(out_dir, report)
     path = write_json_atomic(out_dir / "report.json", report)
+    write_model_cards(out_dir, report)  # the cards' figures are report.json's, rewritten with it
     write_text_atomic(out_dir / "report.md", render_markdown(report))
     write_text_atomic(out_dir / "report.html", render_html(report, out_dir))
     return path

@@ -18,6 +18,7 @@ import torch
 from compress.core import log
 from compress.core.errors import ModelpressError
 from compress.core.io import read_json, write_json_atomic
+from compress.core.progress import progress
 from compress.core.untrusted import open_read, regular
 from compress.models.data import TaskData, flatten_inputs, take_rows
 from compress.models.evaluate import Evaluator
@@ -112,18 +113,19 @@ def export_artifacts(
         log.info(f"export {name} -> {path}")
         try:
             spec = recipe.export
-            _, made_by = export_onnx(
-                model,
-                example_inputs,
-                path,
-                spec.opset,
-                spec.dynamic_batch,
-                spec.output_name,
-                exporter=spec.exporter,
-                kv_cache=spec.kv_cache,
-                decoder_graph=spec.decoder_graph,
-                external_data=spec.external_data,
-            )
+            with progress(f"exporting {name}"):
+                _, made_by = export_onnx(
+                    model,
+                    example_inputs,
+                    path,
+                    spec.opset,
+                    spec.dynamic_batch,
+                    spec.output_name,
+                    exporter=spec.exporter,
+                    kv_cache=spec.kv_cache,
+                    decoder_graph=spec.decoder_graph,
+                    external_data=spec.external_data,
+                )
             record.update(made_by)
             if "exporter_fallback" in made_by:
                 log.warn(f"  {name}: exported with TorchScript ({made_by['exporter_fallback']})")
@@ -131,9 +133,10 @@ def export_artifacts(
                 log.info(f"  {name}: torch's decoder graph ({made_by['decoder_graph_fallback']})")
             record.update(graph_facts(path), **file_facts(path))
             session = make_session(path)
-            parity = compare_outputs(
-                model, session, heldout_inputs(evaluator, data), recipe.export.parity, evaluator.is_classifier
-            )
+            with progress(f"checking {name} against torch"):
+                parity = compare_outputs(
+                    model, session, heldout_inputs(evaluator, data), recipe.export.parity, evaluator.is_classifier
+                )
             record["parity"] = parity.to_dict()
             failures = list(parity.failures)
             if made_by.get("kv_cache"):  # the file generates: its decoding steps are checked too
@@ -216,9 +219,10 @@ def measure_artifacts(
                 "runtime": "onnxruntime",
                 "higher_is_better": evaluator.higher_is_better,
             }
-        latency = benchmark_sessions(
-            sessions, sample, _batch_sizes(recipe), threads, spec.warmup, spec.iterations, spec.max_seconds
-        )
+        with progress(f"timing {len(sessions)} artifacts in {provider}, batch sizes {_batch_sizes(recipe)}"):
+            latency = benchmark_sessions(
+                sessions, sample, _batch_sizes(recipe), threads, spec.warmup, spec.iterations, spec.max_seconds
+            )
         for record in measured:
             new = [entry.to_dict() for entry in latency[record["name"]]]
             record["latency"] = merge_latency(record.get("latency", []), new)

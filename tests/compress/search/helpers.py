@@ -25,3 +25,27 @@ def rerun_artifact(fresh_model, result, data, evaluator, out):
     again = run(fresh_model, result.recipe_path, data, out_dir=out, evaluator=evaluator, report=False)
     artifact = next(a for a in again.artifacts if a["name"] == result.chosen["name"])
     return ort_predictor(make_session(out / artifact["path"]))
+
+
+def held_accuracy(predict, batches) -> float:
+    """Accuracy; but the first spawned worker process to score (with MODELPRESS_TEST_HOLD set) writes its pid
+    there and waits, mid-trial, for the test to SIGKILL it: a kill at a known point, not at a guessed time."""
+    import multiprocessing
+    import os
+    import time
+    from pathlib import Path
+
+    from compress.models.evaluate import accuracy
+
+    hold = os.environ.get("MODELPRESS_TEST_HOLD")
+    if hold and multiprocessing.parent_process() is not None:
+        try:
+            fd = os.open(Path(hold) / "held", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            for _ in range(3000):  # the test kills this process; past that, the test has failed anyway
+                time.sleep(0.1)
+    return accuracy(predict, batches)

@@ -5,6 +5,7 @@ trial point naming a file outside the folder is refused, never timed.
 One small real search is made per module and copied per case; the CLI runs in-process.
 """
 
+import contextlib
 import json
 import shutil
 
@@ -60,7 +61,18 @@ def a_point(out) -> str:
 
 
 @pytest.mark.parametrize("kind", ["link", "fifo"])
-@pytest.mark.parametrize("relative", ["search.json", "trials.jsonl", "run.log", ".modelpress.lock", "a trial's point"])
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "search.json",
+        "study.db",
+        "study.db-journal",
+        ".search-timing.lock",
+        "run.log",
+        ".modelpress.lock",
+        "a trial's point",
+    ],
+)
 def test_a_file_the_search_reads_is_refused_in_one_line(case, relative, kind, capfd):
     out, victim, recipe = case
     plant(out, a_point(out) if relative == "a trial's point" else relative, kind, victim)
@@ -68,17 +80,29 @@ def test_a_file_the_search_reads_is_refused_in_one_line(case, relative, kind, ca
     assert victim.read_text() == VICTIM
 
 
-@pytest.mark.parametrize("relative", ["search.json", "trials.jsonl"])
+@pytest.mark.parametrize("relative", ["search.json", "study.db"])
 def test_a_record_over_the_bound_is_refused_unread(case, relative, capfd):
     out, _, recipe = case
     bomb(out / relative)
     refused(*resume(out, recipe, capfd), "over the 67108864-byte bound")
 
 
+def test_a_study_db_that_is_no_database_is_refused_in_one_line(case, capfd):
+    out, _, recipe = case
+    (out / "study.db").write_text("SQLite format 3\0 but no database: a lie\n" * 50)
+    refused(*resume(out, recipe, capfd), "is not an Optuna study this search can use")
+
+
 def rewrite_trials(out, change) -> None:
-    lines = (out / "trials.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    (out / "trials.jsonl").write_text("".join(line + "\n" for line in change(records)))
+    """The study's records edited in place (SQL on study.db, as anyone holding the folder could)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(out / "study.db")) as db, db:
+        rows = db.execute("SELECT trial_user_attribute_id, value_json FROM trial_user_attributes WHERE key='record'")
+        rows = sorted(rows.fetchall())
+        changed = change([json.loads(value) for _, value in rows])
+        for (row, _), text in zip(rows, changed):
+            db.execute("UPDATE trial_user_attributes SET value_json=? WHERE trial_user_attribute_id=?", (text, row))
 
 
 def point_path(path):
@@ -91,6 +115,7 @@ def point_path(path):
 
 JUNK = {
     "key-a-list": (lambda records: [json.dumps({"key": [1]})], "not a trial record"),
+    "record-a-string": (lambda records: [json.dumps("oops")], "not a trial record"),
     "points-a-string": (
         lambda records: [json.dumps({**records[0], "points": "oops"})],
         "passes or points are not lists",

@@ -60,7 +60,7 @@ def make_search(tmp_path, run, spec: SearchSpec | None = None) -> Search:
 def test_a_crashed_trial_fails_alone_and_a_rerun_tries_it_again(tmp_path):
     calls = []
 
-    # the rerun resumes trials.jsonl, whose points must be the search's own files
+    # the rerun resumes the study, whose points must be the search's own files
     baseline = tmp_path / "trials" / "base" / "compressed.onnx"
     baseline.parent.mkdir(parents=True)
     baseline.write_bytes(b"onnx")
@@ -91,7 +91,7 @@ def test_a_full_disk_stops_the_search_and_records_nothing(tmp_path):
     search.trial([], None, "fp32 baseline", None)
     with pytest.raises(OutputError, match="disk full"):
         search.trial(PASSES, None, "prune 0.5", 0)
-    assert len(search.log.records) == 1
+    assert len(search.queue.study.records(include_crashed=True)) == 1  # the baseline; the failed trial has none
 
 
 def test_a_cut_that_removes_nothing_is_left_out(tmp_path):

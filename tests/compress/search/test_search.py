@@ -104,8 +104,13 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(searche
     assert len(first["trials"]) == 3  # baseline, prune 0.5 on rung 1, prune 0.5 on rung 2 (interrupted)
     assert second["trials"] == first["trials"][2:]  # only the interrupted trial runs again
     assert [t["resumed"] for t in result.trials] == [True, True, False]
-    lines = (out / "trials.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and all(json.loads(line)["key"] for line in lines)
+    import optuna
+
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")  # the record: one study
+    recorded = [t.user_attrs["record"]["key"] for t in study.trials if "record" in t.user_attrs]
+    assert len(recorded) == len(set(recorded)) == 3
+    interrupted = [t for t in study.trials if "record" not in t.user_attrs]
+    assert [t.state.name for t in interrupted] == ["FAIL"]  # told failed by the interrupted run, then run again
 
 
 def test_trials_reuse_the_stages_they_share(searched):
@@ -190,7 +195,7 @@ def test_a_trial_the_passes_refuse_is_recorded_as_failed_and_not_run_again(tmp_p
     runner = SimpleNamespace(out=tmp_path, data=task_data(), recipe=recipe, run=refuse, baseline_path=None)
     space = build_space(model(), recipe, SearchSpec(), 1.0)
     passes = space.passes(space.candidates[1], 0)
-    for _ in range(2):  # the second search reads the failure back from trials.jsonl
+    for _ in range(2):  # the second search reads the failure back from the study
         record = Search(runner, space, SearchSpec(), "neg_cross_entropy").trial(passes, 1, "prune 0.25", 0)
         assert record["points"][0]["status"] == "failed" and "matches nothing" in record["points"][0]["error"]
     assert len(calls) == 1
@@ -275,7 +280,11 @@ def test_a_finalist_quantized_over_the_budget_is_quantized_again_within_the_room
     refit = search.refit_quantization(finalist)
     assert runs[-1] == [passes[0], {**passes[1], "max_metric_drop": 0.006}]  # 1.0 - 0.4 points, in accuracy
     assert refit["label"] == "prune 0.5, quantized within 0.60 pt" and refit["refit"]
-    assert [(p["name"], p["trial"]) for p in search.finalists()] == [("compressed", "2"), ("int8", "2")]
+    # the study keys a trial by its passes (the fake's own key is not the record's)
+    assert [(p["name"], p["trial"]) for p in search.finalists()] == [
+        ("compressed", refit["key"]),
+        ("int8", refit["key"]),
+    ]
     # Nothing to refit: no quantized point over the budget, or no room under the fp32 point.
     assert search.refit_quantization(refit) is refit and len(runs) == 2
     over = {**finalist, "points": [{**p, "drop": p["drop"] + 0.7} for p in finalist["points"]]}

@@ -6,6 +6,7 @@ import pytest
 
 from compress.core.errors import OutputError
 from compress.search.search_folder import STATE, claim, measured_on
+from compress.search.study import Study, default_url
 from export.measure.environment import package_version
 
 KEY = "0123456789abcdef"
@@ -13,12 +14,12 @@ KEY = "0123456789abcdef"
 
 POINT = {"name": "int8", "status": "passed", "path": f"trials/{KEY}/int8.onnx"}
 TRIAL = {"key": KEY, "passes": [], "validation_batches": 1, "validation_complete": True, "points": [POINT]}
+IDENTITY = {"run": {"name": "old"}, "old": 1}
 
 
 def old_search(out, extra: dict[str, str]) -> None:
     files = {
-        STATE: json.dumps({"identity": {"old": 1}}),
-        "trials.jsonl": json.dumps(TRIAL) + "\n",
+        STATE: json.dumps({"identity": IDENTITY}),
         f"trials/{KEY}/int8.onnx": "x",
         "plots/metric_vs_size.png": "x",
         "work/run/run.json": json.dumps({"identity": {}, "files": ["run.json", "stages/00-baseline/stage.json"]}),
@@ -27,6 +28,8 @@ def old_search(out, extra: dict[str, str]) -> None:
     for name, text in {**files, **extra}.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(text)
+    study = Study(default_url(out), IDENTITY, create=True, directions=["minimize", "maximize"])
+    study.add_record(TRIAL, None)  # the study lists the search's points, as trials.jsonl did
 
 
 def test_force_replaces_a_searchs_own_files(tmp_path):
@@ -46,7 +49,7 @@ def test_force_refuses_when_the_searchs_folders_hold_other_files(tmp_path):
     "mine", [f"trials/{KEY}/other.onnx", "trials/fedcba9876543210/int8.onnx", "work/run/stages/01-x/model.safetensors"]
 )
 def test_force_removes_only_what_the_searchs_records_list(tmp_path, mine):
-    # Each path fits the layout a search writes; none is listed by trials.jsonl or a run.json: the user's.
+    # Each path fits the layout a search writes; none is listed by the study or a run.json: the user's.
     old_search(tmp_path, {mine: "mine"})
     with pytest.raises(OutputError, match=f"these are not: {mine}; move them"):
         claim(tmp_path, {"new": 1}, force=True)

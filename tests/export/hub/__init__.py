@@ -1,0 +1,1 @@
+"""Tests of export/hub: folders other tools open."""
