@@ -46,3 +46,17 @@ def word_level_tokenizer(vocab_size: int = 128):
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<pad>"
     )
+
+
+def og_greedy(folder, prompt, new_tokens: int) -> list[int]:
+    """The tokens onnxruntime-genai generates greedily from ``folder`` after ``prompt`` (prompt included)."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(list(prompt))
+    while not generator.is_done():
+        generator.generate_next_token()
+    return [int(t) for t in generator.get_sequence(0)]

@@ -17,6 +17,7 @@ gets the real tokenizer later). Its cache axis ``kv_cache_dim`` is written as th
 file has the same fixed head axis as torch's export and every reader feeds it alike.
 """
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -85,21 +86,12 @@ def build_fused(model: Any, path: Path | str, tokenizer: Any = None) -> DecoderO
         _fix_head_axis(graph, shape.head_dim)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda target: onnx.save(graph, str(target)))
-    inputs = tuple(value.name for value in graph.graph.input)
-    outputs = tuple(value.name for value in graph.graph.output)
     opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return DecoderOnnx(
-        path=path,
-        model_type=shape.model_type,
-        num_layers=shape.num_layers,
-        num_kv_heads=shape.num_kv_heads,
-        head_dim=shape.head_dim,
-        vocab_size=shape.vocab_size,
-        input_names=inputs,
-        output_names=outputs,
-        dtype="float32",
-        opset=opset,
-    )
+    names = {
+        "input_names": tuple(v.name for v in graph.graph.input),
+        "output_names": tuple(v.name for v in graph.graph.output),
+    }
+    return dataclasses.replace(DecoderOnnx.of(path, model, opset), **names)  # the builder's names, not torch's
 
 
 def fused_parity(model: Any, path: Path, steps: int = 2) -> Any:

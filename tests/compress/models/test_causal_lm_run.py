@@ -14,7 +14,7 @@ from compress.models.evaluate import perplexity, torch_predictor
 from compress.models.hf import causal_lm
 from compress.models.text import text_data
 from export.onnx.runtime import make_session
-from tests.tiny_decoders import tiny_decoder, word_level_tokenizer
+from tests.tiny_decoders import og_greedy, tiny_decoder, word_level_tokenizer
 
 EVAL = [" ".join(f"w{(7 * i + 3 * j) % 120 + 3}" for j in range(6 + i % 5)) for i in range(8)]  # padded batches
 TRAIN = [" ".join(f"w{(5 * i + j) % 120 + 3}" for j in range(10)) for i in range(8)]
@@ -78,14 +78,8 @@ def test_recipe_run_scores_perplexity_in_onnx_runtime(model_folder, tmp_path):
 
 def _generates_like_torch(folder, model, prompt=(1, 17, 33, 45, 9), new_tokens=8):
     """onnxruntime-genai runs the run's folder as is, and its greedy tokens are torch's."""
-    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
-    og_model = og.Model(str(folder))
-    params = og.GeneratorParams(og_model)
-    params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
-    generator = og.Generator(og_model, params)
-    generator.append_tokens(list(prompt))
-    while not generator.is_done():
-        generator.generate_next_token()
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
+    tokens = og_greedy(folder, prompt, new_tokens)
     ids = torch.tensor([prompt])
     expected = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens)
-    assert [int(t) for t in generator.get_sequence(0)] == expected[0].tolist()
+    assert tokens == expected[0].tolist()

@@ -9,7 +9,7 @@ import yaml
 import compress
 from export.quantize.decoder_variant import EXACT_LEVEL, FAST_LEVEL, choose_levels
 from tests.export.decoder.wide_llama import wide_llama
-from tests.tiny_decoders import word_level_tokenizer
+from tests.tiny_decoders import og_greedy, word_level_tokenizer
 
 SLOTS = {"attn/qkv_proj/MatMul": ["q0", "q1"], "mlp/down_proj/MatMul": ["d0", "d1"], "lm_head": ["h"]}
 
@@ -97,18 +97,9 @@ def test_a_decoder_int4_variant_keeps_its_head_at_8_bits_and_chooses_levels(tmp_
 
 def _og_matches_ort(folder, onnx_path, prompt=(1, 17, 33, 45, 9), new_tokens=6):
     """onnxruntime-genai (shared KV buffer) picks the same greedy tokens as the same file stepped by hand."""
-    import onnxruntime_genai as og
-
     from export.decoder.parity import onnx_session
     from export.decoder.perplexity import greedy_tokens
 
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(list(prompt))
-    while not generator.is_done():
-        generator.generate_next_token()
     ids = torch.tensor([prompt])
     expected = greedy_tokens(onnx_session(onnx_path), ids, torch.ones_like(ids), new_tokens)
-    assert [int(t) for t in generator.get_sequence(0)][len(prompt) :] == expected[0].tolist()
+    assert og_greedy(folder, prompt, new_tokens)[len(prompt) :] == expected[0].tolist()
