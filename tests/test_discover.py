@@ -30,7 +30,7 @@ def test_passes_verbose_prints_every_key_with_type_default_range_and_doc(capsys)
         for key in get_pass(name).config_cls.model_fields:
             assert f"  {key}: " in out, (name, key)
     # Nested sections are described too: quantize's onnx entries.
-    assert "  OnnxQuantSpec keys:" in out and "    accuracy_level: 0 | 1 | 2 | 3 | 4 = 4" in out
+    assert "  OnnxQuantSpec keys:" in out and "    accuracy_level: 0 | 1 | 2 | 3 | 4 | 'auto' = 4" in out
 
 
 def test_passes_name_and_unknown_name(capsys):
