@@ -10,17 +10,23 @@ teacher-forced top-1 0.40 against fp32), and a float zero point (HQQ's layout) s
 kernel 30-40x slower than the integer one (one 576 x 1536 node: 3.6 ms against 0.12 ms). So each
 MatMul ``y = x @ W`` becomes
 
-    y = MatMulNBits(x; q, scale, zero point 0) + (x @ E) @ minimums
+    y = MatMulNBits(x; q, scale, zero point z) + (x @ E) @ offsets,   offsets = minimum + z x scale
 
-the packed part on the integer path (zero point 0: ``q x scale``) and the minimums as one small fp32
-MatMul of the input's block sums ([.., K/32] @ [K/32, N], 1/32 of the original work). The block sums
-are a MatMul with the 0/1 block indicator ``E`` [K, K/32]: one op that keeps the input's rank (a
-Reshape + ReduceSum needed a Shape and a second Reshape to restore it), shared by every MatMul that
-reads the same input (a gate and an up projection), so a packed MatMul costs 3 extra small ops instead
-of 6 (SmolLM2 decode: +10%). At ``accuracy_level`` 1 the result equals the float weights' on a Q4_1
-grid (SmolLM2 perplexity 309.3703 vs 309.3698, top-1 1.000); level 4 quantizes activations to int8
-inside MatMulNBits. The price of exactness is bytes: 24.5 per block of 32 weights against 20 for
-symmetric int4, which decode speed on a CPU follows.
+the packed part on the integer path and the rest of the minimum as one small fp32 MatMul of the
+input's block sums ([.., K/32] @ [K/32, N], 1/32 of the original work). ``z = round(-minimum /
+scale)`` centres the codes on the weight's zero, so the packed part carries the weight itself and the
+offsets only the minimum's rounding (at most half a step). That matters at ``accuracy_level`` 4, where
+MatMulNBits quantizes its input to int8 per block: the input's rounding error is multiplied by
+``q - z``, i.e. by the weight; with ``z = 0`` it was multiplied by ``w - minimum`` (up to twice the
+block's range, all of one sign, its error never cancelled by the fp32 offsets), which cost SmolLM2
+0.13 of teacher-forced top-1 at level 4 (0.86 against 0.99 at level 1; centred, the int8 inputs alone
+cost about 0.03). The block sums are a MatMul with the 0/1 block indicator ``E`` [K, K/32]: one op
+that keeps the input's rank (a Reshape + ReduceSum needed a Shape and a second Reshape to restore it),
+shared by every MatMul that reads the same input (a gate and an up projection), so a packed MatMul
+costs 3 extra small ops instead of 6 (SmolLM2 decode: +10%). At ``accuracy_level`` 1 the result equals
+the float weights' on a Q4_1 grid (SmolLM2 perplexity 309.3703 vs 309.3698, top-1 1.000). The price
+of exactness is bytes: 24.5 per block of 32 weights against 20 for symmetric int4, which decode speed
+on a CPU follows.
 """
 
 import numpy as np
@@ -32,9 +38,10 @@ from export.errors import ExportError
 LEVELS = 16  # 4 bits
 
 
-def pack(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``weight`` [K, N] -> (packed codes [N, K/block, block/2] uint8, scales [N * K/block], minimums
-    [K/block, N]), low nibble first as MatMulNBits reads them."""
+def pack(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``weight`` [K, N] -> (packed codes [N, K/block, block/2] uint8, scales [N * K/block], zero points
+    [N, K/block] uint8, offsets [K/block, N]): ``w = (q - z) x scale + offset``, low nibble first as
+    MatMulNBits reads the codes."""
     k, n = weight.shape
     if k % block_size:
         raise ExportError(f"block_minimum: K = {k} is not a multiple of block_size {block_size}")
@@ -42,16 +49,25 @@ def pack(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, n
     low, high = blocks.min(-1), blocks.max(-1)
     scale = np.where(high > low, (high - low) / (LEVELS - 1), 1.0).astype(np.float32)
     codes = np.clip(np.rint((blocks - low[..., None]) / scale[..., None]), 0, LEVELS - 1).astype(np.uint8)
+    zero = np.clip(np.rint(-low / scale), 0, LEVELS - 1).astype(np.uint8)  # the code nearest to w = 0
+    offsets = (low + zero.astype(np.float32) * scale).astype(np.float32)
     packed = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
-    return packed, scale.reshape(-1), np.ascontiguousarray(low.T)
+    return packed, scale.reshape(-1), zero, np.ascontiguousarray(offsets.T)
 
 
-def dequantize(packed: np.ndarray, scales: np.ndarray, minimums: np.ndarray) -> np.ndarray:
+def dequantize(packed: np.ndarray, scales: np.ndarray, zero: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """The [K, N] weight ``pack`` stands for (tests and the record's error figures)."""
     n, blocks, half = packed.shape
     codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, blocks, 2 * half).astype(np.float32)
-    values = codes * scales.reshape(n, blocks, 1) + minimums.T[..., None]
+    values = (codes - zero[..., None]) * scales.reshape(n, blocks, 1) + offsets.T[..., None]
     return values.reshape(n, blocks * 2 * half).T
+
+
+def _pack_nibbles(zero: np.ndarray) -> np.ndarray:
+    """Zero points [N, blocks] -> MatMulNBits' layout: [N * ceil(blocks / 2)] uint8, low nibble first."""
+    if zero.shape[1] % 2:
+        zero = np.concatenate([zero, np.zeros((zero.shape[0], 1), dtype=np.uint8)], axis=1)
+    return (zero[:, 0::2] | (zero[:, 1::2] << 4)).astype(np.uint8).reshape(-1)
 
 
 def _indicator(k: int, block_size: int) -> np.ndarray:
@@ -62,15 +78,14 @@ def _indicator(k: int, block_size: int) -> np.ndarray:
 def _rewrite(node, weight: np.ndarray, block_size: int, accuracy_level: int, sums: str) -> tuple[list, list]:
     """The nodes and initializers replacing one weight MatMul; ``sums`` names its input's block sums."""
     k, n = weight.shape
-    packed, scales, minimums = pack(weight, block_size)
+    packed, scales, zero, offsets = pack(weight, block_size)
     base, x, y = node.name or node.output[0], node.input[0], node.output[0]
     names = {part: f"{base}_Q4_{part}" for part in ("codes", "scales", "zero", "min")}
-    zero = np.zeros(n * ((k // block_size + 1) // 2), dtype=np.uint8)  # packed 4-bit zero points, all 0
     initializers = [
         numpy_helper.from_array(packed, names["codes"]),
         numpy_helper.from_array(scales, names["scales"]),
-        numpy_helper.from_array(zero, names["zero"]),
-        numpy_helper.from_array(minimums, names["min"]),
+        numpy_helper.from_array(_pack_nibbles(zero), names["zero"]),
+        numpy_helper.from_array(offsets, names["min"]),
     ]
     packed_inputs = [x, names["codes"], names["scales"], names["zero"]]
     nodes = [
