@@ -11,22 +11,28 @@ starts from level 4 everywhere and, while teacher-forced top-1 on the budget spl
 recipe's floor (``quantized_min_top1_agreement`` + ``LEVEL_MARGIN``), moves one kind of weight (the
 same slot of every block, e.g. every qkv_proj, or the LM head) to level 1, the kinds taken in order of
 measured top-1 gain per weight moved (level 1's cost grows with the weights it multiplies). Every
-trial is in the record with its top-1.
+trial is in the record with its top-1. Before choosing, every level MatMulNBits accepts (0-4; the CPU
+kernel runs those it lacks as another) is surveyed on all packed nodes at once: top-1 on the budget
+split and one batch-1 decode step in ONNX Runtime, the levels taking turns, so the report shows what
+each level costs and gains on this machine.
 """
 
 import math
 import re
+import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
 from compress.core import log
 from compress.models.data import TaskData
 from compress.models.evaluate import Evaluator
-from compress.recipe.schema import Recipe
+from compress.recipe.schema import Recipe, usable_cores
 from export.errors import ExportError
 from export.onnx.exporter import export_onnx
 from export.onnx.validate import quantized_parity
@@ -37,6 +43,8 @@ from export.runfolder.artifacts import artifacts_dir
 LEVEL_MARGIN = 0.01
 FAST_LEVEL, EXACT_LEVEL = 4, 1
 MIN_GAIN = 1e-6
+SURVEYED_LEVELS = (0, 1, 2, 3, 4)  # what MatMulNBits accepts: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8
+SURVEY_PAST, SURVEY_STEPS, SURVEY_ROUNDS = 32, 8, 5
 
 
 def _slots(decisions) -> dict[str, list[str]]:
@@ -78,9 +86,8 @@ def _top1_measure(reference: torch.nn.Module, batches: list[dict], work: Path):
         for batch in batches:
             expected.append(reference(**batch).logits.argmax(-1))
 
-    def measure(model: onnx.ModelProto, levels: dict[str, int]) -> float:
+    def measure(model: onnx.ModelProto, levels: dict[str, int], trial: Path = work / "levels.onnx") -> float:
         _set_levels(model, levels)
-        trial = work / "levels.onnx"
         onnx.save(model, str(trial))
         session = onnx_session(trial)
         hits = total = 0
@@ -94,6 +101,48 @@ def _top1_measure(reference: torch.nn.Module, batches: list[dict], work: Path):
         return hits / max(total, 1)
 
     return measure
+
+
+def _decode_step_ms(files: list[Path], threads: int) -> list[float]:
+    """Median ms of one batch-1 decode step after a ``SURVEY_PAST``-token prompt, per file; the files take
+    turns for ``SURVEY_ROUNDS`` rounds so that machine load hits them alike."""
+    from export.decoder.parity import _onnx_step, empty_past, onnx_session, positions
+
+    mask = torch.ones((1, SURVEY_PAST), dtype=torch.long)
+    prompt = {"input_ids": mask.clone(), "attention_mask": mask, "position_ids": positions(mask, SURVEY_PAST)}
+    step = {"input_ids": np.ones((1, 1), np.int64), "attention_mask": np.ones((1, SURVEY_PAST + 1), np.int64),
+            "position_ids": np.full((1, 1), SURVEY_PAST, np.int64)}  # fmt: skip
+    runs = []
+    for path in files:
+        session = onnx_session(path, threads)
+        _, past = _onnx_step(session, prompt, empty_past(session, 1))
+        names = {spec.name for spec in session.get_inputs()}
+        runs.append((session, {**{k: v for k, v in step.items() if k in names}, **past}))
+    timings: list[list[float]] = [[] for _ in files]
+    for _ in range(SURVEY_ROUNDS):
+        for index, (session, feed) in enumerate(runs):
+            start = time.perf_counter()
+            for _ in range(SURVEY_STEPS):
+                session.run(None, feed)
+            timings[index].append((time.perf_counter() - start) * 1000 / SURVEY_STEPS)
+    return [round(statistics.median(values), 3) for values in timings]
+
+
+def survey_levels(model: onnx.ModelProto, slots: dict[str, list[str]], measure, work: Path, threads: int) -> list:
+    """Every level on every packed node: top-1 (``measure``) and a decode step (see the module docstring)."""
+    names = [name for group in slots.values() for name in group]
+    rows, files = [], []
+    for level in SURVEYED_LEVELS:
+        files.append(work / f"level{level}.onnx")
+        rows.append({"level": level, "top1": round(measure(model, dict.fromkeys(names, level), files[-1]), 5)})
+    for row, ms in zip(rows, _decode_step_ms(files, threads)):
+        row.update(decode_step_ms=ms, past_tokens=SURVEY_PAST, rounds=SURVEY_ROUNDS)
+    exact = next(row["decode_step_ms"] for row in rows if row["level"] == EXACT_LEVEL)
+    for row in rows:
+        row["speed_vs_level_1"] = round(exact / row["decode_step_ms"], 3)
+    for path in files:
+        path.unlink()
+    return rows
 
 
 def choose_levels(
@@ -193,8 +242,13 @@ def build_decoder_variant(
             slots = _slots(plan.decisions)
             size = {d.node: math.prod(d.shape) for d in plan.decisions}
             weights = {label: sum(size[node] for node in nodes) for label, nodes in slots.items()}
-            levels = choose_levels(model, slots, _top1_measure(torch_model, batches, work), floor, weights)
-            levels["split"] = split
+            measure = _top1_measure(torch_model, batches, work)
+            survey = survey_levels(model, slots, measure, work, recipe.report.threads or usable_cores())
+            levels = choose_levels(model, slots, measure, floor, weights)
+            fast = next(row for row in survey if row["level"] == FAST_LEVEL)
+            speed = fast["speed_vs_level_1"]
+            levels["reason"] += f"; level {FAST_LEVEL} decodes {speed:.2f}x level {EXACT_LEVEL}'s speed here"
+            levels.update(split=split, survey=survey)
             log.info(f"  {name}: accuracy levels: {levels['reason']}")
         write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
     decisions = plan.decisions

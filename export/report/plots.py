@@ -1,5 +1,6 @@
-"""The report's plots (matplotlib, PNG): metric vs latency and metric vs size with the Pareto
-front marked, and the final model's per-layer sparsity and precision.
+"""The report's plots (matplotlib, PNG): metric vs latency, vs size and, for decoders, vs decode speed
+in onnxruntime-genai, each with the Pareto front marked; the final model's per-layer sparsity and
+precision.
 
 matplotlib runs headless (Agg) and is imported only when a report is written.
 """
@@ -117,6 +118,18 @@ def _layers(report: dict, path: Path) -> bool:
     return True
 
 
+def decode_row(artifact: dict) -> dict | None:
+    """The artifact's generation row at its smallest batch (batch 1 in the default report), if timed."""
+    rows = [row for row in artifact.get("generation") or [] if row.get("decode_tokens_per_s")]
+    return min(rows, key=lambda row: row["batch_size"], default=None)
+
+
+def _decode_ms(artifact: dict) -> float | None:
+    # Milliseconds per new token, so that the x axis is a cost like the other plots' (lower is better).
+    row = decode_row(artifact)
+    return round(1000.0 / row["decode_tokens_per_s"], 3) if row else None
+
+
 def write_plots(out_dir: Path, report: dict) -> dict[str, str]:
     """Write the PNGs under ``plots/``; return name -> path relative to ``out_dir`` for those written."""
     import matplotlib
@@ -130,6 +143,7 @@ def write_plots(out_dir: Path, report: dict) -> dict[str, str]:
 
     headline = [e for a in report["artifacts"] if (e := headline_latency(a, cpu))]
     batch = max((e["batch_size"] for e in headline), default="largest")
+    decode_rows = [row for a in report["artifacts"] if (row := decode_row(a))]
     plots = {
         "metric_vs_latency": lambda p: _tradeoff(
             report,
@@ -141,6 +155,14 @@ def write_plots(out_dir: Path, report: dict) -> dict[str, str]:
         ),
         "metric_vs_size": lambda p: _tradeoff(
             report, lambda a: a.get("size_bytes", 0) / 1e6 or None, "size on disk, MB", "Metric vs size", p
+        ),
+        "metric_vs_decode": lambda p: _tradeoff(
+            report,
+            _decode_ms,
+            f"decode, ms per new token (onnxruntime-genai, batch {(decode_rows or [{}])[0].get('batch_size', 1)})",
+            "Metric vs decode speed",
+            p,
+            lambda a: bool((decode_row(a) or {}).get("unreliable")),
         ),
         "layers": lambda p: _layers(report, p),
     }

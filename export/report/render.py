@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from export.measure.benchmark import latency_key
+from export.report.decoder_sections import accuracy_levels, generation
 from export.report.summary import higher_is_better, pareto_front, unreliable
 
 
@@ -274,6 +275,7 @@ def _plots(report: dict) -> list:
     titles = {
         "metric_vs_latency": "Metric vs latency",
         "metric_vs_size": "Metric vs size",
+        "metric_vs_decode": "Metric vs decode speed (onnxruntime-genai)",
         "layers": "Per-layer weights left and precision in torch (ONNX-side quantization: see Quantized artifacts)",
     }
     return [("h2", "Plots")] + [("image", titles.get(name, name), path) for name, path in report["plots"].items()]
@@ -294,29 +296,6 @@ def _environment(report: dict) -> list:
     return [("h2", "Environment"), ("list", items)]
 
 
-def _generation(report: dict) -> list:
-    rows = []
-    for artifact in report["artifacts"]:
-        for f in artifact.get("generation", []):
-            rows.append([
-                artifact["name"] + (" ⚠ unreliable" if f["unreliable"] else ""), str(f["batch_size"]),
-                f"{f['ttft_ms']:.1f} ({f['ttft_p10_ms']:.1f}-{f['ttft_p90_ms']:.1f})", f"{f['ttft_ratio']:.2f}×",
-                f"{f['decode_tokens_per_s']:.1f} "
-                f"({f['decode_p10_tokens_per_s']:.1f}-{f['decode_p90_tokens_per_s']:.1f})",
-                f"{f['decode_ratio']:.2f}×", f"{f['greedy_agreement']:.3f}", f"{f['peak_rss_mb']:.0f}",
-            ])  # fmt: skip
-    if not rows:
-        return []
-    first = next(f for a in report["artifacts"] for f in a.get("generation", []))
-    method = (f"onnxruntime-genai, greedy: a {first['prompt_tokens']}-token prompt of random ids, then "
-              f"{first['new_tokens']} tokens; {first['rounds']} rounds, the rows taking turns, {first['threads']} "
-              f"threads; ratios against `{first['baseline']}` in the same rounds; greedy agreement with it on "
-              "those prompts; peak RSS of each row's own process")  # fmt: skip
-    head = ["artifact", "batch", "TTFT ms (p10-p90)", "TTFT ratio", "decode tok/s (p10-p90)", "decode ratio",
-            "greedy agreement", "peak RSS MiB"]  # fmt: skip
-    return [("h2", "Generation"), ("p", method), ("table", head, rows)]
-
-
 def blocks(report: dict) -> list:
     head = [
         ("h1", f"modelpress report: {report['recipe']['name']}"),
@@ -326,7 +305,7 @@ def blocks(report: dict) -> list:
             f"recipe sha256 `{report['recipe']['sha256'][:12]}`.",
         ),
     ]
-    sections = (_summary, _stages, _artifacts, _latency, _generation, _edge, _plots, _environment)
+    sections = (_summary, _stages, _artifacts, _latency, generation, accuracy_levels, _edge, _plots, _environment)
     return head + [block for section in sections for block in section(report)]
 
 

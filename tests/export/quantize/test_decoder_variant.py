@@ -1,6 +1,8 @@
 """A decoder's int4 artifact in a run: the builder's fused graph packed by ``quantize_decoder`` with the
 LM head at 8 bits, and each kind of weight's accuracy level chosen by measured top-1."""
 
+import json
+
 import onnx
 import pytest
 import torch
@@ -75,6 +77,11 @@ def test_a_decoder_int4_variant_keeps_its_head_at_8_bits_and_chooses_levels(tmp_
     levels = artifact["accuracy_levels"]  # random weights at 4 bits: the floor holds at level 4 (the unit test moves)
     assert levels["split"] == "validation" and levels["floor"] == pytest.approx(0.51)
     assert levels["trials"] == [{"level 1": [], "top1": levels["top1"]}] and levels["top1"] >= 0.51
+    # every level surveyed for agreement and a timed decode step, the fast level's speed in the reason
+    survey = {row["level"]: row for row in levels["survey"]}
+    assert sorted(survey) == [0, 1, 2, 3, 4] and survey[FAST_LEVEL]["top1"] == levels["top1"]
+    assert all(0 < row["top1"] <= 1 and row["decode_step_ms"] > 0 for row in survey.values())
+    assert survey[EXACT_LEVEL]["speed_vs_level_1"] == 1.0 and "decodes" in levels["reason"]
     graph = onnx.load(str(tmp_path / "run" / artifact["path"]))
     written = {}
     for node in graph.graph.node:
@@ -91,7 +98,13 @@ def test_a_decoder_int4_variant_keeps_its_head_at_8_bits_and_chooses_levels(tmp_
     (speed,) = artifact["generation"]
     assert speed["baseline"] == "compressed" and speed["new_tokens"] == 4 and speed["rounds"] == 2
     assert speed["decode_tokens_per_s"] > 0 and speed["decode_ratio"] > 0 and speed["peak_rss_mb"] > 0
-    assert "## Generation" in (tmp_path / "run" / "report.md").read_text()
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert "## Generation" in markdown and "### int4: accuracy_level" in markdown
+    assert f"Chosen: {levels['reason']}." in markdown
+    # perplexity against decode speed: both folders drawn (ms per token), the Pareto front over them
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["plots"]["metric_vs_decode"] == "plots/metric_vs_decode.png"
+    assert (tmp_path / "run" / "plots" / "metric_vs_decode.png").stat().st_size > 1000
     _og_matches_ort(tmp_path / "run" / artifact["genai_folder"], tmp_path / "run" / artifact["path"])
 
 
