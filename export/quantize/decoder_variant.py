@@ -11,10 +11,10 @@ starts from level 4 everywhere and, while teacher-forced top-1 on the budget spl
 recipe's floor (``quantized_min_top1_agreement`` + ``LEVEL_MARGIN``), moves one kind of weight (the
 same slot of every block, e.g. every qkv_proj, or the LM head) to level 1, the kinds taken in order of
 measured top-1 gain per weight moved (level 1's cost grows with the weights it multiplies). Every
-trial is in the record with its top-1. Before choosing, every level MatMulNBits accepts (0-4; the CPU
-kernel runs those it lacks as another) is surveyed on all packed nodes at once: top-1 on the budget
-split and one batch-1 decode step in ONNX Runtime, the levels taking turns, so the report shows what
-each level costs and gains on this machine.
+trial is in the record with its top-1. Before choosing, every level this CPU offers (``int4_levels.
+offered_levels``: 0, 1 and 4, plus fp16 and bf16 where the CPU has them) is surveyed on all packed
+nodes at once: top-1 on the budget split and one batch-1 decode step in ONNX Runtime, the levels
+taking turns, so the report shows what each level costs and gains on this machine.
 """
 
 import math
@@ -43,7 +43,6 @@ from export.runfolder.artifacts import artifacts_dir
 LEVEL_MARGIN = 0.01
 FAST_LEVEL, EXACT_LEVEL = 4, 1
 MIN_GAIN = 1e-6
-SURVEYED_LEVELS = (0, 1, 2, 3, 4)  # what MatMulNBits accepts: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8
 SURVEY_PAST, SURVEY_STEPS, SURVEY_ROUNDS = 32, 8, 5
 
 
@@ -130,9 +129,11 @@ def _decode_step_ms(files: list[Path], threads: int) -> list[float]:
 
 def survey_levels(model: onnx.ModelProto, slots: dict[str, list[str]], measure, work: Path, threads: int) -> list:
     """Every level on every packed node: top-1 (``measure``) and a decode step (see the module docstring)."""
+    from export.quantize.int4_levels import offered_levels
+
     names = [name for group in slots.values() for name in group]
     rows, files = [], []
-    for level in SURVEYED_LEVELS:
+    for level in offered_levels():
         files.append(work / f"level{level}.onnx")
         rows.append({"level": level, "top1": round(measure(model, dict.fromkeys(names, level), files[-1]), 5)})
     for row, ms in zip(rows, _decode_step_ms(files, threads)):
