@@ -19,14 +19,19 @@ def dense_bytes(model: torch.nn.Module) -> int:
 
 
 def count_macs(model: torch.nn.Module, example_inputs) -> int | None:
-    """MACs by Torch-Pruning's counter; None where it cannot count every layer (Hugging Face Conv1D)."""
+    """MACs by Torch-Pruning's counter; None where it cannot count every layer (Hugging Face Conv1D) or
+    cannot run the model as it traces it (an op it does not know; nn.TransformerEncoder's fast path
+    with a padding mask turns activations into NestedTensors, which its hooks cannot read)."""
     import torch_pruning as tp
 
     from compress.pruning.conv1d import conv1d_types
 
     if conv1d_types(model):
         return None
-    return int(tp.utils.count_ops_and_params(model, example_inputs)[0])
+    try:
+        return int(tp.utils.count_ops_and_params(model, example_inputs)[0])
+    except (RuntimeError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def layer_table(model: torch.nn.Module) -> list[dict]:

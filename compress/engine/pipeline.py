@@ -28,6 +28,7 @@ from compress.engine.metrics import (
     weights_fingerprint,
 )
 from compress.engine.stages import StageResult, chain_fingerprint, find_stage, load_stage_weights, save_stage
+from compress.models.blocks import without_nested_tensor_fast_path
 from compress.models.data import TaskData, call_model, flatten_inputs, model_device, to_device
 from compress.models.evaluate import Evaluator, torch_predictor
 from compress.quant.bnb import float_copy
@@ -109,6 +110,9 @@ def run_pipeline(
     """Apply every pass of ``recipe`` to ``model`` (in place) and return the stages."""
     torch.manual_seed(recipe.seed)
     model.eval()
+    for name in without_nested_tensor_fast_path(model):
+        log.info(f"{name}: nn.TransformerEncoder runs without its nested-tensor fast path (eval with a padding "
+                 "mask zeroes padded positions there, which training and ONNX do not)")  # fmt: skip
     _check_model_runs(model, example_inputs)
     baseline = copy.deepcopy(model)
     fingerprints = [chain_fingerprint(weights_fingerprint(model), {"seed": recipe.seed, "metric": evaluator.name})]
@@ -162,13 +166,6 @@ def run_pipeline(
     return PipelineOutput(model, baseline, stages)
 
 
-def _macs_or_none(model, example_inputs) -> int | None:
-    try:
-        return count_macs(model, example_inputs)
-    except (RuntimeError, TypeError, ValueError, AttributeError):  # an op the counter cannot trace
-        return None
-
-
 def _finish_stage(ctx, model, index, name, config, evaluator, fingerprint, began, out_dir) -> StageResult:
     """``began``: the stage's start time and its ``log.warnings_mark``."""
     start, mark = began
@@ -186,7 +183,7 @@ def _finish_stage(ctx, model, index, name, config, evaluator, fingerprint, began
         seconds=round(time.perf_counter() - start, 3),
         fingerprint=fingerprint,
         record=dict(ctx.facts),
-        macs=_macs_or_none(float_model, ctx.example_inputs),
+        macs=count_macs(float_model, ctx.example_inputs),
         dense_bytes=dense_bytes(float_model),
         layers=layer_table(model),
         warnings=log.warnings_since(mark),

@@ -14,6 +14,7 @@ from compress.core.errors import InputError
 from compress.core.untrusted import escape, open_read
 from compress.engine.folder import read_run_folder
 from compress.engine.stages import StageResult, load_stage_weights, read_stages
+from compress.models.blocks import without_nested_tensor_fast_path
 from compress.recipe.registry import get_pass
 from compress.recipe.schema import load_recipe
 
@@ -122,4 +123,5 @@ def load(
         after_load = get_pass(done.pass_name).after_load
         if after_load is not None:
             model = after_load(model, done.record, done.config)
+    without_nested_tensor_fast_path(model)  # as the run computed it (see run_pipeline)
     return model.eval()

@@ -36,3 +36,19 @@ def largest_block_list(model: torch.nn.Module) -> str | None:
     """Name of the list of repeated blocks holding the most parameters (the trunk), None when there is none."""
     found = block_lists(model)
     return max(found, key=lambda name: sum(p.numel() for p in found[name].parameters()), default=None)
+
+
+def without_nested_tensor_fast_path(model: torch.nn.Module) -> list[str]:
+    """Turn off ``nn.TransformerEncoder``'s nested-tensor fast path; return the modules changed.
+
+    In eval mode with a padding mask that path packs the batch as a NestedTensor and returns zeros at
+    the padded positions; training never saw those zeros, no ONNX graph reproduces them (so the
+    model fails parity against its own export), and Torch-Pruning's tracing hooks cannot read a
+    NestedTensor. Without it the encoder computes what it computes in training, identical on the
+    real tokens (attention already masks the padding)."""
+    changed = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.TransformerEncoder) and getattr(module, "use_nested_tensor", False):
+            module.use_nested_tensor = False
+            changed.append(name or "(the model)")
+    return changed

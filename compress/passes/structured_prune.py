@@ -248,8 +248,9 @@ def _ratio_for_macs(model, config: StructuredPruneConfig, example_inputs, target
     base = count_macs(model, example_inputs)
     if base is None:
         raise PruneError(
-            "structured_prune: macs_reduction needs MACs, which Torch-Pruning cannot count for Hugging Face "
-            "Conv1D layers (GPT-2); give a ratio, head_ratio or layer_ratios instead"
+            "structured_prune: macs_reduction needs MACs, which Torch-Pruning cannot count for this model "
+            "(Hugging Face Conv1D layers, or an op its counter cannot trace); give a ratio, head_ratio or "
+            "layer_ratios instead"
         )
     low, high = 0.0, 0.99
     for _ in range(10):
