@@ -42,22 +42,43 @@ def metric_loss(reference: float, value: float, higher_is_better: bool = True) -
     return reference - value if higher_is_better else value - reference
 
 
+IGNORE_INDEX = -100  # the label Hugging Face and torch's cross-entropy leave unscored (padding tokens)
+
+
+def class_axis(outputs: torch.Tensor, labels: torch.Tensor) -> int:
+    """Where the classes are in ``outputs`` for these ``labels``: the last axis when the labels have its
+    shape without that axis (a class per row, or per token: [B, T, C] against [B, T]); axis 1 for a
+    channels-first dense map ([B, C, H, W] against [B, H, W], segmentation)."""
+    if outputs.dim() == labels.dim() + 1:
+        if outputs.shape[:-1] == labels.shape:
+            return -1
+        if outputs.dim() > 2 and outputs.shape[0] == labels.shape[0] and outputs.shape[2:] == labels.shape[1:]:
+            return 1
+    raise InputError(
+        f"accuracy: outputs of shape {list(outputs.shape)} do not fit labels of shape {list(labels.shape)}; accuracy "
+        "needs a class axis beside the labels' shape (per row [B, C], per token [B, T, C], per pixel [B, C, H, W]); "
+        "for other outputs write a metric (task.metric: module:function)"
+    )
+
+
 def accuracy(predict: Predict, batches: Iterable) -> float:
-    """Share of batches' ``(inputs, labels)`` whose argmax equals the label."""
+    """Share of labels whose argmax over the class axis equals them: per row for a classifier, per
+    element for dense outputs (tokens, pixels), labels of -100 not scored."""
     correct = total = 0
     for inputs, labels in batches:
         outputs = predict(inputs)
         labels = torch.as_tensor(labels)  # a list of ints through the API works too
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise InputError(f"accuracy: labels are {labels.dtype}; eval batches must be (inputs, integer labels)")
-        width = outputs.shape[-1]
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= width):
+        axis = class_axis(outputs, labels)
+        width, scored = outputs.shape[axis], labels != IGNORE_INDEX
+        if scored.any() and (int(labels[scored].min()) < 0 or int(labels[scored].max()) >= width):
             raise InputError(
-                f"accuracy: labels range over [{int(labels.min())}, {int(labels.max())}] but the model has "
-                f"{width} outputs; labels must be class indices in [0, {width - 1}]"
+                f"accuracy: labels range over [{int(labels[scored].min())}, {int(labels[scored].max())}] but the "
+                f"model has {width} outputs; labels must be class indices in [0, {width - 1}] (or -100: not scored)"
             )
-        correct += int((outputs.argmax(-1) == labels).sum())
-        total += len(labels)
+        correct += int(((outputs.argmax(axis) == labels) & scored).sum())
+        total += int(scored.sum())
     if total == 0:
         raise InputError("accuracy: the eval split is empty; give it at least one (inputs, labels) batch")
     return correct / total

@@ -7,7 +7,7 @@ from compress.recipe.schema import ParitySpec
 from export.errors import ShapeMismatch, ToleranceExceeded
 from export.onnx.exporter import to_onnx
 from export.onnx.runtime import make_session
-from export.onnx.validate import compare_outputs, cosine, validate
+from export.onnx.validate import compare_outputs, cosine, top1_matches, validate
 from tests.tiny_models import mlp, vector_data
 
 
@@ -136,3 +136,31 @@ def test_two_output_model_exports_and_compares_both(tmp_path):
 def test_tolerances_that_switch_a_check_off_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         ParitySpec(**{field: value})
+
+
+def test_top1_of_a_segmentation_map_is_per_pixel_over_the_channel_axis():
+    # [B, C, H, W] one-hot class maps: noise far below the class margin keeps every pixel's class, while
+    # argmax over the width (the last axis) flips between tied columns: it is not the class axis.
+    truth = torch.randint(0, 5, (2, 8, 8), generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.one_hot(truth, 5).permute(0, 3, 1, 2).float()
+    actual = expected + 0.01 * torch.rand(expected.shape, generator=torch.Generator().manual_seed(1))
+    assert top1_matches(expected, actual) == (2 * 8 * 8, 2 * 8 * 8)
+    assert (expected.argmax(-1) == actual.argmax(-1)).float().mean() < 0.9
+    tokens = torch.randn(2, 6, 11)  # [B, T, vocab]: per token over the last axis
+    assert top1_matches(tokens, tokens) == (12, 12)
+
+
+def test_atol_is_relative_beyond_unit_magnitude(tmp_path):
+    # The same model with its outputs 1000x larger: fp32 rounding grows with them, and so does the
+    # tolerance (atol x the largest |output|); a real difference still fails, named with the magnitude.
+    big = mlp()
+    with torch.no_grad():
+        big.fc2.weight.mul_(1000)
+        big.fc2.bias.mul_(1000)
+    exported = _exported(big, tmp_path, "big")
+    result = compare_outputs(big, exported, inputs(), ParitySpec(atol=1e-6), classifier=True)
+    assert result.passed, result.failures
+    with torch.no_grad():
+        big.fc2.bias[0] += 1.0
+    result = compare_outputs(big, exported, inputs(), ParitySpec(atol=1e-6), classifier=True)
+    assert any(f.startswith("max abs diff 1 > atol 1e-06 x output magnitude") for f in result.failures)
