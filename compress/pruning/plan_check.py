@@ -110,6 +110,16 @@ def _block(model: torch.nn.Module, name: str) -> str:
     return type(model.get_submodule(name.rpartition(".")[0])).__name__
 
 
+def _emptied(model: torch.nn.Module, prunable: tuple[type, ...], extra: list[str]) -> list[str]:
+    """Prunable layers left with no input or output channel (e.g. Phi3's fused ``gate_up_proj``)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, prunable) and name not in extra
+        and isinstance(getattr(module, "weight", None), torch.Tensor) and 0 in module.weight.shape
+    ]  # fmt: skip
+
+
 def simulate(
     model: torch.nn.Module,
     cut: Callable[[torch.nn.Module, list[str]], tp.pruner.BasePruner],
@@ -131,6 +141,11 @@ def simulate(
             if not exc.layer or exc.layer in extra:
                 raise CutFailed("", f"Torch-Pruning cannot cut module {exc.layer or '?'!r} ({exc})") from None
             breakages.append(Breakage([exc.layer], exc.layer, _block(trial, exc.layer), str(exc)))
+            continue
+        emptied = _emptied(trial, prunable, extra)
+        if emptied:  # the model still runs, with that layer gone: a silent loss, never a plan
+            why = "the cut removes every channel (Torch-Pruning splits a fused projection's outputs wrongly)"
+            breakages.append(Breakage(emptied, emptied[0], _block(trial, emptied[0]), why))
             continue
         failure = forward_failure(trial, example_inputs)
         if failure is None:

@@ -46,6 +46,14 @@ ZOO = {
     "llama": ("decoder", "LlamaConfig", dict(DECODER, num_key_value_heads=2)),
     "qwen2": ("decoder", "Qwen2Config", dict(DECODER, num_key_value_heads=2)),
     "gpt-neox": ("decoder", "GPTNeoXConfig", dict(DECODER)),
+    # held-out decoders (issue 28): separate q/k/v (Mistral, Gemma2, OPT) and fused ones (Phi3's qkv_proj
+    # and gate_up_proj, BLOOM's and Falcon's query_key_value)
+    "mistral": ("decoder", "MistralConfig", dict(DECODER, num_key_value_heads=2)),
+    "gemma2": ("decoder", "Gemma2Config", dict(DECODER, num_key_value_heads=2, head_dim=8)),
+    "opt": ("decoder", "OPTConfig", dict(DECODER, ffn_dim=64, word_embed_proj_dim=32)),
+    "phi3": ("decoder", "Phi3Config", dict(DECODER, num_key_value_heads=2)),
+    "bloom": ("decoder", "BloomConfig", dict(vocab_size=64, hidden_size=32, n_layer=2, n_head=4, use_cache=False)),
+    "falcon": ("decoder", "FalconConfig", dict(DECODER)),
     "t5": (
         "seq2seq",
         "T5Config",

@@ -38,11 +38,14 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def run(name: str) -> dict:
-    """Prune, export and quantize ``name``; the facts, or the stage that failed and why."""
+def run(name: str, head_ratio: float | None = None) -> dict:
+    """Prune, export and quantize ``name``; the facts, or the stage that failed and why. ``head_ratio``:
+    instead of the family's default (a refusal's fix, pasted back)."""
     family = ZOO[name][0]
     model, inputs = build(name), example_inputs(name)
-    config = StructuredPruneConfig(ratio=RATIO, head_ratio=HEAD_RATIO if family in ATTENTION_FAMILIES else 0.0)
+    if head_ratio is None:
+        head_ratio = HEAD_RATIO if family in ATTENTION_FAMILIES else 0.0
+    config = StructuredPruneConfig(ratio=RATIO, head_ratio=head_ratio)
     result = {"name": name, "family": family, "params_before": count_params(model)}
     stage = "prune"
     try:

@@ -13,8 +13,13 @@ from tests.zoo.run import FP32_ATOL, INT8_MIN_COSINE, run
 PASSING = {
     "bert", "distilbert", "roberta", "albert", "electra", "deberta-v2", "mpnet", "xlm-roberta", "vit", "deit",
     "beit", "swin", "resnet", "mobilenet-v2", "convnext", "regnet", "efficientnet", "gpt2", "llama", "qwen2",
-    "gpt-neox", "t5",
+    "gpt-neox", "t5", "mistral", "gemma2", "opt",
 }  # fmt: skip
+# Rows refused in one line whose fix, pasted back, passes: the fix is the rerun's option. Phi3 is refused
+# the same way, but its fix does not pass: the plan check then leaves its fused qkv_proj, gate_up_proj
+# and down_proj whole (Torch-Pruning cuts them wrongly: an IndexError, or gate_up_proj emptied), and
+# nothing else is left to cut.
+REFUSED = {"bloom": "set head_ratio: 0", "falcon": "set head_ratio: 0"}
 
 
 @pytest.mark.parametrize("name", list(ZOO))
@@ -23,6 +28,11 @@ def test_zoo_architecture(name):
     if result["status"] == "failed":
         assert name not in PASSING, f"{name} regressed: {result['stage']}: {result['reason']}"
         assert "\n" not in result["reason"] and result["reason"]
+        if name in REFUSED:
+            assert result["reason"].endswith(REFUSED[name]) and "module '" in result["reason"]
+            again = run(name, head_ratio=0.0)  # the fix the line gives
+            assert again["status"] == "passed", again.get("reason")
+            assert again["max_abs_diff"] <= FP32_ATOL and again["params_after"] < again["params_before"]
         return
     assert result["max_abs_diff"] <= FP32_ATOL and result["int8_cosine"] >= INT8_MIN_COSINE
     assert result["params_after"] < result["params_before"]
