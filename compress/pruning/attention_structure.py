@@ -31,7 +31,8 @@ def _heads_attr(module: torch.nn.Module) -> str | None:
 
 
 def looks_like_attention(module: torch.nn.Module) -> bool:
-    """An int attribute about heads (or an ``*Attention*`` class) and two projection children at least.
+    """An int attribute about heads (or an ``*Attention*`` class) and two projection children at least,
+    a projection wrapped with its norm counting too (LeViT's Linear + BatchNorm ``MLPLayerWithBN``).
 
     Two: torch's MultiheadAttention keeps q/k/v in one parameter (only its output projection is
     a Linear); it is not counted.
@@ -39,7 +40,12 @@ def looks_like_attention(module: torch.nn.Module) -> bool:
     named = "attention" in type(module).__name__.lower() or any(
         "head" in k and is_int(v) for k, v in vars(module).items()
     )
-    return named and sum(is_projection(child) for child in module.children()) >= 2
+    return named and sum(is_projection(child) or _wraps_projection(child) for child in module.children()) >= 2
+
+
+def _wraps_projection(module: torch.nn.Module) -> bool:
+    children = list(module.children())
+    return 0 < len(children) <= 2 and sum(is_projection(child) for child in children) == 1
 
 
 def _config_heads(model: torch.nn.Module, module: torch.nn.Module) -> int | None:

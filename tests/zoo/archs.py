@@ -54,6 +54,55 @@ ZOO = {
     "phi3": ("decoder", "Phi3Config", dict(DECODER, num_key_value_heads=2)),
     "bloom": ("decoder", "BloomConfig", dict(vocab_size=64, hidden_size=32, n_layer=2, n_head=4, use_cache=False)),
     "falcon": ("decoder", "FalconConfig", dict(DECODER)),
+    "bart": (
+        "seq2seq",
+        "BartConfig",
+        dict(
+            vocab_size=64,
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=32,
+            use_cache=False,
+            pad_token_id=1,
+            decoder_start_token_id=2,
+        ),
+    ),  # fmt: skip
+    "clip-vision": ("vision", "CLIPVisionConfig", dict(VISION)),  # pre- and post-LayerNorm around the encoder
+    "levit": (
+        "vision",
+        "LevitConfig",
+        dict(
+            image_size=32,
+            patch_size=16,
+            hidden_sizes=[32, 64],
+            num_attention_heads=[2, 4],
+            depths=[1, 1],
+            key_dim=[8, 8],
+            attention_ratio=[2, 2],
+            mlp_ratio=[2, 2],
+            down_ops=[["Subsample", 8, 4, 4, 2, 2]],
+        ),
+    ),  # fmt: skip
+    "segformer": (
+        "vision",
+        "SegformerConfig",
+        dict(
+            num_encoder_blocks=2,
+            depths=[1, 1],
+            sr_ratios=[2, 1],
+            hidden_sizes=[16, 32],
+            num_attention_heads=[2, 4],
+            patch_sizes=[7, 3],
+            strides=[4, 2],
+            mlp_ratios=[2, 2],
+            decoder_hidden_size=32,
+        ),
+    ),  # fmt: skip
     "t5": (
         "seq2seq",
         "T5Config",
