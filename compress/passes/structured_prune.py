@@ -47,6 +47,12 @@ from compress.training.loop import fit_to_teacher
 PRUNABLE = WEIGHT_LAYERS
 
 
+def whole_rnns(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """RNNs (LSTM, GRU, RNN), left whole: Torch-Pruning 1.6's LSTM pruner asserts ``num_layers == 1``
+    and, on one layer, indexes out of range; it has none for GRU."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.RNNBase)}
+
+
 def _prunable(model: torch.nn.Module) -> tuple[type, ...]:
     """Layer types to prune: torch's, plus Hugging Face Conv1D where the model has it."""
     return PRUNABLE + tuple(conv1d_types(model))
@@ -205,7 +211,7 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
             pruning_ratio=ratio,
             pruning_ratio_dict=layer_ratios or None,
             iterative_steps=config.steps,
-            ignored_layers=[*ignored.values(), *attention],
+            ignored_layers=[*ignored.values(), *attention, *whole_rnns(model).values()],
             round_to=None,  # rounded by round_group, which never empties a narrow layer
             num_heads=attention,
             prune_head_dims=False,  # heads are removed whole by prune_heads; channels never split one
@@ -344,6 +350,11 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     inputs = ctx.example_inputs
     _, output_shape = _execution_order(model, inputs)
     macs_before, params_before = count_macs(model, inputs), count_params(model)
+    for name, rnn in whole_rnns(model).items():
+        layers = f"{rnn.num_layers} layer{'s' if rnn.num_layers > 1 else ''}"
+        kind = f"{type(rnn).__name__}, {layers}{', bidirectional' if rnn.bidirectional else ''}"
+        log.warn(f"structured_prune: {name!r} ({kind}) left whole: Torch-Pruning cannot cut RNNs; the "
+                 "layers around it are cut as usual")  # fmt: skip
     removed_heads, head_tensors = {}, {}
     if config.head_ratio > 0:
         p = 1 if config.importance == Criterion.l1.value else 2
