@@ -88,6 +88,43 @@ ZOO = {
             down_ops=[["Subsample", 8, 4, 4, 2, 2]],
         ),
     ),  # fmt: skip
+    "wav2vec2": (  # the positional conv is weight-norm parametrized
+        "audio",
+        "Wav2Vec2Config",
+        dict(
+            vocab_size=32,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            conv_dim=(16, 16),
+            conv_stride=(5, 2),
+            conv_kernel=(10, 3),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
+    ),  # fmt: skip
+    "whisper-encoder": (  # the positional table is added to the activations as a tensor
+        "audio",
+        "WhisperConfig",
+        dict(
+            vocab_size=64,
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            num_mel_bins=8,
+            max_source_positions=16,
+            max_target_positions=16,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        ),
+    ),  # fmt: skip
     "segformer": (
         "vision",
         "SegformerConfig",
@@ -120,7 +157,7 @@ ZOO = {
 }
 
 # Families whose models have attention: the generic run also removes a quarter of their heads.
-ATTENTION_FAMILIES = {"encoder", "vision", "decoder", "seq2seq"}
+ATTENTION_FAMILIES = {"encoder", "vision", "decoder", "seq2seq", "audio"}
 
 
 def build(name: str):
@@ -132,6 +169,8 @@ def build(name: str):
     torch.manual_seed(0)
     config = getattr(transformers, config_class)(**fields)
     model = transformers.AutoModel.from_config(config)
+    if family == "audio" and config.is_encoder_decoder:  # Whisper: its encoder, as an audio classifier uses it
+        model = model.get_encoder()
     _settle_batchnorm(model, example_inputs(name))
     return model.eval()
 
@@ -173,6 +212,11 @@ def example_inputs(name: str):
     g = torch.Generator().manual_seed(1)
     if family in ("vision", "cnn"):
         return torch.randn(2, 3, 32, 32, generator=g)
+    if family == "audio":  # log-mel features (Whisper) or a raw waveform (Wav2Vec2)
+        fields = ZOO[name][2]
+        if "num_mel_bins" in fields:
+            return torch.randn(2, fields["num_mel_bins"], 2 * fields["max_source_positions"], generator=g)
+        return torch.randn(2, 400, generator=g)
     ids = torch.randint(2, 64, (2, 8), generator=g)
     if family == "seq2seq":
         return {"input_ids": ids, "decoder_input_ids": ids[:, :4]}
