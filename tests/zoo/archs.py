@@ -125,6 +125,8 @@ ZOO = {
             decoder_start_token_id=1,
         ),
     ),  # fmt: skip
+    "transformer-encoder": ("torch-text", "EncoderClassifier", {}),  # tests/zoo/torch_models.py
+    "lstm": ("torch-text", "RnnClassifier", {}),
     "segformer": (
         "vision",
         "SegformerConfig",
@@ -167,6 +169,10 @@ def build(name: str):
 
     family, config_class, fields = ZOO[name]
     torch.manual_seed(0)
+    if family == "torch-text":
+        from tests.zoo import torch_models
+
+        return getattr(torch_models, config_class)(**fields).eval()
     config = getattr(transformers, config_class)(**fields)
     model = transformers.AutoModel.from_config(config)
     if family == "audio" and config.is_encoder_decoder:  # Whisper: its encoder, as an audio classifier uses it
@@ -218,6 +224,8 @@ def example_inputs(name: str):
             return torch.randn(2, fields["num_mel_bins"], 2 * fields["max_source_positions"], generator=g)
         return torch.randn(2, 400, generator=g)
     ids = torch.randint(2, 64, (2, 8), generator=g)
+    if family == "torch-text":  # the second row padded: the mask matters
+        return {"input_ids": ids, "attention_mask": torch.tensor([[1] * 8, [1] * 5 + [0] * 3])}
     if family == "seq2seq":
         return {"input_ids": ids, "decoder_input_ids": ids[:, :4]}
     return {"input_ids": ids}

@@ -14,6 +14,7 @@ import torch
 from compress.core.errors import ModelpressError
 from compress.engine.context import Context
 from compress.engine.metrics import count_params
+from compress.models.blocks import without_nested_tensor_fast_path
 from compress.models.data import TaskData, call_model, first_tensor, flatten_inputs
 from compress.passes.quantize import OnnxQuantSpec
 from compress.passes.structured_prune import StructuredPruneConfig, structured_prune
@@ -43,6 +44,7 @@ def run(name: str, head_ratio: float | None = None) -> dict:
     instead of the family's default (a refusal's fix, pasted back)."""
     family = ZOO[name][0]
     model, inputs = build(name), example_inputs(name)
+    without_nested_tensor_fast_path(model)  # as run_pipeline does before any pass
     if head_ratio is None:
         head_ratio = HEAD_RATIO if family in ATTENTION_FAMILIES else 0.0
     config = StructuredPruneConfig(ratio=RATIO, head_ratio=head_ratio)

@@ -6,26 +6,12 @@ import torch
 import compress
 from compress.models.blocks import without_nested_tensor_fast_path
 from compress.models.data import TaskData
-
-
-class EncoderClassifier(torch.nn.Module):
-    """A torch.nn.TransformerEncoder classifier as users write it: default fast path, a padding mask."""
-
-    def __init__(self):
-        super().__init__()
-        self.embed = torch.nn.Embedding(50, 32)
-        layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
-        self.encoder = torch.nn.TransformerEncoder(layer, 2)  # enable_nested_tensor defaults to True
-        self.head = torch.nn.Linear(32, 3)
-
-    def forward(self, input_ids, attention_mask):
-        hidden = self.encoder(self.embed(input_ids), src_key_padding_mask=attention_mask == 0)
-        return self.head(hidden.mean(1))
+from tests.zoo.torch_models import EncoderClassifier
 
 
 def batch(seed: int):
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 50, (8, 10), generator=generator)
+    ids = torch.randint(0, 64, (8, 10), generator=generator)
     mask = torch.ones(8, 10, dtype=torch.long)
     mask[:, 7:] = 0
     return {"input_ids": ids, "attention_mask": mask}, torch.randint(0, 3, (8,), generator=generator)
