@@ -1,13 +1,12 @@
 """structured_prune: physically remove channels and neurons, so the exported model is smaller and faster.
 
-Built on Torch-Pruning's dependency graph (Fang et al., CVPR 2023): layers coupled by
-residual additions, concatenations or normalization are pruned together, and the
-modules are rebuilt with fewer channels. The layer producing the model output is
-kept, so the output width never changes. Kept widths are rounded to multiples that keep
-ONNX Runtime's blocked kernels (``round_to``, see ``compress.pruning.widths``), so pruned
-means faster, not only smaller. Iterative pruning spreads the ratio over
-``steps``, with optional fine-tuning towards the teacher between steps. The record
-holds Torch-Pruning's pruning history, which ``restore`` replays on resume.
+Built on Torch-Pruning's dependency graph (Fang et al., CVPR 2023): layers coupled by residual additions,
+concatenations or normalization are pruned together, and the modules are rebuilt with fewer channels.
+The layer producing the model output is kept, so the output width never changes. Kept widths are
+rounded to multiples that keep ONNX Runtime's blocked kernels (``round_to``, see
+``compress.pruning.widths``), so pruned means faster, not only smaller. Iterative pruning spreads the
+ratio over ``steps``, with optional fine-tuning towards the teacher between steps. The record holds
+Torch-Pruning's pruning history, which ``restore`` replays on resume. RNNs are left whole (``rnn``).
 """
 
 import copy
@@ -32,6 +31,7 @@ from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is
 from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
 from compress.pruning.importance import IMPORTANCE, NEEDS_STATS, PREPARE, Criterion
 from compress.pruning.plan_check import CutFailed, groups_cutting, simulate, traced_forward
+from compress.pruning.rnn import warn_whole_rnns, whole_rnns
 from compress.pruning.steps import (
     PruneError,
     check_no_group_empties,
@@ -44,18 +44,10 @@ from compress.pruning.widths import AUTO, resolve_round_to, rounded_width
 from compress.recipe.registry import register_pass
 from compress.training.loop import fit_to_teacher
 
-PRUNABLE = WEIGHT_LAYERS
-
-
-def whole_rnns(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """RNNs (LSTM, GRU, RNN), left whole: Torch-Pruning 1.6's LSTM pruner asserts ``num_layers == 1``
-    and, on one layer, indexes out of range; it has none for GRU."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.RNNBase)}
-
 
 def _prunable(model: torch.nn.Module) -> tuple[type, ...]:
     """Layer types to prune: torch's, plus Hugging Face Conv1D where the model has it."""
-    return PRUNABLE + tuple(conv1d_types(model))
+    return WEIGHT_LAYERS + tuple(conv1d_types(model))
 
 
 Ratio = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -350,11 +342,7 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
     inputs = ctx.example_inputs
     _, output_shape = _execution_order(model, inputs)
     macs_before, params_before = count_macs(model, inputs), count_params(model)
-    for name, rnn in whole_rnns(model).items():
-        layers = f"{rnn.num_layers} layer{'s' if rnn.num_layers > 1 else ''}"
-        kind = f"{type(rnn).__name__}, {layers}{', bidirectional' if rnn.bidirectional else ''}"
-        log.warn(f"structured_prune: {name!r} ({kind}) left whole: Torch-Pruning cannot cut RNNs; the "
-                 "layers around it are cut as usual")  # fmt: skip
+    warn_whole_rnns(model)
     removed_heads, head_tensors = {}, {}
     if config.head_ratio > 0:
         p = 1 if config.importance == Criterion.l1.value else 2
