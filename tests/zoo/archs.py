@@ -10,6 +10,8 @@ TEXT_POS = dict(TEXT, max_position_embeddings=32)
 VISION = dict(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2)
 VISION = dict(VISION, num_attention_heads=4, intermediate_size=64)
 DECODER = dict(TEXT_POS, use_cache=False, pad_token_id=0)
+SEQ2SEQ = dict(vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4)
+SEQ2SEQ = dict(SEQ2SEQ, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)
 
 # name: (family, config class, config fields)
 ZOO = {
@@ -57,21 +59,8 @@ ZOO = {
     "bart": (
         "seq2seq",
         "BartConfig",
-        dict(
-            vocab_size=64,
-            d_model=32,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-            max_position_embeddings=32,
-            use_cache=False,
-            pad_token_id=1,
-            decoder_start_token_id=2,
-        ),
-    ),  # fmt: skip
+        dict(SEQ2SEQ, max_position_embeddings=32, use_cache=False, pad_token_id=1, decoder_start_token_id=2),
+    ),
     "clip-vision": ("vision", "CLIPVisionConfig", dict(VISION)),  # pre- and post-LayerNorm around the encoder
     "levit": (
         "vision",
@@ -108,14 +97,7 @@ ZOO = {
         "audio",
         "WhisperConfig",
         dict(
-            vocab_size=64,
-            d_model=32,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
+            SEQ2SEQ,
             num_mel_bins=8,
             max_source_positions=16,
             max_target_positions=16,
