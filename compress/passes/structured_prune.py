@@ -35,8 +35,8 @@ from compress.pruning.rnn import warn_whole_rnns, whole_rnns
 from compress.pruning.steps import (
     PruneError,
     check_no_group_empties,
+    cut_failure,
     cut_step,
-    failing_layer,
     keep_output_widths,
     rounded_cut,
 )
@@ -306,7 +306,8 @@ def _plan_exclusions(model, config: StructuredPruneConfig, inputs, ratio: float)
         try:
             rounded_cut(pruner, round_to)  # the real cut's widths: a layer rounding keeps whole is not cut
         except Exception as exc:  # noqa: BLE001  (failures surface deep inside Torch-Pruning)
-            raise CutFailed(failing_layer(pruner, trial).strip("?"), first_line(exc)) from None
+            where, cause = cut_failure(pruner, trial, exc)
+            raise CutFailed(where.strip("?"), cause) from None
         return pruner
 
     try:

@@ -18,6 +18,23 @@ class PruneError(ModelpressError):
     """The model (or one of its layers) cannot be pruned structurally."""
 
 
+class GroupCutError(Exception):
+    """Torch-Pruning failed cutting one group: the module at its root, and the cause's first line."""
+
+    def __init__(self, module: torch.nn.Module, cause: BaseException):
+        super().__init__(first_line(cause))
+        self.module = module
+
+
+def cut_failure(pruner: tp.pruner.BasePruner, model: torch.nn.Module, exc: BaseException) -> tuple[str, str]:
+    """(the layer a failed cut names, the cause's first line): the root of the group being cut, else
+    the first group whose importance cannot be computed, else "?"."""
+    if isinstance(exc, GroupCutError):
+        name = next((n for n, m in model.named_modules() if m is exc.module), None)
+        return name if name is not None else failing_layer(pruner, model), str(exc)
+    return failing_layer(pruner, model), first_line(exc)
+
+
 def keep_output_widths(pruner: tp.pruner.BasePruner) -> None:
     """Leave whole every group that reaches a model output.
 
@@ -85,7 +102,10 @@ def rounded_cut(pruner: tp.pruner.BasePruner, round_to: int, before: Callable | 
         if group is not None:
             if before is not None:
                 before(group)
-            group.prune()
+            try:
+                group.prune()
+            except Exception as exc:  # noqa: BLE001  (name the group; the cause comes from deep inside it)
+                raise GroupCutError(group[0].dep.target.module, exc) from exc
 
 
 def cut_step(
@@ -95,8 +115,8 @@ def cut_step(
     try:
         rounded_cut(pruner, round_to, before)
     except Exception as exc:  # noqa: BLE001  (failures surface deep inside Torch-Pruning)
-        where = failing_layer(pruner, model)
+        where, cause = cut_failure(pruner, model, exc)
         raise PruneError(
-            f"structured_prune: cannot prune module {where!r} ({first_line(exc)}); "
+            f"structured_prune: cannot prune module {where!r} ({cause}); "
             f"its width is probably fixed by a reshape or custom op: add it to exclude: [{where!r}]"
         ) from None
