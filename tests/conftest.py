@@ -16,6 +16,11 @@ def _seed_and_isolate(monkeypatch, tmp_path):
 
 @pytest.fixture(autouse=True)
 def _open_log_streams():
+    reopen_log_streams()
+    yield
+
+
+def reopen_log_streams() -> None:
     # A library (transformers) creates its StreamHandler on sys.stderr when first used; under pytest
     # that is the capture stream of whichever test came first, closed when that test ends. Writing to it
     # later prints "--- Logging error ---" with a traceback into another test's output.
@@ -27,5 +32,4 @@ def _open_log_streams():
         for handler in logger.handlers:
             stream = getattr(handler, "stream", None)
             if type(handler) is logging.StreamHandler and getattr(stream, "closed", False):
-                handler.setStream(sys.stderr)
-    yield
+                handler.stream = sys.stderr  # not setStream: it flushes the old stream, which raises when closed

@@ -32,6 +32,7 @@ from compress.core.distributed import average_gradients, barrier, is_main, mean_
 from compress.core.errors import InputError
 from compress.core.io import write_atomic
 from compress.models.data import call_model, first_tensor, to_device, training_inputs
+from compress.models.evaluate import IGNORE_INDEX
 from compress.recipe.registry import register_pass
 from compress.recipe.schema import ModelSpec
 from compress.training.feature_distill import FeatureLoss, FeatureMatch, taps
@@ -128,11 +129,17 @@ def _labels(batch) -> torch.Tensor | None:
 
 
 def logits_loss(student, teacher, labels, config: DistillConfig) -> torch.Tensor:
+    """Per row, or per token for sequence logits ``[B, T, V]`` (a causal LM's, already shifted so that
+    position t predicts label t): KL and cross-entropy averaged over the tokens whose label is not -100."""
     t = config.temperature
-    soft = F.kl_div(
-        F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="batchmean", log_target=True
-    )
-    soft = soft * t * t
+    tokens = student.dim() > 2
+    kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="none", log_target=True)
+    kl = kl.sum(-1)
+    if tokens and labels is not None and labels.shape == kl.shape:
+        scored = labels != IGNORE_INDEX
+        soft = (kl * scored).sum() / scored.sum().clamp_min(1) * t * t
+    else:
+        soft = kl.mean() * t * t if tokens else kl.sum() / len(kl) * t * t
     if labels is None:
         if config.alpha < 1.0:
             raise InputError(
@@ -140,7 +147,21 @@ def logits_loss(student, teacher, labels, config: DistillConfig) -> torch.Tensor
                 "no integer labels; return (inputs, labels) batches from the data factory, or set alpha: 1.0"
             )
         return soft
-    return config.alpha * soft + (1 - config.alpha) * F.cross_entropy(student, labels)
+    hard = F.cross_entropy(student.flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX)
+    return config.alpha * soft + (1 - config.alpha) * hard
+
+
+def next_token_targets(model: torch.nn.Module, student, teacher, labels):
+    """A causal LM's logits at t predict the label at t + 1 (Hugging Face's labels are the input ids):
+    drop the last position of the logits and the first label; other models' outputs as they are."""
+    if labels is None or student.dim() < 3 or not _generates(model):
+        return student, teacher, labels
+    return student[:, :-1], teacher[:, :-1], labels[:, 1:]
+
+
+def _generates(model: torch.nn.Module) -> bool:
+    can_generate = getattr(model, "can_generate", None)
+    return bool(callable(can_generate) and can_generate() and not getattr(model.config, "is_encoder_decoder", False))
 
 
 LOSSES = {
@@ -281,6 +302,7 @@ def _train(model: torch.nn.Module, teacher, device: torch.device, config: Distil
                     target = first_tensor(call_model(teacher, inputs)).float()
                 with autocast, taps(model, student_names, "student") as student_features:
                     student = first_tensor(call_model(net, inputs)).float()
+                student, target, labels = next_token_targets(model, student, target, labels)
                 loss = config.output_weight * LOSSES[config.loss](student, target, labels, config)
                 if feature_loss.matches:
                     loss = loss + feature_loss(student_features, teacher_features)
