@@ -129,6 +129,20 @@ def _pump(read_fd: int, log_file, terminal_fd: int, verbose: bool) -> None:
                 os.write(terminal_fd, chunk)
 
 
+def _repoint_handlers(replaced: dict) -> None:
+    """Log handlers a library created inside ``run_log`` (transformers makes its own on the sys.stderr of
+    the moment) write to the stream that was there before, not to ours, which is closed on the way out
+    (a later message printed "--- Logging error ---" with a traceback)."""
+    loggers = [
+        logging.getLogger(),
+        *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)),
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream in replaced:
+                handler.stream = replaced[handler.stream]  # not setStream: no flush of a stream going away
+
+
 @contextlib.contextmanager
 def run_log(out_dir: Path):
     """Append everything printed while inside to ``out_dir/run.log``; third-party output off the terminal.
@@ -173,6 +187,7 @@ def run_log(out_dir: Path):
         yield
     finally:
         logging.getLogger().removeHandler(handler)
+        _repoint_handlers({sys.stdout: previous[0], sys.stderr: previous[1]})
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(ValueError, OSError):
                 stream.flush()

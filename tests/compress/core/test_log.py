@@ -78,3 +78,20 @@ def test_collect_warnings_keeps_each_printed_warning_once_as_printed_and_nests_i
     ]
     log.warn("after the run: not kept")
     assert len(outer) == 2
+
+
+def test_a_library_handler_made_during_the_run_writes_to_the_earlier_stderr_afterwards(tmp_path, capfd):
+    # transformers creates its StreamHandler on the sys.stderr of the moment: inside run_log that is
+    # run_log's own stream, closed on the way out; a second run in the same process then printed
+    # "--- Logging error ---" with a traceback.
+    before = sys.stderr
+    library = logging.getLogger("a.library.made.during.the.run")
+    with log.run_log(tmp_path):
+        handler = logging.StreamHandler(sys.stderr)
+        library.addHandler(handler)
+    try:
+        assert handler.stream is before
+        library.warning("after the run")
+        assert "Logging error" not in capfd.readouterr().err
+    finally:
+        library.removeHandler(handler)
