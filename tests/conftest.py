@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+from compress.core import log
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_isolate(monkeypatch, tmp_path):
@@ -23,8 +25,6 @@ def reopen_log_streams() -> None:
     # A library (transformers) creates its StreamHandler on the sys.stderr of the moment; under pytest
     # that can be a test's capsys stream, closed when that test ends, and writing to it later prints
     # "--- Logging error ---" with a traceback into another test's output.
-    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", []):  # placeholders have none
-            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
-                handler.stream = sys.stderr  # not setStream: it flushes the old stream, which raises when closed
+    for handler in log.stream_handlers():
+        if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+            handler.stream = sys.stderr  # not setStream: it flushes the old stream, which raises when closed

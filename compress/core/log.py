@@ -129,18 +129,19 @@ def _pump(read_fd: int, log_file, terminal_fd: int, verbose: bool) -> None:
                 os.write(terminal_fd, chunk)
 
 
+def stream_handlers() -> list[logging.StreamHandler]:
+    """Every StreamHandler on the root logger and the named ones (files included)."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return [h for lg in loggers for h in getattr(lg, "handlers", []) if isinstance(h, logging.StreamHandler)]
+
+
 def _repoint_handlers(replaced: dict) -> None:
     """Log handlers a library created inside ``run_log`` (transformers makes its own on the sys.stderr of
     the moment) write to the stream that was there before, not to ours, which is closed on the way out
     (a later message printed "--- Logging error ---" with a traceback)."""
-    loggers = [
-        logging.getLogger(),
-        *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)),
-    ]
-    for logger in loggers:
-        for handler in logger.handlers:
-            if isinstance(handler, logging.StreamHandler) and handler.stream in replaced:
-                handler.stream = replaced[handler.stream]  # not setStream: no flush of a stream going away
+    for handler in stream_handlers():
+        if handler.stream in replaced:
+            handler.stream = replaced[handler.stream]  # not setStream: no flush of a stream going away
 
 
 @contextlib.contextmanager

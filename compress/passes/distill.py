@@ -132,14 +132,13 @@ def logits_loss(student, teacher, labels, config: DistillConfig) -> torch.Tensor
     """Per row, or per token for sequence logits ``[B, T, V]`` (a causal LM's, already shifted so that
     position t predicts label t): KL and cross-entropy averaged over the tokens whose label is not -100."""
     t = config.temperature
-    tokens = student.dim() > 2
     kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="none", log_target=True)
-    kl = kl.sum(-1)
-    if tokens and labels is not None and labels.shape == kl.shape:
+    kl = kl.sum(-1)  # per row, or per token
+    if student.dim() > 2 and labels is not None and labels.shape == kl.shape:
         scored = labels != IGNORE_INDEX
         soft = (kl * scored).sum() / scored.sum().clamp_min(1) * t * t
     else:
-        soft = kl.mean() * t * t if tokens else kl.sum() / len(kl) * t * t
+        soft = kl.mean() * t * t
     if labels is None:
         if config.alpha < 1.0:
             raise InputError(
@@ -161,7 +160,8 @@ def next_token_targets(model: torch.nn.Module, student, teacher, labels):
 
 def _generates(model: torch.nn.Module) -> bool:
     can_generate = getattr(model, "can_generate", None)
-    return bool(callable(can_generate) and can_generate() and not getattr(model.config, "is_encoder_decoder", False))
+    encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    return bool(callable(can_generate) and can_generate() and not encoder_decoder)
 
 
 LOSSES = {
