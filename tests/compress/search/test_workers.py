@@ -43,10 +43,33 @@ def trials_of(out) -> list:
     return optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}").get_trials()
 
 
+def take_turns(run_claimed):
+    """``run_claimed`` for the search's own process that, before its second trial, waits until another
+    worker has claimed one: on a busy machine the spawned worker may still sleep between its looks at the
+    queue while this process runs every tiny trial, and which process runs what is what the test checks."""
+    from compress.search.study import machine
+
+    ran = []
+
+    def in_turn(study, runner, claimed, own_baseline=None):
+        for _ in range(600 if ran else 0):  # steps of 0.1 s; past them the assertion on workers fails
+            if any(t.user_attrs.get("worker", machine()) != machine() for t in study.trials()):
+                break
+            time.sleep(0.1)
+        ran.append(claimed)
+        return run_claimed(study, runner, claimed, own_baseline)
+
+    return in_turn
+
+
 def search(root, name: str, workers: int) -> tuple[int, dict]:
+    from compress.search import workers as module
+
     (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
     with pytest.MonkeyPatch.context() as patch:  # the final timing's warm-up turns are not under test here
         patch.setattr("export.measure.benchmark.warm", lambda call, seconds=0.0: call())
+        if workers > 1:
+            patch.setattr(module, "run_claimed", take_turns(module.run_claimed))
         code = main(["search", str(root / "recipe.yaml"), "--out", str(root / name), "--workers", str(workers)])
     return code, json.loads((root / name / "search.json").read_text())
 
