@@ -146,15 +146,30 @@ def text_data(
     pack: bool = False,
     limit: int | None = None,
     gguf_file: str | None = None,
+    train_limit: int | None = None,
+    train_skip: int = 0,
 ) -> TaskData:
     """A data factory for causal LMs (``data.factory: compress.models.text:text_data``): each split's
     texts (a file or a list) tokenized with ``tokenizer`` (an object, or the folder of the model),
-    at most ``limit`` texts a split."""
+    at most ``limit`` texts a split; the train split (what distillation reads) ``train_limit`` texts
+    (default ``limit``) after the first ``train_skip`` of its source, so that a validation split
+    read from the same file's start is not trained on."""
+    if train_skip < 0:
+        raise InputError(f"text data: train_skip {train_skip}; give 0 or more texts to skip")
     tokenizer = load_tokenizer(tokenizer, gguf_file)
 
-    def split(source):
+    def split(source, count=limit, skip=0):
         if source is None:
             return None
-        return text_batches(read_texts(source, limit), tokenizer, max_length, batch_size, pack)
+        texts = read_texts(source, None if count is None else skip + count)[skip:]
+        if not texts:
+            raise InputError(f"text data: {source} holds no text after the first {skip} (train_skip)")
+        return text_batches(texts, tokenizer, max_length, batch_size, pack)
 
-    return TaskData(eval=split(eval), train=split(train), validation=split(validation), tokenizer=tokenizer)
+    train_count = limit if train_limit is None else train_limit
+    return TaskData(
+        eval=split(eval),
+        train=split(train, train_count, train_skip),
+        validation=split(validation),
+        tokenizer=tokenizer,
+    )

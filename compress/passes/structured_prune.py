@@ -24,13 +24,14 @@ from compress.core.errors import SelectionError, first_line
 from compress.engine.metrics import count_macs, count_params
 from compress.models.data import call_model, first_tensor
 from compress.models.select import WEIGHT_LAYERS, select_modules
+from compress.pruning import group_search
 from compress.pruning.activation_importance import ChannelStats, input_stats
 from compress.pruning.attention import head_counts, head_groups, prune_heads, remove_heads, update_hf_config
 from compress.pruning.compensation import compensate_group
 from compress.pruning.conv1d import Conv1DPruner, conv1d_types, group_scores, is_conv1d
 from compress.pruning.head_tensors import cut_head_tensors, find_head_tensors, replay, tied_groups
 from compress.pruning.importance import IMPORTANCE, NEEDS_STATS, PREPARE, Criterion
-from compress.pruning.plan_check import CutFailed, groups_cutting, simulate, traced_forward
+from compress.pruning.plan_check import CutFailed, check_forward, groups_cutting, simulate
 from compress.pruning.rnn import warn_whole_rnns, whole_rnns
 from compress.pruning.steps import (
     PruneError,
@@ -126,22 +127,6 @@ def _execution_order(model: torch.nn.Module, example_inputs: Any) -> tuple[list[
     return order, shape
 
 
-def _check_forward(model: torch.nn.Module, example_inputs: Any, expected: torch.Size) -> None:
-    """Run the pruned model; a failure names the module it happened in."""
-    shape, failure = traced_forward(model, example_inputs)
-    if failure:
-        where = failure[0] or type(model).__name__
-        raise PruneError(
-            f"structured_prune: after pruning, the model fails in module {where!r} ({failure[1]}); "
-            f"add it to exclude: [{where!r}]"
-        )
-    if shape != expected:
-        raise PruneError(
-            f"structured_prune: pruning changed the output shape from {tuple(expected)} to {tuple(shape)}; "
-            "exclude the layers that produce the output"
-        )
-
-
 def _conv1d_support(model: torch.nn.Module) -> dict:
     """Torch-Pruning arguments that make Hugging Face Conv1D layers prunable group roots."""
     types = conv1d_types(model)
@@ -210,6 +195,8 @@ def _build_pruner(model, config: StructuredPruneConfig, example_inputs, ratio: f
             output_transform=lambda output: first_tensor(output).sum(),
             **_conv1d_support(model),
         )
+    except group_search.GroupSearchTooLong:
+        raise
     except Exception as exc:  # noqa: BLE001  (tracing errors come from deep inside torch)
         raise PruneError(
             f"structured_prune: Torch-Pruning cannot trace {type(model).__name__} "
@@ -340,6 +327,16 @@ def _stats(model, config: StructuredPruneConfig, ctx) -> ChannelStats | None:
 
 @register_pass("structured_prune", StructuredPruneConfig, restore=restore)
 def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx) -> torch.nn.Module:
+    with group_search.bounded() as work:  # cut or refuse within a bound that scales with the model
+        try:
+            model = _prune(model, config, ctx)
+        except group_search.GroupSearchTooLong as exc:
+            raise PruneError(f"structured_prune: cutting {exc.name!r}: {exc}; add exclude: [{exc.name!r}]") from None
+    ctx.record(group_search=work.record())
+    return model
+
+
+def _prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx) -> torch.nn.Module:
     inputs = ctx.example_inputs
     _, output_shape = _execution_order(model, inputs)
     macs_before, params_before = count_macs(model, inputs), count_params(model)
@@ -358,7 +355,7 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
         if not removed_heads:  # said, not silent (unmapped attention raised above)
             why = "it is below one head per layer" if head_counts(model) else f"{type(model).__name__} has no attention"
             log.warn(f"structured_prune: head_ratio {config.head_ratio} removes nothing: {why}")
-        _check_forward(model, inputs, output_shape)
+        check_forward(model, inputs, output_shape)
     round_to = resolve_round_to(config.round_to)
     ratio = config.ratio
     # Breakage does not depend on how much is cut, so a macs target is checked at a probe ratio.
@@ -378,7 +375,7 @@ def structured_prune(model: torch.nn.Module, config: StructuredPruneConfig, ctx)
         custom = {m: r for m, r in _layer_ratios(model, config).items() if is_conv1d(m)}
         _prune_custom_layers(pruner, custom, custom_widths, step, config.steps, round_to)
         model.zero_grad(set_to_none=True)
-        _check_forward(model, inputs, output_shape)
+        check_forward(model, inputs, output_shape)
         if config.finetune_steps and step < config.steps - 1:
             fit_to_teacher(model, ctx.teacher, ctx.data, config.finetune_steps, config.finetune_lr)
     macs_after, params_after = count_macs(model, inputs), count_params(model)

@@ -21,6 +21,7 @@ import torch_pruning as tp
 
 from compress.core.errors import first_line
 from compress.models.data import call_model, first_tensor
+from compress.pruning.steps import PruneError
 
 # Each round excludes at least one more group; a model needing more is not one exclude away from working.
 MAX_ROUNDS = 8
@@ -63,6 +64,22 @@ def traced_forward(model: torch.nn.Module, example_inputs: Any) -> tuple[torch.S
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def check_forward(model: torch.nn.Module, example_inputs: Any, expected: torch.Size) -> None:
+    """Run the pruned model (the real one, after its cut); a failure names the module it happened in."""
+    shape, failure = traced_forward(model, example_inputs)
+    if failure:
+        where = failure[0] or type(model).__name__
+        raise PruneError(
+            f"structured_prune: after pruning, the model fails in module {where!r} ({failure[1]}); "
+            f"add it to exclude: [{where!r}]"
+        )
+    if shape != expected:
+        raise PruneError(
+            f"structured_prune: pruning changed the output shape from {tuple(expected)} to {tuple(shape)}; "
+            "exclude the layers that produce the output"
+        )
 
 
 def forward_failure(model: torch.nn.Module, example_inputs: Any) -> tuple[str, str] | None:

@@ -49,6 +49,20 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 
 @contextlib.contextmanager
+def frozen(modules: dict[str, torch.nn.Module]) -> Iterator[int]:
+    """While open, the parameters of ``modules`` take no gradient (and no optimizer step); yields how
+    many values that leaves as they were. Restored on exit, so the model trains as before after."""
+    params = {id(p): p for module in modules.values() for p in module.parameters() if p.requires_grad}
+    for param in params.values():
+        param.requires_grad_(False)
+    try:
+        yield sum(p.numel() for p in params.values())
+    finally:
+        for param in params.values():
+            param.requires_grad_(True)
+
+
+@contextlib.contextmanager
 def zeros_kept(model: torch.nn.Module, enabled: bool = True) -> Iterator[list[str]]:
     """While open, pruned weights (exact zeros) of Linear/Conv layers stay zero under training.
 

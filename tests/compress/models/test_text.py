@@ -75,3 +75,19 @@ def test_text_data_builds_each_split_from_its_source(tmp_path):
     assert len(data.eval) == 2 and len(data.train) == 2 and data.validation is None
     with pytest.raises(InputError, match="need 2\\+ and 1\\+"):
         text_batches(["w3 w4"], word_level_tokenizer(), max_length=1)
+
+
+def test_the_train_split_skips_what_validation_reads_from_the_same_file(tmp_path):
+    texts = tmp_path / "train.txt"
+    texts.write_text("".join(f"w{i} w{i + 1}\n" for i in range(3, 13)))  # 10 texts
+    tokenizer = word_level_tokenizer()
+    data = text_data(["w3 w4"], tokenizer, train=texts, validation=texts, batch_size=1, limit=3, train_skip=3)
+    first = lambda split: [tokenizer.decode(inputs["input_ids"][0]) for inputs, _ in split]  # noqa: E731
+    assert first(data.validation) == ["w3 w4", "w4 w5", "w5 w6"]
+    assert first(data.train) == ["w6 w7", "w7 w8", "w8 w9"]  # the next 3, none of validation's
+    data = text_data(["w3 w4"], tokenizer, train=texts, batch_size=1, limit=3, train_skip=3, train_limit=None)
+    assert len(data.train) == 3  # train_limit None: limit
+    data = text_data(["w3 w4"], tokenizer, train=texts, batch_size=1, limit=3, train_skip=8, train_limit=100)
+    assert first(data.train) == ["w11 w12", "w12 w13"]
+    with pytest.raises(InputError, match="no text after the first 10"):
+        text_data(["w3 w4"], tokenizer, train=texts, train_skip=10)

@@ -61,3 +61,23 @@ def test_a_damaged_tiny_llama_is_distilled_back_towards_its_teacher():
     student = distill(student, config, ctx)
     after = agreement(student, teacher, batches)
     assert before < 0.5 and after >= 0.95, (before, after)
+
+
+def test_frozen_projections_stay_bit_identical_while_the_rest_trains():
+    tokenizer = word_level_tokenizer()
+    batches = text_batches(TEXT, tokenizer, max_length=16, batch_size=4)
+    teacher = tiny_decoder("llama")
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.model.norm.weight.mul_(0.5)  # something for the trained parameters to mend
+    before = {name: p.detach().clone() for name, p in student.named_parameters()}
+    data = TaskData(eval=batches, train=batches, validation=batches)
+    ctx = Context(data, batches[0][0], teacher, lambda m, split="eval": agreement(m, teacher, batches))
+    config = DistillConfig(max_steps=5, lr=1e-2, layerwise="off", frozen=["re:.*_proj"])
+    student = distill(student, config, ctx)
+    projections = [name for name in before if "_proj." in name]
+    assert len(projections) == 14  # 2 blocks x q, k, v, o, gate, up, down
+    assert all(torch.equal(before[name], student.get_parameter(name)) for name in projections)
+    assert not torch.equal(before["model.norm.weight"], student.model.norm.weight)
+    assert ctx.facts["frozen_values"] == sum(before[name].numel() for name in projections)
+    assert all(p.requires_grad for p in student.parameters())  # trainable again after the pass
