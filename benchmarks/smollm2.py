@@ -128,15 +128,20 @@ def _quality(model, tokenizer, artifacts: dict[str, Path], batches, prompts) -> 
     return {name: {**scores[name].to_dict(), "greedy_agreement": greedy[name]} for name in candidates}
 
 
-def _markdown(body: dict, table: list[str]) -> str:
-    lines = [f"# Benchmark: {body['suite']}", "", *(f"- {k}: {v}" for k, v in body["context"].items()), ""]
-    lines += ["## Quality against torch fp32 (STS-B dev sentences)", ""]
-    lines += ["| row | size (MB) | perplexity | teacher-forced top-1 | greedy agreement |", "|---|---|---|---|---|"]
+def quality_table(body: dict) -> list[str]:
+    """The markdown rows of ``body["quality"]`` with each row's size (this suite's and smollm2-run's)."""
+    lines = ["| row | size (MB) | perplexity | teacher-forced top-1 | greedy agreement |", "|---|---|---|---|---|"]
     for name, q in body["quality"].items():
         size = body["sizes_mb"].get(name, "")
         lines.append(
             f"| {name} | {size} | {q['perplexity']:.2f} | {q['top1_agreement']:.3f} | {q['greedy_agreement']:.3f} |"
         )
+    return lines
+
+
+def _markdown(body: dict, table: list[str]) -> str:
+    lines = [f"# Benchmark: {body['suite']}", "", *(f"- {k}: {v}" for k, v in body["context"].items()), ""]
+    lines += ["## Quality against torch fp32 (STS-B dev sentences)", "", *quality_table(body)]
     lines += ["", "## Speed (batch 1, rows taking turns, one thread each)", "", *table, ""]
     lines += ["## accuracy_level sweep (int4 default weights)", "", f"- chosen: {body['accuracy_level']['reason']}", ""]
     lines += [f"- **{row}**: " + "; ".join(w) for row, w in body["guardrail"].items() if w]

@@ -27,6 +27,7 @@ from benchmarks.smollm2 import (
     genai_builder_int4,
     hf_folder,
     nbits_facts,
+    quality_table,
     text_batches,
 )  # fmt: skip
 from compress.core.io import write_json_atomic, write_text_atomic
@@ -79,11 +80,7 @@ def run(out_dir: Path, work: Path, quick: bool = False, run_folder: Path | None 
         "speed": report.to_dict(),
     }
     lines = [f"# Benchmark: {body['suite']}", "", *(f"- {k}: {v}" for k, v in body["context"].items()), ""]
-    lines += ["| row | size (MB) | perplexity | teacher-forced top-1 | greedy agreement |", "|---|---|---|---|---|"]
-    for name, q in quality.items():
-        lines.append(f"| {name} | {body['sizes_mb'].get(name, '')} | {q['perplexity']:.2f} "
-                     f"| {q['top1_agreement']:.3f} | {q['greedy_agreement']:.3f} |")  # fmt: skip
-    lines += ["", *markdown_table(report), ""]
+    lines += [*quality_table(body), "", *markdown_table(report), ""]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / f"{body['suite']}.md", "\n".join(lines))
     return write_json_atomic(out_dir / f"{body['suite']}.json", body)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from compress.core import log
 from compress.core.errors import InputError
 from compress.models.data import TaskData
 
@@ -153,23 +154,29 @@ def text_data(
     texts (a file or a list) tokenized with ``tokenizer`` (an object, or the folder of the model),
     at most ``limit`` texts a split; the train split (what distillation reads) ``train_limit`` texts
     (default ``limit``) after the first ``train_skip`` of its source, so that a validation split
-    read from the same file's start is not trained on."""
+    read from the same file's start is not trained on. A train text equal to an eval text is left
+    out (STS-B's train and dev share 93 sentences word for word), so no figure is scored on text
+    the model was trained on."""
     if train_skip < 0:
         raise InputError(f"text data: train_skip {train_skip}; give 0 or more texts to skip")
     tokenizer = load_tokenizer(tokenizer, gguf_file)
+    eval_texts = read_texts(eval, limit)
 
-    def split(source, count=limit, skip=0):
-        if source is None:
-            return None
-        texts = read_texts(source, None if count is None else skip + count)[skip:]
-        if not texts:
-            raise InputError(f"text data: {source} holds no text after the first {skip} (train_skip)")
-        return text_batches(texts, tokenizer, max_length, batch_size, pack)
+    def split(texts):
+        return None if texts is None else text_batches(texts, tokenizer, max_length, batch_size, pack)
 
-    train_count = limit if train_limit is None else train_limit
-    return TaskData(
-        eval=split(eval),
-        train=split(train, train_count, train_skip),
-        validation=split(validation),
-        tokenizer=tokenizer,
-    )
+    train_texts = None
+    if train is not None:
+        held = set(eval_texts)
+        after = read_texts(train)[train_skip:]
+        kept = [text for text in after if text not in held]
+        count = limit if train_limit is None else train_limit
+        train_texts = kept[:count] if count is not None else kept
+        if not train_texts:
+            raise InputError(f"text data: {train} holds no text after the first {train_skip} (train_skip) "
+                             "that is not also an eval text")  # fmt: skip
+        if len(kept) < len(after):
+            log.info(f"text data: {len(after) - len(kept)} of the train texts are eval texts too: left out")
+    validation_texts = None if validation is None else read_texts(validation, limit)
+    splits = {"eval": eval_texts, "train": train_texts, "validation": validation_texts}
+    return TaskData(**{name: split(texts) for name, texts in splits.items()}, tokenizer=tokenizer)

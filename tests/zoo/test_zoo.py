@@ -37,5 +37,9 @@ def test_zoo_architecture(name):
         return
     assert result["max_abs_diff"] <= FP32_ATOL and result["int8_cosine"] >= INT8_MIN_COSINE
     assert result["params_after"] < result["params_before"]
+    # The work of Torch-Pruning's group searches, counted: each walks its graph at most about twice (the
+    # zoo's worst search: 1.87 steps per node, nn.TransformerEncoder; the pass refuses past 16).
+    work = result["group_search"]
+    assert work["worst_steps_per_node"] <= 4.0 and work["steps"] <= 4 * work["largest_graph"] * work["searches"]
     if ZOO[name][0] in ATTENTION_FAMILIES:
         assert result["heads_removed"] > 0  # head_ratio never silently does nothing

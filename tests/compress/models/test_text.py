@@ -91,3 +91,12 @@ def test_the_train_split_skips_what_validation_reads_from_the_same_file(tmp_path
     assert first(data.train) == ["w11 w12", "w12 w13"]
     with pytest.raises(InputError, match="no text after the first 10"):
         text_data(["w3 w4"], tokenizer, train=texts, train_skip=10)
+
+
+def test_no_eval_text_is_trained_on(tmp_path):
+    texts = tmp_path / "train.txt"
+    texts.write_text("w3 w4\nw5 w6\nw7 w8\nw9 w10\n")
+    tokenizer = word_level_tokenizer()
+    data = text_data(["w5 w6", "w9 w10"], tokenizer, train=texts, batch_size=1, train_limit=2)
+    trained = [tokenizer.decode(inputs["input_ids"][0]) for inputs, _ in data.train]
+    assert trained == ["w3 w4", "w7 w8"]  # the eval texts left out, and the limit counts what is kept

@@ -7,6 +7,28 @@ from compress.recipe import registry
 from export.onnx.runtime import make_session, ort_predictor
 
 
+def tiny_search_recipe(name: str, prune_ratios: list[float], **top) -> dict:
+    """A search recipe on the tiny MLP whose trials take a second: size is the objective (no timing
+    decides), no quantization, one validation batch."""
+    return {
+        "name": name,
+        "model": {"factory": "tests.tiny_models:mlp"},
+        "data": {"factory": "tests.tiny_models:vector_data"},
+        **top,
+        "export": {"exporter": "torchscript"},
+        "report": {"warmup": 1, "iterations": 3, "max_seconds": 0.2},
+        "search": {
+            "objective": "size",
+            "batch_size": 2,
+            "max_drop": 100.0,
+            "quantize": ["none"],
+            "validation_batches": 1,
+            "prune_ratios": prune_ratios,
+            "distill_fractions": [1.0],
+        },
+    }
+
+
 def counting(monkeypatch, name: str, calls: list, interrupt_at: int | None = None):
     """Wrap pass ``name`` so its applications are counted (and the ``interrupt_at``-th is a Ctrl-C)."""
     spec = registry.get_pass(name)

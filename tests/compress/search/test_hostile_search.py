@@ -13,24 +13,10 @@ import pytest
 import yaml
 
 from compress.cli import main
+from tests.compress.search.helpers import tiny_search_recipe
 from tests.export.runfolder.test_hostile_folder import REFUSALS, VICTIM, bomb, hang_guard, plant, refused
 
-RECIPE = {
-    "name": "hostile-search",
-    "model": {"factory": "tests.tiny_models:mlp"},
-    "data": {"factory": "tests.tiny_models:vector_data"},
-    "export": {"exporter": "torchscript"},
-    "report": {"warmup": 1, "iterations": 3, "max_seconds": 0.2},
-    "search": {
-        "objective": "size",
-        "batch_size": 2,
-        "max_drop": 100.0,
-        "quantize": ["none"],
-        "validation_batches": 1,
-        "prune_ratios": [0.5],
-        "distill_fractions": [1.0],
-    },
-}
+RECIPE = tiny_search_recipe("hostile-search", [0.5])
 
 
 @pytest.fixture(scope="module")

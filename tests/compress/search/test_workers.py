@@ -17,26 +17,10 @@ import pytest
 import yaml
 
 from compress.cli import main
-from tests.compress.search.helpers import held_accuracy, rerun_artifact
+from tests.compress.search.helpers import held_accuracy, rerun_artifact, tiny_search_recipe
 from tests.tiny_models import mlp, vector_data
 
-RECIPE = {
-    "name": "workers",
-    "model": {"factory": "tests.tiny_models:mlp"},
-    "data": {"factory": "tests.tiny_models:vector_data"},
-    "task": {"metric": "tests.compress.search.helpers:held_accuracy"},
-    "export": {"exporter": "torchscript"},
-    "report": {"warmup": 1, "iterations": 3, "max_seconds": 0.2},
-    "search": {
-        "objective": "size",
-        "batch_size": 2,
-        "max_drop": 100.0,
-        "quantize": ["none"],
-        "validation_batches": 1,
-        "prune_ratios": [0.25, 0.5],
-        "distill_fractions": [1.0],
-    },
-}
+RECIPE = tiny_search_recipe("workers", [0.25, 0.5], task={"metric": "tests.compress.search.helpers:held_accuracy"})
 
 
 def trials_of(out) -> list:
