@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", choices=sorted(SUITES))
     parser.add_argument("--quick", action="store_true", help="smoke mode: a few batches, few timing rounds")
     parser.add_argument("--out", default="reports/benchmarks", help="folder for <suite>.md/.json")
-    parser.add_argument("--run-folder", help="smollm2-run: the run folder of smollm2-int4.yaml")
+    parser.add_argument("--run-folder", help="smollm2-run: the run folder of smollm2-int4.yaml or smollm2-full.yaml")
     args = parser.parse_args(argv)
     extra = {"run_folder": Path(args.run_folder)} if args.run_folder else {}
     with tempfile.TemporaryDirectory(prefix="modelpress-bench-") as work:

@@ -1,12 +1,13 @@
-"""Suite smollm2-run: the folders of a ``modelpress run compress/recipes/smollm2-int4.yaml`` beside
-onnxruntime-genai's own builder int4, in one generation benchmark.
+"""Suite smollm2-run: the folders of a ``modelpress run compress/recipes/smollm2-int4.yaml`` (or
+``smollm2-full.yaml``) beside onnxruntime-genai's own builder int4, in one generation benchmark.
 
 The run's report already times its own folders (the float ``compressed`` and ``int4``) against each
 other. The users' default, ``python -m onnxruntime_genai.models.builder -p int4 -e cpu`` on the same
 dequantized model, is not a run artifact, so this suite adds it: the three folders decode in
 og.Generator, rows taking turns in processes of their own (``export/measure/generation.py``) at batch 1
-and 8 with every core, and the two int4 files are scored against torch fp32 on the first 64 STS-B dev
-sentences (perplexity, teacher-forced top-1, greedy agreement; ``benchmarks/smollm2.py``'s quality).
+and 8 with every core, and the two int4 files (and a pruned run's fp32 ``compressed``) are scored
+against torch fp32, the dequantized model, on the first 64 STS-B dev sentences (perplexity,
+teacher-forced top-1, greedy agreement; ``benchmarks/smollm2.py``'s quality).
 
 ``python -m benchmarks smollm2-run --run-folder runs/smollm2-int4`` (default folder:
 ``$MODELPRESS_SMOLLM2_RUN`` or ``runs/smollm2-int4``).
@@ -51,9 +52,14 @@ def run(out_dir: Path, work: Path, quick: bool = False, run_folder: Path | None 
     sentences = dev_sentences(16 if quick else 64)
     prompts = [tokenizer(s, return_tensors="pt").input_ids for s in sentences[: 3 if quick else 8]]
     artifacts = {"run int4": folder / records["int4"]["path"], "genai builder int4": builder / "model.onnx"}
-    quality = _quality(model, tokenizer, artifacts, text_batches(tokenizer, sentences, 8), prompts)
+    # The fp32 reference: the run's baseline where its passes changed the model (smollm2-full), else
+    # its compressed artifact, which is then the same model (smollm2-int4).
+    fp32 = "baseline" if "baseline" in records else "compressed"
+    pruned = {"run compressed": folder / records["compressed"]["path"]} if fp32 == "baseline" else {}
+    quality = _quality(model, tokenizer, pruned | artifacts, text_batches(tokenizer, sentences, 8), prompts)
     rows = [
-        GenerationRow("run fp32 (compressed)", "genai", folder / records["compressed"]["genai_folder"]),
+        GenerationRow(f"run fp32 ({fp32})", "genai", folder / records[fp32]["genai_folder"]),
+        *(GenerationRow(name, "genai", folder / records["compressed"]["genai_folder"]) for name in pruned),
         GenerationRow("run int4", "genai", folder / records["int4"]["genai_folder"]),
         GenerationRow("genai builder int4", "genai", builder),
     ]
@@ -74,8 +80,8 @@ def run(out_dir: Path, work: Path, quick: bool = False, run_folder: Path | None 
             "quality": f"first {len(sentences)} STS-B dev sentences against torch fp32",
             "load per core": f"at start {load_start}, before/after timing {report.load_before} / {report.load_after}",
         },
-        "sizes_mb": {name: round(file_bytes(path) / 1e6, 1) for name, path in artifacts.items()}
-        | {"run fp32 (compressed)": round(file_bytes(folder / records["compressed"]["path"]) / 1e6, 1)},
+        "sizes_mb": {name: round(file_bytes(path) / 1e6, 1) for name, path in (pruned | artifacts).items()}
+        | {f"run fp32 ({fp32})": round(file_bytes(folder / records[fp32]["path"]) / 1e6, 1)},
         "quality": quality,
         "speed": report.to_dict(),
     }

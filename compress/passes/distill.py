@@ -46,6 +46,7 @@ from compress.training.loop import (
     warmup_cosine,
     zeros_kept,
 )
+from compress.training.weight_rounding import rounded_weights
 
 
 class Device(str, Enum):
@@ -89,9 +90,11 @@ class DistillConfig(PassConfig):
     patience: stop after this many epochs without a better validation metric.
     teacher: another model (factory/checkpoint) instead of the model as it entered the pipeline.
     keep_sparsity: weights that are exactly zero (pruned) stay zero during training.
-    frozen: modules (names or ``re:`` patterns) whose parameters training leaves as they are, e.g. the
-        Linear layers of a model whose weights sit on a quantization grid that a later int4 pass keeps
-        exact (SmolLM2's Q4_1: trained off it, int4 costs the distilled model +64% perplexity).
+    frozen: modules (names or ``re:`` patterns) whose parameters training leaves as they are.
+    int4_aware: Linear layers (names or ``re:`` patterns) trained through their 4-bit rounding on
+        ``block_minimum``'s grid in blocks of ``int4_block_size`` inputs (straight-through gradient) and
+        left rounded, so that a later ``block_minimum`` int4 pass packs exactly the trained model
+        (``compress.training.weight_rounding``).
     device: auto, cpu or cuda (under torchrun, the rank's local GPU); the model returns to the CPU after.
     mixed_precision: bf16 autocast for the forward passes on CUDA (no effect on CPU).
 
@@ -124,6 +127,8 @@ class DistillConfig(PassConfig):
     teacher: ModelSpec | None = None
     keep_sparsity: bool = True
     frozen: list[str] = Field(default_factory=list)
+    int4_aware: list[str] = Field(default_factory=list)
+    int4_block_size: int = Field(32, ge=8, le=4096)
     device: Device = Device.auto
     mixed_precision: bool = True
 
@@ -200,7 +205,12 @@ def distill(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modu
     device = _device(config)
     teacher = _teacher(config, ctx).eval()
     still = select_modules(model, config.frozen, owner="distill.frozen") if config.frozen else {}
-    with zeros_kept(model, config.keep_sparsity) as masked, frozen(still) as unchanged:
+    rounded = select_modules(model, config.int4_aware, owner="distill.int4_aware") if config.int4_aware else {}
+    with (
+        zeros_kept(model, config.keep_sparsity) as masked,
+        frozen(still) as unchanged,
+        rounded_weights(rounded, config.int4_block_size) as int4_aware,
+    ):
         model.to(device)
         teacher.to(device)
         try:
@@ -208,7 +218,7 @@ def distill(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modu
         finally:
             model.to("cpu")
             teacher.to("cpu")
-    ctx.record(sparse_layers_kept=masked, frozen_values=unchanged, device=str(device))
+    ctx.record(sparse_layers_kept=masked, frozen_values=unchanged, int4_aware=int4_aware, device=str(device))
     return model
 
 

@@ -3,6 +3,7 @@ only, the logits at t matched to the label at t + 1; a damaged tiny Llama is pul
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -81,3 +82,26 @@ def test_frozen_projections_stay_bit_identical_while_the_rest_trains():
     assert not torch.equal(before["model.norm.weight"], student.model.norm.weight)
     assert ctx.facts["frozen_values"] == sum(before[name].numel() for name in projections)
     assert all(p.requires_grad for p in student.parameters())  # trainable again after the pass
+
+
+def test_int4_aware_training_leaves_weights_that_block_minimum_packs_exactly():
+    from export.quantize import block_minimum
+
+    tokenizer = word_level_tokenizer()
+    batches = text_batches(TEXT, tokenizer, max_length=16, batch_size=4)
+    teacher = tiny_decoder("llama")
+    student = copy.deepcopy(teacher)
+    data = TaskData(eval=batches, train=batches, validation=batches)
+    ctx = Context(data, batches[0][0], teacher, lambda m, split="eval": agreement(m, teacher, batches))
+    config = DistillConfig(max_steps=5, lr=1e-2, layerwise="off", int4_aware=["re:.*_proj"], int4_block_size=16)
+    student = distill(student, config, ctx)
+    assert len(ctx.facts["int4_aware"]) == 14 and not any(
+        "parametrizations" in n for n, _ in student.named_parameters()
+    )
+    for name in ctx.facts["int4_aware"]:
+        weight = student.get_submodule(name).weight.detach().numpy().T  # [in, out], as MatMul reads it
+        assert not np.array_equal(weight, teacher.get_submodule(name).weight.detach().numpy().T)  # it trained
+        np.testing.assert_allclose(block_minimum.dequantize(*block_minimum.pack(weight, 16)), weight, atol=1e-6)
+    # the teacher's own weights are not on a 4-bit grid: packing them is lossy, which the test above is not
+    raw = teacher.model.layers[0].mlp.up_proj.weight.detach().numpy().T
+    assert np.abs(block_minimum.dequantize(*block_minimum.pack(raw, 16)) - raw).max() > 1e-4

@@ -1,0 +1,55 @@
+"""Training against 4-bit weights: chosen Linear layers are seen through their int4 rounding.
+
+A distilled model's weights leave any quantization grid, and int4 then costs what training gained: on
+SmolLM2 pruned and distilled, int4 (``block_minimum``, the best of the ORT algorithms there) agreed
+with its own fp32 source on 0.70 of teacher-forced tokens, k_quant 0.66, RTN 0.51. Here each chosen
+weight is replaced in the forward pass by its rounding on ``export/quantize/block_minimum``'s grid
+(per block of ``block_size`` input channels, 16 levels from the block's minimum to its maximum), and
+the gradient passes straight through to the float weight (the straight-through estimator, as in
+LLM-QAT and torchao's QAT). On exit the weights are left rounded, so the torch model, its fp32
+export and the int4 artifact (which ``block_minimum`` packs exactly) are the same model.
+"""
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch.nn.utils import parametrize
+
+LEVELS = 16  # 4 bits, as block_minimum packs them
+
+
+class BlockMinimumRounding(torch.nn.Module):
+    """weight [out, in] -> its block-minimum rounding along ``in``, gradient straight through."""
+
+    def __init__(self, block_size: int):
+        super().__init__()
+        self.block_size = block_size
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        rows, width = weight.shape
+        blocks = weight.reshape(rows, width // self.block_size, self.block_size)
+        low, high = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
+        scale = torch.where(high > low, (high - low) / (LEVELS - 1), torch.ones_like(high))
+        codes = torch.clamp(torch.round((blocks - low) / scale), 0, LEVELS - 1)
+        rounded = (low + codes * scale).reshape(rows, width)
+        return weight + (rounded - weight).detach()
+
+
+def roundable(module: torch.nn.Module, block_size: int) -> bool:
+    weight = getattr(module, "weight", None)
+    return isinstance(module, torch.nn.Linear) and weight is not None and weight.shape[1] % block_size == 0
+
+
+@contextlib.contextmanager
+def rounded_weights(modules: dict[str, torch.nn.Module], block_size: int) -> Iterator[list[str]]:
+    """While open, the Linear layers of ``modules`` whose input width ``block_size`` divides compute with
+    their rounded weights; on exit their weights are the rounded values. Yields the layers' names."""
+    chosen = {name: module for name, module in modules.items() if roundable(module, block_size)}
+    for module in chosen.values():
+        parametrize.register_parametrization(module, "weight", BlockMinimumRounding(block_size))
+    try:
+        yield list(chosen)
+    finally:
+        for module in chosen.values():
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
