@@ -358,7 +358,7 @@ def quantize_decoder(
         from onnxruntime.quantization.onnx_model import ONNXModel
 
         wrapped = ONNXModel(model)
-    if plan.get(weights.embedding, ("", ""))[2] == SHARED_EMBEDDING:
+    if plan.get(weights.embedding, ("", "", ""))[2] == SHARED_EMBEDDING:
         _share_head_with_embedding(wrapped.model, weights.embedding, weights.lm_head)
     wrapped.save_model_to_file(str(target), False)
     written = _written(onnx.load(str(target), load_external_data=False))
