@@ -197,3 +197,21 @@ def test_a_tied_8_bit_head_lends_its_bytes_to_the_embedding(tmp_path):
         {"torch": torch_logits(model), "int8": onnx_logits(onnx_session(record.path))}, text_batches(), "torch"
     )
     assert scores["int8"].top1_agreement >= 0.95
+
+
+def test_a_graph_whose_embedding_is_not_found_packs_its_matmuls_and_leaves_the_table(fp32, tmp_path):
+    _, decoder, _, _ = fp32
+    model = onnx.load(decoder.path)
+    gather = next(n for n in model.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids")
+    table = gather.input[0]
+    model.graph.node.insert(0, onnx.helper.make_node("Identity", [table], ["table_read"], name="read_table"))
+    gather.input[0] = "table_read"  # the table reached through a node: not an embedding find_weights knows
+    onnx.save(model, tmp_path / "hidden_table.onnx")
+    assert find_weights(model).embedding is None
+    spec = DecoderQuantSpec(algorithm="block_minimum", symmetric=False, lm_head="quantize", embedding="float")
+    record = quantize_decoder(tmp_path / "hidden_table.onnx", tmp_path / "int4.onnx", spec)
+    assert {d.role for d in record.decisions} >= {"lm_head", "block 0"}
+    assert all(d.precision == "int4" for d in record.decisions)
+    packed = onnx.load(record.path)
+    assert table in {init.name for init in packed.graph.initializer}  # the float table stays, read as before
+    assert onnx_session(record.path) is not None
