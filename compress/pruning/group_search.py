@@ -2,13 +2,14 @@
 
 Torch-Pruning finds a group by walking its dependency graph from the group's root layer
 (``DependencyGraph.get_pruning_group``, its ``_fix_dependency_graph_non_recursive``); each step of the
-walk adds one (dependency, channel indices) pair to the group. On a healthy graph a node is reached
-about once per index set. On Phi3 and Falcon (fused projections) and a Llama with head pruning the walk
-kept re-adding nodes under ever-different index sets and printed nothing for 10 minutes. Here every
-step is counted: a search that takes more than ``STEPS_PER_NODE`` steps per node of the graph stops,
-naming its root layer and the slow step, and the pass records the work done (searches, steps, the
-worst steps per node) for its tests and report. The bound scales with the model (its graph's size),
-never with the clock.
+walk adds one (dependency, channel indices) pair to the group, and a node is walked again whenever
+it is reached with indices the group does not hold yet. On a healthy graph that is about once per
+node; on Phi3 and Falcon (fused projections) and a Llama with head pruning that walk, called from the
+plan check, printed nothing for 10 minutes (the issue's report, before plan_check left fused layers
+whole; not reproduced since). Here every step is counted: a search that takes more than
+``STEPS_PER_NODE`` steps per node of the graph stops, naming its root layer and the slow step, and the
+pass records the work done (searches, steps, the worst steps per node) for its tests and report. The
+bound scales with the model (its graph's size), never with the clock.
 """
 
 import contextlib
