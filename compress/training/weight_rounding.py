@@ -1,8 +1,8 @@
 """Training against 4-bit weights: chosen Linear layers are seen through their int4 rounding.
 
 A distilled model's weights leave any quantization grid, and int4 then costs what training gained: on
-SmolLM2 pruned and distilled, int4 (``block_minimum``, the best of the ORT algorithms there) agreed
-with its own fp32 source on 0.70 of teacher-forced tokens, k_quant 0.66, RTN 0.51. Here each chosen
+SmolLM2 pruned and distilled, int4 by ``block_minimum`` agreed with its own fp32 source on 0.70 of
+teacher-forced tokens (ORT's k_quant 0.66, RTN 0.51). Here each chosen
 weight is replaced in the forward pass by its rounding on ``export/quantize/block_minimum``'s grid
 (per block of ``block_size`` input channels, 16 levels from the block's minimum to its maximum), and
 the gradient passes straight through to the float weight (the straight-through estimator, as in
