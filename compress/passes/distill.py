@@ -95,6 +95,7 @@ class DistillConfig(PassConfig):
         ``block_minimum``'s grid in blocks of ``int4_block_size`` inputs (straight-through gradient) and
         left rounded, so that a later ``block_minimum`` int4 pass packs exactly the trained model
         (``compress.training.weight_rounding``).
+    int4_block_size: inputs per block of that rounding: the int4 pass's ``block_size`` (default 32).
     device: auto, cpu or cuda (under torchrun, the rank's local GPU); the model returns to the CPU after.
     mixed_precision: bf16 autocast for the forward passes on CUDA (no effect on CPU).
 
