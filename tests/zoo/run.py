@@ -55,7 +55,6 @@ def run(name: str, head_ratio: float | None = None) -> dict:
         model = structured_prune(model, config, ctx)
         heads = sum(map(len, ctx.facts["removed_heads"].values()))
         result.update(params_after=count_params(model), heads_removed=heads, group_search=ctx.facts["group_search"])
-        result["prunable_layers"] = sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for m in model.modules())
         with torch.no_grad():
             expected = first_tensor(call_model(model, inputs)).numpy()
         with tempfile.TemporaryDirectory(prefix="modelpress-zoo-") as scratch:
