@@ -21,6 +21,7 @@ shard of the train batches; losses are averaged across ranks.
 import os
 import time
 from enum import Enum
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -92,10 +93,13 @@ class DistillConfig(PassConfig):
     keep_sparsity: weights that are exactly zero (pruned) stay zero during training.
     frozen: modules (names or ``re:`` patterns) whose parameters training leaves as they are.
     int4_aware: Linear layers (names or ``re:`` patterns) trained through their 4-bit rounding on
-        ``block_minimum``'s grid in blocks of ``int4_block_size`` inputs (straight-through gradient) and
-        left rounded, so that a later ``block_minimum`` int4 pass packs exactly the trained model
+        ``int4_grid`` in blocks of ``int4_block_size`` inputs (straight-through gradient) and left
+        rounded, so that a later ``block_minimum`` int4 pass packs exactly the trained model
         (``compress.training.weight_rounding``).
     int4_block_size: inputs per block of that rounding: the int4 pass's ``block_size`` (default 32).
+    int4_grid: ``block_minimum`` (each block's minimum + 16 steps, as Q4_1 checkpoints are stored) or
+        ``symmetric`` (k x max|w|/7, k in -7..7: packed by an int4 pass with ``symmetric: true`` as
+        one MatMulNBits per weight, no zero points or offsets, the fastest layout on CPU).
     device: auto, cpu or cuda (under torchrun, the rank's local GPU); the model returns to the CPU after.
     mixed_precision: bf16 autocast for the forward passes on CUDA (no effect on CPU).
 
@@ -130,6 +134,7 @@ class DistillConfig(PassConfig):
     frozen: list[str] = Field(default_factory=list)
     int4_aware: list[str] = Field(default_factory=list)
     int4_block_size: int = Field(32, ge=8, le=4096)
+    int4_grid: Literal["block_minimum", "symmetric"] = "block_minimum"
     device: Device = Device.auto
     mixed_precision: bool = True
 
@@ -210,7 +215,7 @@ def distill(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modu
     with (
         zeros_kept(model, config.keep_sparsity) as masked,
         frozen(still) as unchanged,
-        rounded_weights(rounded, config.int4_block_size) as int4_aware,
+        rounded_weights(rounded, config.int4_block_size, config.int4_grid) as int4_aware,
     ):
         model.to(device)
         teacher.to(device)

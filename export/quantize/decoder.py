@@ -15,7 +15,7 @@ runs as the graph has cache layers; a graph where they do not split evenly is re
 is the weight MatMul that ``logits`` is computed from. A tied LM head is no special case here: the
 exporter either folds the transposed table into an initializer of its own (small tables) or reads
 the embedding through a ``Transpose`` (SmolLM2's 49152 x 576); in the second case the LM head is
-given its own transposed copy before packing (``untie_lm_head``), since MatMulNBits needs a constant
+given its own transposed copy before packing (``tied.untie_lm_head``), since MatMulNBits needs a constant
 weight. Either way it is packed (or kept) on its own, and the record says it is tied.
 """
 
@@ -31,6 +31,14 @@ import numpy as np
 import onnx
 
 from export.errors import ExportError
+from export.quantize.tied import (
+    SHARED_EMBEDDING,
+    SHARED_EMBEDDING_INT4,
+    producers,
+    share_head_with_embedding,
+    untie_embedding,
+    untie_lm_head,
+)
 
 PRECISIONS = ("int4", "int8", "float")
 # ORT's quantizer logs every node it visits at INFO; only its warnings concern the caller.
@@ -107,70 +115,17 @@ class _Weights:
     tied: bool
 
 
-def _producers(graph) -> dict[str, Any]:
-    return {output: node for node in graph.node for output in node.output}
-
-
 def _lm_head(graph, weight_of: dict[str, str]) -> str | None:
     """The weight MatMul ``logits`` comes from, walking back through single-tensor ops (Reshape, Cast)."""
-    producers, tensor = _producers(graph), "logits"
+    made, tensor = producers(graph), "logits"
     for _ in range(8):
-        node = producers.get(tensor)
+        node = made.get(tensor)
         if node is None:
             return None
         if node.name in weight_of:
             return node.name
         tensor = node.input[0]
     return None
-
-
-def untie_lm_head(model: onnx.ModelProto) -> bool:
-    """Give a logits MatMul that reads a table through ``Transpose(perm=[1, 0])`` its own transposed
-    initializer (the Transpose goes when nothing else reads it).
-    True when it did."""
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    producers, tensor = _producers(graph), "logits"
-    for _ in range(8):
-        node = producers.get(tensor)
-        if node is None:
-            return False
-        if node.op_type == "MatMul":
-            source = producers.get(node.input[1])
-            perm = [list(a.ints) for a in source.attribute if a.name == "perm"] if source is not None else []
-            if source is None or source.op_type != "Transpose" or perm != [[1, 0]] or source.input[0] not in inits:
-                return False
-            table = onnx.numpy_helper.to_array(inits[source.input[0]])
-            name = source.input[0] + ".lm_head_transposed"
-            graph.initializer.append(onnx.numpy_helper.from_array(np.ascontiguousarray(table.T), name))
-            node.input[1] = name
-            if not any(source.output[0] in other.input for other in graph.node):
-                graph.node.remove(source)  # else the float table stays alive beside its packed copies
-            return True
-        tensor = node.input[0]
-    return False
-
-
-def untie_embedding(model: onnx.ModelProto) -> bool:
-    """Give an embedding Gather that reads a table through ``Transpose(perm=[1, 0])`` (onnxruntime-genai's
-    builder stores a tied table once, as the LM head's [hidden, vocab] weight) its own [vocab, hidden]
-    initializer, so the table can be packed as GatherBlockQuantized. True when it did."""
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    producers = _producers(graph)
-    for node in graph.node:
-        source = producers.get(node.input[0]) if node.op_type == "Gather" and node.input[1] == "input_ids" else None
-        perm = [list(a.ints) for a in source.attribute if a.name == "perm"] if source is not None else []
-        if source is None or source.op_type != "Transpose" or perm != [[1, 0]] or source.input[0] not in inits:
-            continue
-        table = onnx.numpy_helper.to_array(inits[source.input[0]])
-        name = source.input[0] + ".embedding"
-        graph.initializer.append(onnx.numpy_helper.from_array(np.ascontiguousarray(table.T), name))
-        node.input[0] = name
-        if not any(source.output[0] in other.input for other in graph.node):
-            graph.node.remove(source)
-        return True
-    return False
 
 
 def find_weights(model: onnx.ModelProto) -> _Weights:
@@ -198,8 +153,9 @@ def find_weights(model: onnx.ModelProto) -> _Weights:
     return _Weights(blocks, lm_head, embedding, shapes, tied)
 
 
-def _plan(weights: _Weights, spec: DecoderQuantSpec) -> dict[str, tuple[str, str, str]]:
-    """node -> (role, planned precision, reason), before ORT has its say."""
+def _plan(weights: _Weights, spec: DecoderQuantSpec, head_on_grid: bool) -> dict[str, tuple[str, str, str]]:
+    """node -> (role, planned precision, reason), before ORT has its say. ``head_on_grid``: the LM head's
+    weight sits on ``block_minimum``'s symmetric grid, so its 4-bit pack is MatMulNBits alone."""
     main = f"int{spec.bits}"
     plan: dict[str, tuple[str, str, str]] = {}
     count = len(weights.blocks)
@@ -217,6 +173,8 @@ def _plan(weights: _Weights, spec: DecoderQuantSpec) -> dict[str, tuple[str, str
             plan[weights.embedding] = ("embedding", "float", "embedding = float")
         elif weights.tied and plan.get(weights.lm_head, ("", ""))[1] == "int8":
             plan[weights.embedding] = ("embedding", "int8", SHARED_EMBEDDING)
+        elif weights.tied and plan.get(weights.lm_head, ("", ""))[1] == "int4" and head_on_grid:
+            plan[weights.embedding] = ("embedding", "int4", SHARED_EMBEDDING_INT4)
         elif spec.bits != 4:
             plan[weights.embedding] = ("embedding", "float", "ORT's quantizer packs Gather tables at 4 bits only")
         else:
@@ -227,51 +185,18 @@ def _plan(weights: _Weights, spec: DecoderQuantSpec) -> dict[str, tuple[str, str
     return plan
 
 
-SHARED_EMBEDDING = "tied to the 8-bit LM head: GatherBlockQuantized (bits 8) over the head's bytes, no copy of its own"
+def _head_on_symmetric_grid(model: onnx.ModelProto, weights: _Weights, spec: DecoderQuantSpec) -> bool:
+    """``block_minimum`` with ``symmetric`` packs a head on its symmetric grid as MatMulNBits alone (no
+    offsets), whose bytes the embedding can then read exactly."""
+    from export.quantize.block_minimum import symmetric_codes
 
-
-def _share_head_with_embedding(model: onnx.ModelProto, embedding: str, lm_head: str) -> bool:
-    """Replace the float embedding Gather by a GatherBlockQuantized (bits 8) that reads the packed 8-bit LM
-    head's codes, scales and zero points through Reshapes (the tied table stored once, as onnxruntime-genai's
-    builder does for a quantized tied head). False, leaving the graph alone, where the layouts differ (K not
-    a whole number of blocks, no zero points)."""
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    head = next((n for n in graph.node if n.op_type == "MatMulNBits" and n.name == f"{lm_head}_Q8"), None)
-    gather = next((n for n in graph.node if n.op_type == "Gather" and n.name == embedding), None)
-    if head is None or gather is None:
+    if not (weights.tied and weights.lm_head and spec.algorithm == "block_minimum" and spec.symmetric):
         return False
-    attrs = {a.name: a.i for a in head.attribute}
-    codes, scales = inits.get(head.input[1]), inits.get(head.input[2])
-    if codes is None or scales is None or attrs["K"] % attrs["block_size"]:
+    head = next(node for node in model.graph.node if node.name == weights.lm_head)
+    table = next(init for init in model.graph.initializer if init.name == head.input[1])
+    if table.dims[0] % spec.block_size:
         return False
-    blocks = attrs["K"] // attrs["block_size"]
-    zeros = inits.get(head.input[3]) if len(head.input) > 3 and head.input[3] else None
-    if zeros is None:  # symmetric: MatMulNBits' implied zero point 2^(bits-1), written out for the Gather
-        zeros = onnx.numpy_helper.from_array(np.full((attrs["N"], blocks), 128, np.uint8), f"{embedding}.zero_point")
-        graph.initializer.append(zeros)
-    shapes = {"codes": [attrs["N"], attrs["K"]], "blocks": [attrs["N"], blocks]}
-    for key, dims in shapes.items():
-        graph.initializer.append(onnx.numpy_helper.from_array(np.array(dims, np.int64), f"{embedding}.{key}_shape"))
-    table = gather.input[0]
-    reshaped = [f"{embedding}.{key}" for key in ("codes", "scales", "zero_points")]
-    nodes = [
-        onnx.helper.make_node("Reshape", [codes.name, f"{embedding}.codes_shape"], [reshaped[0]]),
-        onnx.helper.make_node("Reshape", [scales.name, f"{embedding}.blocks_shape"], [reshaped[1]]),
-        onnx.helper.make_node("Reshape", [zeros.name, f"{embedding}.blocks_shape"], [reshaped[2]]),
-        onnx.helper.make_node(
-            "GatherBlockQuantized", [reshaped[0], gather.input[1], reshaped[1], reshaped[2]], list(gather.output),
-            name=f"{embedding}_Q8", domain="com.microsoft", gather_axis=0, quantize_axis=1,
-            block_size=attrs["block_size"], bits=8,
-        ),
-    ]  # fmt: skip
-    index = list(graph.node).index(gather)
-    graph.node.remove(gather)
-    for offset, node in enumerate(nodes):
-        graph.node.insert(index + offset, node)
-    if not any(table in node.input for node in graph.node) and table in inits:
-        graph.initializer.remove(inits[table])
-    return True
+    return symmetric_codes(onnx.numpy_helper.to_array(table), spec.block_size) is not None
 
 
 def check_spec(spec: DecoderQuantSpec) -> None:
@@ -339,7 +264,8 @@ def quantize_decoder(
     weights = find_weights(model)
     if untied:
         weights = dataclasses.replace(weights, tied=True)
-    plan = _plan(weights, spec)
+    plan = _plan(weights, spec, _head_on_symmetric_grid(model, weights, spec))
+    shared = plan.get(weights.embedding, ("", "", ""))[2] in (SHARED_EMBEDDING, SHARED_EMBEDDING_INT4)
     by_precision = {p: [n for n, (_, planned, _) in plan.items() if planned == p] for p in PRECISIONS}
     main = f"int{spec.bits}"
     # ORT's INC-derived algorithms print progress bars; an all-zero block (the pad id's embedding row)
@@ -351,15 +277,17 @@ def quantize_decoder(
             model = _pack_8bit(model, spec, by_precision["int8"])
             wrapped = None
         else:
-            ops = ("MatMul", "Gather") if weights.embedding in by_precision["int4"] else ("MatMul",)
+            packs_table = weights.embedding in by_precision["int4"] and not shared
+            ops = ("MatMul", "Gather") if packs_table else ("MatMul",)
             excluded = by_precision["float"] + by_precision["int8"]
             wrapped = int4_algorithms.quantize(model, spec, excluded, ops, calibration)
     if wrapped is None:  # ORT's default quantizer declared the contrib domain and wrote accuracy_level
         from onnxruntime.quantization.onnx_model import ONNXModel
 
         wrapped = ONNXModel(model)
-    if plan.get(weights.embedding, ("", "", ""))[2] == SHARED_EMBEDDING:
-        _share_head_with_embedding(wrapped.model, weights.embedding, weights.lm_head)
+    if shared:
+        bits = int(plan[weights.embedding][1].removeprefix("int"))
+        share_head_with_embedding(wrapped.model, weights.embedding, weights.lm_head, bits)
     wrapped.save_model_to_file(str(target), False)
     written = _written(onnx.load(str(target), load_external_data=False))
     decisions = []

@@ -98,7 +98,7 @@ def _block_minimum(model, spec, excluded: list[str]):
         if node.op_type == "MatMul" and node.name not in excluded and len(shapes.get(node.input[1], ())) == 2
         and shapes[node.input[1]][0] % spec.block_size == 0
     ]  # fmt: skip
-    return block_minimum.quantize(model, nodes, spec.block_size, spec.accuracy_level)
+    return block_minimum.quantize(model, nodes, spec.block_size, spec.accuracy_level, spec.symmetric)
 
 
 ALGORITHMS: dict[str, Int4Algorithm] = {
@@ -108,7 +108,7 @@ ALGORITHMS: dict[str, Int4Algorithm] = {
     "hqq": Int4Algorithm("HQQWeightOnlyQuantConfig", _hqq, symmetric=False, requires=("torch",)),
     "gptq": Int4Algorithm("GPTQWeightOnlyQuantConfig", _gptq, needs_calibration=True),
     # Ours: each block's minimum and maximum, exact on a Q4_1 grid, on MatMulNBits' integer path.
-    "block_minimum": Int4Algorithm("", None, symmetric=False, pack=_block_minimum),
+    "block_minimum": Int4Algorithm("", None, pack=_block_minimum),
 }
 # Shipped by ONNX Runtime but not offered, with the reason the refusal gives.
 REFUSED = {

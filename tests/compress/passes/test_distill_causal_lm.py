@@ -105,3 +105,29 @@ def test_int4_aware_training_leaves_weights_that_block_minimum_packs_exactly():
     # the teacher's own weights are not on a 4-bit grid: packing them is lossy, which the test above is not
     raw = teacher.model.layers[0].mlp.up_proj.weight.detach().numpy().T
     assert np.abs(block_minimum.dequantize(*block_minimum.pack(raw, 16)) - raw).max() > 1e-4
+
+
+def test_the_symmetric_grid_trains_to_weights_packed_without_offsets():
+    from export.quantize import block_minimum
+
+    tokenizer = word_level_tokenizer()
+    batches = text_batches(TEXT, tokenizer, max_length=16, batch_size=4)
+    teacher = tiny_decoder("llama")
+    student = copy.deepcopy(teacher)
+    data = TaskData(eval=batches, train=batches, validation=batches)
+    ctx = Context(data, batches[0][0], teacher, lambda m, split="eval": agreement(m, teacher, batches))
+    config = DistillConfig(
+        max_steps=5, lr=1e-2, layerwise="off", int4_aware=["re:.*_proj"], int4_block_size=16, int4_grid="symmetric"
+    )
+    student = distill(student, config, ctx)
+    assert len(ctx.facts["int4_aware"]) == 14
+    for name in ctx.facts["int4_aware"]:
+        weight = student.get_submodule(name).weight.detach().numpy().T
+        codes, scales = block_minimum.symmetric_codes(weight, 16)
+        low, high = codes & 0x0F, codes >> 4
+        assert min(low.min(), high.min()) >= 1 and max(low.max(), high.max()) <= 15  # k + 8, k in -7..7
+        steps = np.stack([low, high], -1).reshape(weight.shape[1], -1, 16).astype(np.float32) - 8
+        rebuilt = (steps * scales.reshape(weight.shape[1], -1, 1)).reshape(weight.shape[1], -1).T
+        np.testing.assert_allclose(rebuilt, weight, rtol=0, atol=1e-6)
+    raw = teacher.model.layers[0].mlp.up_proj.weight.detach().numpy().T
+    assert block_minimum.symmetric_codes(raw, 16) is None  # off the grid: block_minimum's offsets then

@@ -60,6 +60,33 @@ def test_the_packed_matmul_equals_the_float_one_on_the_grid_at_fp32_compute():
     np.testing.assert_allclose(run(packed, x), x @ weight, rtol=0, atol=1e-4)
 
 
+def test_symmetric_writes_no_zero_points_and_stays_exact_at_fp32_compute():
+    # MatMulNBits reads the implied zero point 8; the offsets carry minimum + 8 x scale instead.
+    weight, x = q4_1_weight(8), np.random.default_rng(9).normal(size=(5, K)).astype(np.float32)
+    _, _, zero, _ = block_minimum.pack(weight, BLOCK, symmetric=True)
+    assert (zero == 8).all()
+    packed = block_minimum.quantize(matmul_model(weight), ["proj"], BLOCK, accuracy_level=1, symmetric=True)
+    node = next(node for node in packed.graph.node if node.op_type == "MatMulNBits")
+    assert len(node.input) == 3  # x, codes, scales: no zero points
+    np.testing.assert_allclose(run(packed, x), x @ weight, rtol=0, atol=1e-4)
+
+
+def test_a_weight_on_the_symmetric_grid_is_packed_as_matmulnbits_alone():
+    # k x max|w| / 7 per block (what distill.int4_grid: symmetric trains to): no zero points, no offsets
+    rng = np.random.default_rng(10)
+    steps = rng.integers(-7, 8, size=(N, K // BLOCK, BLOCK))
+    steps[..., 0] = 7
+    scale = rng.uniform(0.01, 0.1, size=(N, K // BLOCK, 1)).astype(np.float32)
+    weight = (steps * scale).astype(np.float32).reshape(N, K).T.copy()
+    x = rng.normal(size=(5, K)).astype(np.float32)
+    packed = block_minimum.quantize(matmul_model(weight), ["proj"], BLOCK, accuracy_level=1, symmetric=True)
+    assert [(node.op_type, len(node.input)) for node in packed.graph.node] == [("MatMulNBits", 3)]
+    np.testing.assert_allclose(run(packed, x), x @ weight, rtol=0, atol=1e-4)
+    # without symmetric (or off the grid) the same weight takes the four-op layout
+    ops = [node.op_type for node in block_minimum.quantize(matmul_model(weight), ["proj"], BLOCK, 1).graph.node]
+    assert ops == ["MatMul", "MatMulNBits", "MatMul", "Add"]
+
+
 def test_zero_points_centre_the_codes_so_int8_inputs_cost_only_their_own_rounding():
     # accuracy_level 4 rounds the input to int8 per block inside MatMulNBits; that error is multiplied
     # by (q - zero point). With the code nearest w = 0 as the zero point it is multiplied by the weight

@@ -173,7 +173,7 @@ def test_block_minimum_packs_every_matmul_on_the_integer_path_and_rounds_closer_
 
 def test_a_tied_8_bit_head_lends_its_bytes_to_the_embedding(tmp_path):
     from export.decoder.perplexity import language_scores as scores_of
-    from export.quantize.decoder import SHARED_EMBEDDING
+    from export.quantize.tied import SHARED_EMBEDDING
 
     model = wide_llama(tie=True)
     decoder = export_decoder(model, tmp_path / "fp32.onnx")
@@ -215,3 +215,39 @@ def test_a_graph_whose_embedding_is_not_found_packs_its_matmuls_and_leaves_the_t
     packed = onnx.load(record.path)
     assert table in {init.name for init in packed.graph.initializer}  # the float table stays, read as before
     assert onnx_session(record.path) is not None
+
+
+def test_a_tied_4_bit_head_on_the_symmetric_grid_is_packed_alone_and_lends_its_bytes(tmp_path):
+    import torch
+
+    from compress.training.weight_rounding import SymmetricRounding
+    from export.quantize.tied import SHARED_EMBEDDING_INT4
+
+    model = wide_llama(tie=True)
+    with torch.no_grad():  # what distill.int4_grid: symmetric leaves: every Linear (the tied table too) on the grid
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(SymmetricRounding(32)(module.weight))
+    decoder = export_decoder(model, tmp_path / "fp32.onnx")
+    spec = DecoderQuantSpec(algorithm="block_minimum", symmetric=True, lm_head="quantize", accuracy_level=1)
+    record = quantize_decoder(decoder.path, tmp_path / "int4.onnx", spec)
+    embedding = next(d for d in record.decisions if d.role == "embedding")
+    assert record.tied_lm_head and (embedding.precision, embedding.reason) == ("int4", SHARED_EMBEDDING_INT4)
+    graph = onnx.load(record.path).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulNBits") == 2 * BLOCK_MATMULS + 1
+    assert not [n.name for n in graph.node if n.name.endswith(("_minimums", "_block_sums_op"))]  # no offsets
+    assert all(len(n.input) == 3 for n in graph.node if n.op_type == "MatMulNBits")  # no zero points, no offsets
+    (gather,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    producers = {out: n for n in graph.node for out in n.output}
+    codes = producers[gather.input[0]].input[0]  # through a Reshape
+    (head,) = [n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1] == codes]
+    assert {a.name: a.i for a in gather.attribute}["bits"] == 4 and len(gather.input) == 3  # implied zero point 8
+    assert not [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2]
+    # exact: the file computes what the rounded torch model does (fp32 compute at level 1)
+    scores = language_scores(
+        {"torch": torch_logits(model), "int4": onnx_logits(onnx_session(record.path))}, text_batches(), "torch"
+    )
+    assert scores["int4"].top1_agreement == 1.0
+    assert abs(scores["int4"].perplexity / scores["torch"].perplexity - 1) < 1e-4
+    assert head.name.endswith("_Q4") and record.size_bytes < 0.25 * record.source_bytes  # measured 0.233x
