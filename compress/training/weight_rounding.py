@@ -23,10 +23,11 @@ import torch
 from torch.nn.utils import parametrize
 
 LEVELS = 16  # 4 bits, as block_minimum packs them
+SYMMETRIC_STEPS = 7  # codes 8 - 7 .. 8 + 7 of MatMulNBits' 0..15 around its implied zero point 8
 
 
-class BlockMinimumRounding(torch.nn.Module):
-    """weight [out, in] -> its block-minimum rounding along ``in``, gradient straight through."""
+class _BlockRounding(torch.nn.Module):
+    """weight [out, in] -> its rounding per block of ``block_size`` along ``in``, gradient straight through."""
 
     def __init__(self, block_size: int):
         super().__init__()
@@ -35,30 +36,28 @@ class BlockMinimumRounding(torch.nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         rows, width = weight.shape
         blocks = weight.reshape(rows, width // self.block_size, self.block_size)
+        rounded = self.round_blocks(blocks).reshape(rows, width)
+        return weight + (rounded - weight).detach()
+
+
+class BlockMinimumRounding(_BlockRounding):
+    """16 levels from each block's minimum to its maximum (``block_minimum``'s asymmetric grid)."""
+
+    def round_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         low, high = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
         scale = torch.where(high > low, (high - low) / (LEVELS - 1), torch.ones_like(high))
-        codes = torch.clamp(torch.round((blocks - low) / scale), 0, LEVELS - 1)
-        rounded = (low + codes * scale).reshape(rows, width)
-        return weight + (rounded - weight).detach()
+        return low + torch.clamp(torch.round((blocks - low) / scale), 0, LEVELS - 1) * scale
 
 
-class SymmetricRounding(torch.nn.Module):
-    """weight [out, in] -> ``k x max|w| / 7`` per block along ``in`` (k in -7..7), gradient straight through."""
+class SymmetricRounding(_BlockRounding):
+    """``k x max|w| / 7`` per block, k in -7..7 (MatMulNBits without zero points or offsets)."""
 
-    def __init__(self, block_size: int):
-        super().__init__()
-        self.block_size = block_size
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        rows, width = weight.shape
-        blocks = weight.reshape(rows, width // self.block_size, self.block_size)
+    def round_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         top = blocks.abs().amax(-1, keepdim=True)
         scale = torch.where(top > 0, top / SYMMETRIC_STEPS, torch.ones_like(top))
-        rounded = (torch.round(blocks / scale) * scale).reshape(rows, width)
-        return weight + (rounded - weight).detach()
+        return torch.round(blocks / scale) * scale
 
 
-SYMMETRIC_STEPS = 7  # codes 8 - 7 .. 8 + 7 of MatMulNBits' 0..15 around its implied zero point 8
 GRIDS = {"block_minimum": BlockMinimumRounding, "symmetric": SymmetricRounding}
 
 

@@ -84,17 +84,23 @@ def test_frozen_projections_stay_bit_identical_while_the_rest_trains():
     assert all(p.requires_grad for p in student.parameters())  # trainable again after the pass
 
 
-def test_int4_aware_training_leaves_weights_that_block_minimum_packs_exactly():
-    from export.quantize import block_minimum
-
+def _int4_aware(**options):
+    """A tiny Llama distilled for 5 steps with every projection trained through its int4 rounding."""
     tokenizer = word_level_tokenizer()
     batches = text_batches(TEXT, tokenizer, max_length=16, batch_size=4)
     teacher = tiny_decoder("llama")
-    student = copy.deepcopy(teacher)
     data = TaskData(eval=batches, train=batches, validation=batches)
     ctx = Context(data, batches[0][0], teacher, lambda m, split="eval": agreement(m, teacher, batches))
-    config = DistillConfig(max_steps=5, lr=1e-2, layerwise="off", int4_aware=["re:.*_proj"], int4_block_size=16)
-    student = distill(student, config, ctx)
+    config = DistillConfig(
+        max_steps=5, lr=1e-2, layerwise="off", int4_aware=["re:.*_proj"], int4_block_size=16, **options
+    )
+    return distill(copy.deepcopy(teacher), config, ctx), teacher, ctx
+
+
+def test_int4_aware_training_leaves_weights_that_block_minimum_packs_exactly():
+    from export.quantize import block_minimum
+
+    student, teacher, ctx = _int4_aware()
     assert len(ctx.facts["int4_aware"]) == 14 and not any(
         "parametrizations" in n for n, _ in student.named_parameters()
     )
@@ -110,16 +116,7 @@ def test_int4_aware_training_leaves_weights_that_block_minimum_packs_exactly():
 def test_the_symmetric_grid_trains_to_weights_packed_without_offsets():
     from export.quantize import block_minimum
 
-    tokenizer = word_level_tokenizer()
-    batches = text_batches(TEXT, tokenizer, max_length=16, batch_size=4)
-    teacher = tiny_decoder("llama")
-    student = copy.deepcopy(teacher)
-    data = TaskData(eval=batches, train=batches, validation=batches)
-    ctx = Context(data, batches[0][0], teacher, lambda m, split="eval": agreement(m, teacher, batches))
-    config = DistillConfig(
-        max_steps=5, lr=1e-2, layerwise="off", int4_aware=["re:.*_proj"], int4_block_size=16, int4_grid="symmetric"
-    )
-    student = distill(student, config, ctx)
+    student, teacher, ctx = _int4_aware(int4_grid="symmetric")
     assert len(ctx.facts["int4_aware"]) == 14
     for name in ctx.facts["int4_aware"]:
         weight = student.get_submodule(name).weight.detach().numpy().T
