@@ -13,7 +13,8 @@ Two grids (``GRIDS``): ``block_minimum`` keeps each block's own minimum (what a 
 SmolLM2's GGUF already sits on), ``symmetric`` rounds to ``k x scale`` with k in -7..7 and ``scale =
 max |w| / 7``: MatMulNBits' format without zero points or offsets (onnxruntime-genai's builder writes
 it), which ``block_minimum`` packs as one MatMulNBits per weight instead of four ops, the fastest
-layout on CPU.
+layout on CPU: SmolLM2 with 15 of 30 blocks decoded 6.47x its fp32 baseline at batch 1 trained on
+this grid, 3.82x on the block-minimum grid (reports/smollm2-full/notes.md).
 """
 
 import contextlib

@@ -93,7 +93,8 @@ def share_head_with_embedding(model: onnx.ModelProto, embedding: str, lm_head: s
         graph.initializer.append(zeros)
     # (4 bits without zero points: GatherBlockQuantized over uint8 data implies 8, as MatMulNBits does)
     shapes = {"codes": [attrs["N"], attrs["K"] * bits // 8], "blocks": [attrs["N"], blocks]}
-    shapes["zeros"] = [attrs["N"], blocks if bits == 8 else (blocks + 1) // 2]
+    if zeros is not None:
+        shapes["zeros"] = [attrs["N"], blocks if bits == 8 else (blocks + 1) // 2]
     for key, dims in shapes.items():
         graph.initializer.append(onnx.numpy_helper.from_array(np.array(dims, np.int64), f"{embedding}.{key}_shape"))
     table = gather.input[0]

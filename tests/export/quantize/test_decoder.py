@@ -244,6 +244,8 @@ def test_a_tied_4_bit_head_on_the_symmetric_grid_is_packed_alone_and_lends_its_b
     (head,) = [n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1] == codes]
     assert {a.name: a.i for a in gather.attribute}["bits"] == 4 and len(gather.input) == 3  # implied zero point 8
     assert not [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2]
+    read = {name for node in graph.node for name in node.input}
+    assert not [i.name for i in graph.initializer if i.name not in read]  # nothing written that no node reads
     # exact: the file computes what the rounded torch model does (fp32 compute at level 1)
     scores = language_scores(
         {"torch": torch_logits(model), "int4": onnx_logits(onnx_session(record.path))}, text_batches(), "torch"
