@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     log.set_verbosity(quiet=args.quiet, verbose=args.verbose)
+    log.reopen_closed_handlers()
     set_active_folder(None)
     previous = signal.getsignal(signal.SIGTERM)
     _interrupt_on_sigterm()

@@ -135,6 +135,16 @@ def stream_handlers() -> list[logging.StreamHandler]:
     return [h for lg in loggers for h in getattr(lg, "handlers", []) if isinstance(h, logging.StreamHandler)]
 
 
+def reopen_closed_handlers() -> None:
+    """Point log handlers whose stream is closed at today's sys.stderr. A library (transformers) makes
+    its StreamHandler on the sys.stderr of the moment; a host that replaced it (pytest's capture, a
+    notebook cell) may have closed that stream since, and the next message would print "--- Logging
+    error ---" with a traceback instead of the message."""
+    for handler in stream_handlers():
+        if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+            handler.stream = sys.stderr  # not setStream: it flushes the old stream, which raises when closed
+
+
 def _repoint_handlers(replaced: dict) -> None:
     """Log handlers a library created inside ``run_log`` (transformers makes its own on the sys.stderr of
     the moment) write to the stream that was there before, not to ours, which is closed on the way out

@@ -1,6 +1,7 @@
 """run.log: third-party output (warnings, logging, stderr prints, C-level writes) goes to the log, not the
 terminal, unless verbose; modelpress's own messages go to both."""
 
+import io
 import logging
 import os
 import sys
@@ -95,3 +96,16 @@ def test_a_library_handler_made_during_the_run_writes_to_the_earlier_stderr_afte
         assert "Logging error" not in capfd.readouterr().err
     finally:
         library.removeHandler(handler)
+
+
+def test_a_library_handler_left_on_a_closed_stream_writes_to_stderr_again():
+    handler = logging.StreamHandler(io.StringIO())
+    logger = logging.getLogger("modelpress-test-closed-stream")
+    logger.addHandler(handler)
+    try:
+        handler.stream.close()
+        log.reopen_closed_handlers()  # what `modelpress` does first, and each test's setup
+        assert handler.stream is sys.stderr
+        logger.warning("written")  # no "--- Logging error ---"
+    finally:
+        logger.removeHandler(handler)

@@ -125,7 +125,7 @@ def test_timing_waits_for_the_work_under_way_and_new_work_waits_for_the_timing(t
         with timer.timing():
             events.append("timing")
             ended.wait()
-        events.append("timed")
+            events.append("timed")  # inside: once the timing lets go, the late work may start at once
 
     def work_late():
         with late.working():
