@@ -68,7 +68,11 @@ def test_a_head_that_cannot_be_loaded_exits_2_naming_the_class(classifier_folder
     )
     assert main(["run", str(recipe), "--out", str(folder.parent / "out")]) == 2
     err = capsys.readouterr().err
-    assert "classifier.bias" in err and "model.hf_class" in err and "Traceback" not in err
+    assert "classifier.bias" in err and "model.hf_class" in err
+    # No traceback of ours. Python's logging prints one, headed "--- Logging error ---", when a library's
+    # handler in this pytest worker still holds an earlier test's closed capture stream (seen in CI at
+    # one worker order, not reproduced alone); that block is the harness's, not the command's output.
+    assert err.count("Traceback") == err.count("--- Logging error ---\nTraceback"), err
     recipe.write_text(recipe.read_text().replace("checkpoint:", "hf_class: NoSuchModel\n  checkpoint:"))
     assert main(["run", str(recipe), "--out", str(folder.parent / "out")]) == 2
     assert "model.hf_class names 'NoSuchModel'" in capsys.readouterr().err
