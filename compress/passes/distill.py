@@ -100,6 +100,9 @@ class DistillConfig(PassConfig):
     int4_grid: ``block_minimum`` (each block's minimum + 16 steps, as Q4_1 checkpoints are stored) or
         ``symmetric`` (k x max|w|/7, k in -7..7: packed by an int4 pass with ``symmetric: true`` as
         one MatMulNBits per weight, no zero points or offsets, the fastest layout on CPU).
+    int4_inputs: ``float``, or ``int8``: the ``int4_aware`` layers' inputs are rounded too, per block, as
+        MatMulNBits rounds them at ``accuracy_level`` 4 (its fast CPU kernel), so the trained model is
+        what the level-4 artifact computes.
     device: auto, cpu or cuda (under torchrun, the rank's local GPU); the model returns to the CPU after.
     mixed_precision: bf16 autocast for the forward passes on CUDA (no effect on CPU).
 
@@ -135,6 +138,7 @@ class DistillConfig(PassConfig):
     int4_aware: list[str] = Field(default_factory=list)
     int4_block_size: int = Field(32, ge=8, le=4096)
     int4_grid: Literal["block_minimum", "symmetric"] = "block_minimum"
+    int4_inputs: Literal["float", "int8"] = "float"
     device: Device = Device.auto
     mixed_precision: bool = True
 
@@ -215,7 +219,7 @@ def distill(model: torch.nn.Module, config: DistillConfig, ctx) -> torch.nn.Modu
     with (
         zeros_kept(model, config.keep_sparsity) as masked,
         frozen(still) as unchanged,
-        rounded_weights(rounded, config.int4_block_size, config.int4_grid) as int4_aware,
+        rounded_weights(rounded, config.int4_block_size, config.int4_grid, config.int4_inputs) as int4_aware,
     ):
         model.to(device)
         teacher.to(device)

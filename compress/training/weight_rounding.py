@@ -15,6 +15,13 @@ max |w| / 7``: MatMulNBits' format without zero points or offsets (onnxruntime-g
 it), which ``block_minimum`` packs as one MatMulNBits per weight instead of four ops, the fastest
 layout on CPU: SmolLM2 with 15 of 30 blocks decoded 6.47x its fp32 baseline at batch 1 trained on
 this grid, 3.82x on the block-minimum grid (reports/smollm2-full/notes.md).
+
+``inputs="int8"`` also rounds each chosen layer's input as MatMulNBits does at ``accuracy_level`` 4,
+its fast CPU kernel (MLAS quantizes the activations per block of ``block_size`` along K to int8 with
+``scale = max|x| / 127``, round to nearest), again straight-through. Level 4's int8 inputs alone cost
+SmolLM2 0.03-0.05 of teacher-forced top-1 (reports/smollm2-full/notes.md: 0.954 against 1.000 at
+level 1), and level 1 decodes 9.4x slower there; trained through both roundings, the torch model
+computes what the level-4 artifact computes.
 """
 
 import contextlib
@@ -24,6 +31,7 @@ import torch
 from torch.nn.utils import parametrize
 
 LEVELS = 16  # 4 bits, as block_minimum packs them
+INT8_STEPS = 127  # MLAS's int8 activations at accuracy_level 4: symmetric, -127..127
 SYMMETRIC_STEPS = 7  # codes 8 - 7 .. 8 + 7 of MatMulNBits' 0..15 around its implied zero point 8
 
 
@@ -62,6 +70,23 @@ class SymmetricRounding(_BlockRounding):
 GRIDS = {"block_minimum": BlockMinimumRounding, "symmetric": SymmetricRounding}
 
 
+def int8_blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``x`` [..., K] rounded to int8 per block of ``block_size`` along K (``max|x| / 127`` each), as
+    MatMulNBits quantizes its input at accuracy_level 4; gradient straight through."""
+    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
+    top = blocks.detach().abs().amax(-1, keepdim=True)
+    scale = torch.where(top > 0, top / INT8_STEPS, torch.ones_like(top))
+    rounded = (torch.round(blocks / scale) * scale).reshape(x.shape)
+    return x + (rounded - x).detach()
+
+
+def _int8_input_hook(block_size: int):
+    def hook(module, args):
+        return (int8_blocks(args[0], block_size), *args[1:])
+
+    return hook
+
+
 def roundable(module: torch.nn.Module, block_size: int) -> bool:
     weight = getattr(module, "weight", None)
     return isinstance(module, torch.nn.Linear) and weight is not None and weight.shape[1] % block_size == 0
@@ -69,16 +94,22 @@ def roundable(module: torch.nn.Module, block_size: int) -> bool:
 
 @contextlib.contextmanager
 def rounded_weights(
-    modules: dict[str, torch.nn.Module], block_size: int, grid: str = "block_minimum"
+    modules: dict[str, torch.nn.Module], block_size: int, grid: str = "block_minimum", inputs: str = "float"
 ) -> Iterator[list[str]]:
     """While open, the Linear layers of ``modules`` whose input width ``block_size`` divides compute with
-    their weights rounded on ``grid`` (a key of ``GRIDS``); on exit their weights are the rounded values.
-    Yields the layers' names."""
+    their weights rounded on ``grid`` (a key of ``GRIDS``) and, for ``inputs="int8"``, their inputs
+    rounded as accuracy_level 4 does; on exit their weights are the rounded values and the inputs are
+    left alone. Yields the layers' names."""
     chosen = {name: module for name, module in modules.items() if roundable(module, block_size)}
+    hooks = []
     for module in chosen.values():
         parametrize.register_parametrization(module, "weight", GRIDS[grid](block_size))
+        if inputs == "int8":
+            hooks.append(module.register_forward_pre_hook(_int8_input_hook(block_size)))
     try:
         yield list(chosen)
     finally:
+        for hook in hooks:
+            hook.remove()
         for module in chosen.values():
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)

@@ -1,5 +1,21 @@
-"""The report's sections for decoders: the generation benchmark, and the accuracy levels of int4 artifacts
-(each level measured for agreement and decode speed, the one chosen and why). Empty for other models."""
+"""The report's sections for decoders: agreement with the fp32 reference, the generation benchmark, and
+the accuracy levels of int4 artifacts (each level measured for agreement and decode speed, the one
+chosen and why). Empty for other models."""
+
+
+def language(report: dict) -> list:
+    """Perplexity and teacher-forced top-1 agreement of each decoder artifact with the fp32 reference."""
+    scored = [a for a in report["artifacts"] if a.get("language")]
+    if not scored:
+        return []
+    first = scored[0]["language"]
+    method = (f"ONNX Runtime, teacher-forced on the first {first['rows']} rows of the {first['split']} split "
+              f"({first['tokens']} predicted tokens): each artifact's next-token choice against "
+              f"`{first['reference']}`'s at every position, whatever the artifact's own torch source.")  # fmt: skip
+    rows = [[a["name"], f"{a['language']['perplexity']:.4f}", f"{a['language']['top1_agreement']:.4f}"]
+            for a in scored]  # fmt: skip
+    return [("h2", f"Agreement with {first['reference']}"), ("p", method),
+            ("table", ["artifact", "perplexity", "teacher-forced top-1"], rows)]  # fmt: skip
 
 
 def generation(report: dict) -> list:

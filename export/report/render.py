@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from export.measure.benchmark import latency_key
-from export.report.decoder_sections import accuracy_levels, generation
+from export.report.decoder_sections import accuracy_levels, generation, language
 from export.report.summary import higher_is_better, pareto_front, unreliable
 
 
@@ -305,7 +305,8 @@ def blocks(report: dict) -> list:
             f"recipe sha256 `{report['recipe']['sha256'][:12]}`.",
         ),
     ]
-    sections = (_summary, _stages, _artifacts, _latency, generation, accuracy_levels, _edge, _plots, _environment)
+    sections = (_summary, _stages, _artifacts, _latency, language, generation, accuracy_levels, _edge, _plots)
+    sections += (_environment,)
     return head + [block for section in sections for block in section(report)]
 
 

@@ -29,6 +29,7 @@ from export.measure.guardrail import flag_artifacts
 from export.onnx.exporter import export_onnx
 from export.onnx.runtime import default_threads, feed, file_batch_size, make_session, ort_predictor
 from export.onnx.validate import compare_outputs
+from export.runfolder.language import score_language
 
 
 def heldout_inputs(evaluator: Evaluator, data: TaskData) -> Iterator[Any]:
@@ -229,6 +230,7 @@ def measure_artifacts(
             summary = ", ".join(f"bs{e['batch_size']} p50 {e['p50_ms']:.2f} ms" for e in new)
             value = f"{record['metric']['value']:.4f}" if "metric" in record else "not scored"
             log.info(f"measure {record['name']} ({provider}): {evaluator.name} {value}; {summary}")
+    score_language(out_dir, recipe, evaluator, data, measured, scored=not unscored)
     for record in measured:
         # One batch of the size the file takes: a fixed-shape file refuses any other row count.
         rows = file_batch_size(out_dir / record["path"]) or int(flatten_inputs(sample)[1][0].shape[0])

@@ -19,7 +19,7 @@ from export.runfolder.evidence import listed_sha256
 # Figures measured on the file a record was written for: stale once that file is gone or replaced.
 MEASURED = ("parity", "metric", "latency", "provider_support", "ort_format", "warnings", "size_bytes")
 MEASURED += ("size_gzip_bytes", "sha256", "external_data", "op_counts", "initializer_dtypes", "opset")
-MEASURED += ("generation_parity",)
+MEASURED += ("generation_parity", "language")
 
 
 def _checked_records(out_dir: Path) -> list[tuple[Path, dict]]:

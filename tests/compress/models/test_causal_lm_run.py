@@ -69,11 +69,32 @@ def test_recipe_run_scores_perplexity_in_onnx_runtime(model_folder, tmp_path):
         assert decoding["within_tolerance"] and decoding["tokens_agree"] and decoding["steps"] == 4
         assert artifacts[name]["genai_folder"] == f"artifacts/{name}.genai"
     assert result.metrics["magnitude_prune"] > result.metrics["baseline"] > 1.0  # pruning costs perplexity
+    _agrees_with_the_baseline_as_torch_does(artifacts, result, model_folder)
     report = json.loads(result.report_path.read_text())
     # within the default budget of 0.01 perplexity only the baseline qualifies; the rise is named
     assert report["summary"]["recommended"]["name"] == "baseline"
     assert torch.isfinite(torch.tensor(report["stages"][1]["metric"]["value"]))
     _generates_like_torch(tmp_path / "run" / "artifacts" / "compressed.genai", result.model)
+
+
+def _agrees_with_the_baseline_as_torch_does(artifacts, result, model_folder):
+    """Each decoder artifact's teacher-forced top-1 against the baseline artifact, scored in ONNX Runtime
+    on the eval rows, is what the two torch models give on the same tokens."""
+    from export.decoder.perplexity import language_scores, torch_logits
+
+    data = text_data(EVAL, str(model_folder), batch_size=4)
+    batches = [(inputs["input_ids"], inputs["attention_mask"]) for inputs, *_ in data.eval]
+    torch_models = {"baseline": tiny_decoder("llama"), "compressed": result.model}
+    expected = language_scores({n: torch_logits(m) for n, m in torch_models.items()}, batches, "baseline")
+    for name in torch_models:
+        language = artifacts[name]["language"]
+        assert language["reference"] == "baseline" and language["rows"] == len(EVAL)
+        assert language["tokens"] == expected[name].tokens
+        assert language["perplexity"] == pytest.approx(expected[name].perplexity, rel=1e-4)
+        assert language["top1_agreement"] == pytest.approx(expected[name].top1_agreement, abs=1 / language["tokens"])
+    assert artifacts["baseline"]["language"]["top1_agreement"] == 1.0
+    assert artifacts["compressed"]["language"]["top1_agreement"] < 1.0  # 30% of the weights pruned
+    assert "## Agreement with baseline" in result.report_path.with_suffix(".md").read_text()
 
 
 def _generates_like_torch(folder, model, prompt=(1, 17, 33, 45, 9), new_tokens=8):

@@ -1,0 +1,60 @@
+"""Teacher-forced agreement of every decoder artifact with the run's fp32 reference, in ONNX Runtime.
+
+A run whose torch passes change the weights (distillation, pruning) has two fp32 models: the baseline
+the user brought and the compressed one. An artifact's parity is checked against its own torch source;
+what a user asks of a compressed decoder is how often it still predicts the baseline's next token. So
+each passed decoder artifact with a KV cache is scored against the baseline artifact (the compressed
+one where the recipe exports no baseline) on the first ``export.parity.samples`` rows of the eval
+split: token-weighted perplexity and teacher-forced top-1 agreement (``export.decoder.perplexity``),
+all files read by ONNX Runtime (the fp32 artifacts' parity with torch is checked at export), so
+``modelpress report`` re-measures it from the run folder.
+"""
+
+from pathlib import Path
+
+from compress.core import log
+from compress.models.data import TaskData
+from compress.models.evaluate import Evaluator
+from compress.recipe.schema import Recipe
+from export.onnx.runtime import make_session
+
+
+def _reference(decoders: list[dict]) -> dict | None:
+    floats = [r for r in decoders if r.get("precision") == "fp32"]
+    return next((r for r in floats if r["name"] == "baseline"), next(iter(floats), None))
+
+
+def _batches(evaluator: Evaluator, data: TaskData, rows: int) -> list:
+    batches = []
+    for batch in data.batches("eval"):
+        inputs = evaluator.inputs_of(batch)[0]
+        batches.append((inputs["input_ids"], inputs["attention_mask"]))
+        rows -= len(inputs["input_ids"])
+        if rows <= 0:
+            break
+    return batches
+
+
+def score_language(
+    out_dir: Path, recipe: Recipe, evaluator: Evaluator, data: TaskData, records: list[dict], scored: bool = True
+) -> None:
+    """Add ``language`` (reference, tokens, perplexity, top1_agreement) to each passed decoder record;
+    an old figure is dropped first, so that one not measured again (``scored`` false) is not shown."""
+    from export.decoder.perplexity import language_scores, onnx_logits
+
+    for record in records:
+        record.pop("language", None)
+    if not scored:
+        return
+    decoders = [r for r in records if r.get("status") == "passed" and r.get("kv_cache")]
+    reference = _reference(decoders)
+    if reference is None or len(decoders) < 2:
+        return
+    sessions = {r["name"]: make_session(out_dir / r["path"], recipe.report.threads) for r in decoders}
+    batches = _batches(evaluator, data, recipe.export.parity.samples)
+    scores = language_scores({n: onnx_logits(s) for n, s in sessions.items()}, batches, reference["name"])
+    rows = sum(len(ids) for ids, _ in batches)
+    for record in decoders:
+        got = scores[record["name"]]
+        record["language"] = {"reference": reference["name"], "split": "eval", "rows": rows, **got.to_dict()}
+        log.info(f"  {record['name']}: teacher-forced top-1 {got.top1_agreement:.4f} against {reference['name']}")
