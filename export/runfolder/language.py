@@ -28,6 +28,8 @@ def _batches(evaluator: Evaluator, data: TaskData, rows: int) -> list:
     batches = []
     for batch in data.batches("eval"):
         inputs = evaluator.inputs_of(batch)[0]
+        if not isinstance(inputs, dict) or not {"input_ids", "attention_mask"} <= inputs.keys():
+            return []  # not a causal LM's token batches: nothing to score token by token
         batches.append((inputs["input_ids"], inputs["attention_mask"]))
         rows -= len(inputs["input_ids"])
         if rows <= 0:
@@ -52,6 +54,8 @@ def score_language(
         return
     sessions = {r["name"]: make_session(out_dir / r["path"], recipe.report.threads) for r in decoders}
     batches = _batches(evaluator, data, recipe.export.parity.samples)
+    if not batches:
+        return
     scores = language_scores({n: onnx_logits(s) for n, s in sessions.items()}, batches, reference["name"])
     rows = sum(len(ids) for ids, _ in batches)
     for record in decoders:
