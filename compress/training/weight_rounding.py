@@ -73,10 +73,11 @@ GRIDS = {"block_minimum": BlockMinimumRounding, "symmetric": SymmetricRounding}
 def int8_blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
     """``x`` [..., K] rounded to int8 per block of ``block_size`` along K (``max|x| / 127`` each), as
     MatMulNBits quantizes its input at accuracy_level 4; gradient straight through."""
-    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
-    top = blocks.detach().abs().amax(-1, keepdim=True)
+    # in fp32 as MLAS does: under bf16 autocast a bf16 input's own step would be as coarse as int8's
+    blocks = x.float().reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
+    top = blocks.abs().amax(-1, keepdim=True)
     scale = torch.where(top > 0, top / INT8_STEPS, torch.ones_like(top))
-    rounded = (torch.round(blocks / scale) * scale).reshape(x.shape)
+    rounded = (torch.round(blocks / scale) * scale).reshape(x.shape).to(x.dtype)
     return x + (rounded - x).detach()
 
 

@@ -5,7 +5,8 @@ chosen and why). Empty for other models."""
 
 def language(report: dict) -> list:
     """Perplexity and teacher-forced top-1 agreement of each decoder artifact with the fp32 reference."""
-    scored = [a for a in report["artifacts"] if a.get("language")]
+    keys = {"reference", "split", "rows", "tokens", "perplexity", "top1_agreement"}
+    scored = [a for a in report["artifacts"] if isinstance(a.get("language"), dict) and keys <= a["language"].keys()]
     if not scored:
         return []
     first = scored[0]["language"]

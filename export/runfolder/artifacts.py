@@ -230,6 +230,8 @@ def measure_artifacts(
             summary = ", ".join(f"bs{e['batch_size']} p50 {e['p50_ms']:.2f} ms" for e in new)
             value = f"{record['metric']['value']:.4f}" if "metric" in record else "not scored"
             log.info(f"measure {record['name']} ({provider}): {evaluator.name} {value}; {summary}")
+    for record in records:  # a figure not measured again below is not shown
+        record.pop("language", None)
     score_language(out_dir, recipe, evaluator, data, measured, scored=not unscored)
     for record in measured:
         # One batch of the size the file takes: a fixed-shape file refuses any other row count.
