@@ -38,6 +38,7 @@ from export.onnx.exporter import export_onnx
 from export.onnx.validate import quantized_parity
 from export.quantize.records import checked, quantized_record
 from export.runfolder.artifacts import artifacts_dir
+from export.runfolder.language import token_batches
 
 # Top-1 the auto choice keeps above the floor on the budget split, so the eval split's gate holds too.
 LEVEL_MARGIN = 0.01
@@ -232,13 +233,8 @@ def build_decoder_variant(
         levels = None
         if spec.accuracy_level == "auto":
             split = data.resolve(spec.budget_split)
-            rows, batches = export.parity.samples, []
-            for batch in data.batches(split):
-                for inputs in evaluator.inputs_of(batch):
-                    batches.append({k: inputs[k] for k in ("input_ids", "attention_mask")})
-                    rows -= len(inputs["input_ids"])
-                if rows <= 0:
-                    break
+            tokens = token_batches(evaluator, data, split, export.parity.samples)
+            batches = [{"input_ids": ids, "attention_mask": mask} for ids, mask in tokens]
             floor = round(export.parity.quantized_min_top1_agreement + LEVEL_MARGIN, 6)
             slots = _slots(plan.decisions)
             size = {d.node: math.prod(d.shape) for d in plan.decisions}

@@ -232,7 +232,8 @@ def measure_artifacts(
             log.info(f"measure {record['name']} ({provider}): {evaluator.name} {value}; {summary}")
     for record in records:  # a figure not measured again below is not shown
         record.pop("language", None)
-    score_language(out_dir, recipe, evaluator, data, measured, scored=not unscored)
+    if not unscored:
+        score_language(out_dir, recipe, evaluator, data, measured)
     for record in measured:
         # One batch of the size the file takes: a fixed-shape file refuses any other row count.
         rows = file_batch_size(out_dir / record["path"]) or int(flatten_inputs(sample)[1][0].shape[0])

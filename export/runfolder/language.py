@@ -24,38 +24,33 @@ def _reference(decoders: list[dict]) -> dict | None:
     return next((r for r in floats if r["name"] == "baseline"), next(iter(floats), None))
 
 
-def _batches(evaluator: Evaluator, data: TaskData, rows: int) -> list:
+def token_batches(evaluator: Evaluator, data: TaskData, split: str, rows: int) -> list[tuple]:
+    """(input_ids, attention_mask) of the first batches of ``split`` until ``rows`` rows; none where the
+    inputs are not a causal LM's token batches (nothing to score token by token)."""
     batches = []
-    for batch in data.batches("eval"):
-        inputs = evaluator.inputs_of(batch)[0]
-        if not isinstance(inputs, dict) or not {"input_ids", "attention_mask"} <= inputs.keys():
-            return []  # not a causal LM's token batches: nothing to score token by token
-        batches.append((inputs["input_ids"], inputs["attention_mask"]))
-        rows -= len(inputs["input_ids"])
+    for batch in data.batches(split):
+        for inputs in evaluator.inputs_of(batch):
+            if not isinstance(inputs, dict) or not {"input_ids", "attention_mask"} <= inputs.keys():
+                return []
+            batches.append((inputs["input_ids"], inputs["attention_mask"]))
+            rows -= len(inputs["input_ids"])
         if rows <= 0:
             break
     return batches
 
 
-def score_language(
-    out_dir: Path, recipe: Recipe, evaluator: Evaluator, data: TaskData, records: list[dict], scored: bool = True
-) -> None:
-    """Add ``language`` (reference, tokens, perplexity, top1_agreement) to each passed decoder record;
-    an old figure is dropped first, so that one not measured again (``scored`` false) is not shown."""
+def score_language(out_dir: Path, recipe: Recipe, evaluator: Evaluator, data: TaskData, records: list[dict]) -> None:
+    """Add ``language`` (reference, tokens, perplexity, top1_agreement) to each passed decoder record."""
     from export.decoder.perplexity import language_scores, onnx_logits
 
-    for record in records:
-        record.pop("language", None)
-    if not scored:
-        return
     decoders = [r for r in records if r.get("status") == "passed" and r.get("kv_cache")]
     reference = _reference(decoders)
     if reference is None or len(decoders) < 2:
         return
-    sessions = {r["name"]: make_session(out_dir / r["path"], recipe.report.threads) for r in decoders}
-    batches = _batches(evaluator, data, recipe.export.parity.samples)
+    batches = token_batches(evaluator, data, "eval", recipe.export.parity.samples)
     if not batches:
         return
+    sessions = {r["name"]: make_session(out_dir / r["path"], recipe.report.threads) for r in decoders}
     try:
         scores = language_scores({n: onnx_logits(s) for n, s in sessions.items()}, batches, reference["name"])
     except ValueError as exc:  # no row with two real tokens among those scored
