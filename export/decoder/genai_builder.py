@@ -2,7 +2,8 @@
 
 The builder (``python -m onnxruntime_genai.models.builder -p fp32 -e cpu``) writes the graph ONNX
 Runtime's own generation stack is tuned for: GroupQueryAttention with the rotary embedding inside
-(cos/sin caches as initializers), SkipSimplifiedLayerNormalization, q/k/v packed into one MatMul.
+(cos/sin caches as initializers), SkipSimplifiedLayerNormalization, q/k/v packed into one MatMul; the
+gate and up projections are packed here too (``sibling_matmuls``).
 torch's exporter gives the same model as dozens of small ops per layer (rotary, mask, repeat_kv), and
 onnxscript's ORT fusions (``ort_fusions``) stop short of GroupQueryAttention on it; on SmolLM2 the
 builder's graph decodes faster at every precision (``reports/benchmarks/smollm2.md``). So modelpress
@@ -28,6 +29,7 @@ from typing import Any
 from compress.core.io import write_atomic
 from export.decoder.families import decoder_shape
 from export.decoder.kv_export import DecoderOnnx
+from export.decoder.sibling_matmuls import pack_sibling_matmuls
 from export.errors import ExportError
 
 # How long the builder may take before it is called stuck (it runs offline; 135M parameters take ~1 min).
@@ -65,9 +67,11 @@ def _fix_head_axis(model: Any, head_dim: int) -> None:
                 dim.dim_value = head_dim
 
 
-def build_fused(model: Any, path: Path | str, tokenizer: Any = None) -> DecoderOnnx:
+def build_fused(model: Any, path: Path | str, tokenizer: Any = None) -> tuple[DecoderOnnx, list[str]]:
     """Write ``path``: ``model``'s fp32 decoder-with-past as onnxruntime-genai's builder makes it (one file,
-    weights inside). Raises ExportError with the builder's last line when it refuses the model."""
+    weights inside), its sibling MatMuls packed (``sibling_matmuls``: the gate and up projections);
+    returns the file and the packed MatMuls' names. Raises ExportError with the builder's last line when
+    it refuses the model."""
     import onnx
 
     path = Path(path)
@@ -84,6 +88,7 @@ def build_fused(model: Any, path: Path | str, tokenizer: Any = None) -> DecoderO
         _run_builder(folder, out, work / "cache")
         graph = onnx.load(str(out / "model.onnx"))  # the weights come in from model.onnx.data
         _fix_head_axis(graph, shape.head_dim)
+        packed = pack_sibling_matmuls(graph)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda target: onnx.save(graph, str(target)))
     opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -91,7 +96,8 @@ def build_fused(model: Any, path: Path | str, tokenizer: Any = None) -> DecoderO
         "input_names": tuple(v.name for v in graph.graph.input),
         "output_names": tuple(v.name for v in graph.graph.output),
     }
-    return dataclasses.replace(DecoderOnnx.of(path, model, opset), **names)  # the builder's names, not torch's
+    made = dataclasses.replace(DecoderOnnx.of(path, model, opset), **names)  # the builder's names, not torch's
+    return made, packed
 
 
 def fused_parity(model: Any, path: Path, steps: int = 2) -> Any:

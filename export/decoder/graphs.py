@@ -32,7 +32,7 @@ def _builder(model: Any, path: Path, opset: int) -> tuple[DecoderOnnx, dict]:
     if shape.head_dim % GQA_HEAD_MULTIPLE:
         raise ExportError(f"ONNX Runtime's CPU GroupQueryAttention needs a head size that is a multiple of "
                           f"{GQA_HEAD_MULTIPLE} (this model: {shape.head_dim})")  # fmt: skip
-    made = build_fused(model, path)
+    made, packed = build_fused(model, path)
     try:
         parity = fused_parity(model, path)
     except Exception as exc:  # noqa: BLE001  (ORT refuses shapes its fused kernels lack, e.g. head sizes)
@@ -43,7 +43,8 @@ def _builder(model: Any, path: Path, opset: int) -> tuple[DecoderOnnx, dict]:
         path.unlink(missing_ok=True)
         gaps = ", ".join(f"{d:.2e} (tolerance {t:.2e})" for d, t in zip(parity.max_abs_diff, parity.tolerance))
         raise ExportError(f"onnxruntime-genai's builder graph differs from torch: logits gaps {gaps}")
-    return made, {"exporter": "onnxruntime-genai builder", "decoder_graph": "genai_builder"}
+    facts = {"exporter": "onnxruntime-genai builder", "decoder_graph": "genai_builder", "packed_matmuls": len(packed)}
+    return made, facts
 
 
 def _auto(model: Any, path: Path, opset: int) -> tuple[DecoderOnnx, dict]:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
@@ -50,3 +51,28 @@ def test_int8_blocks_round_per_block_and_pass_the_gradient_straight_through():
     assert torch.allclose(second[1:], torch.full((31,), 100 / 127), rtol=1e-6)  # step 100/127: 0.6 -> 1 step
     rounded.sum().backward()
     assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_a_registration_failing_partway_leaves_no_layer_rounded(monkeypatch):
+    from torch.nn.utils import parametrize
+
+    from compress.training import weight_rounding
+
+    layers = {name: torch.nn.Linear(BLOCK, 4) for name in ("a", "b")}
+    before = {name: layer.weight.detach().clone() for name, layer in layers.items()}
+    made = []
+
+    def grid(block_size):  # the second layer's rounding cannot be made
+        made.append(block_size)
+        if len(made) == 2:
+            raise RuntimeError("no grid")
+        return weight_rounding.SymmetricRounding(block_size)
+
+    monkeypatch.setitem(weight_rounding.GRIDS, "symmetric", grid)
+    with pytest.raises(RuntimeError, match="no grid"):
+        with rounded_weights(layers, BLOCK, grid="symmetric", inputs="int8"):
+            raise AssertionError("the context must not open")
+    assert not any(parametrize.is_parametrized(layer) for layer in layers.values())
+    assert not any(layer._forward_pre_hooks for layer in layers.values())
+    # the first layer was rounded on the way out (as on any exit), the second never touched
+    assert not torch.equal(layers["a"].weight, before["a"]) and torch.equal(layers["b"].weight, before["b"])

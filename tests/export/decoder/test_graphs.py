@@ -20,8 +20,10 @@ def test_the_builder_graph_fuses_attention_and_generates_like_torch(tmp_path):
     made, facts = export_with_cache(model, tmp_path / "decoder.onnx", 21, "auto")
     assert facts["decoder_graph"] == "genai_builder" and "decoder_graph_fallback" not in facts
     ops = Counter(node.op_type for node in onnx.load(str(made.path)).graph.node)
-    # per layer: one GroupQueryAttention (rotary inside), packed qkv + o + gate + up + down; then the LM head
-    assert ops["GroupQueryAttention"] == 2 and ops["MatMul"] == 2 * 5 + 1
+    # per layer: one GroupQueryAttention (rotary inside), packed qkv (the builder's), o, gate and up packed
+    # (ours) and split, down; then the LM head
+    assert ops["GroupQueryAttention"] == 2 and ops["MatMul"] == 2 * 4 + 1 and ops["Split"] == 2
+    assert facts["packed_matmuls"] == 2
     assert ops["SkipSimplifiedLayerNormalization"] == 4 and ops["SimplifiedLayerNormalization"] == 1
     assert "position_ids" not in made.input_names  # GroupQueryAttention reads positions from the mask
     ids = torch.randint(3, 256, (3, 9), generator=torch.Generator().manual_seed(4))
