@@ -3,12 +3,13 @@
 onnxruntime-genai's builder packs q, k and v into one MatMul, but leaves an MLP's gate and up
 projections as two MatMuls of the same input. Packed side by side (the weights concatenated along N,
 the product split back into the original outputs), each decode step runs one GEMM of twice the width
-instead of two, and a weight-only quantizer later writes one MatMulNBits for both. On SmolLM2's
-builder int4 graph that alone decoded 3% faster in onnxruntime-genai (202.0 against 196.4 tok/s at
-batch 1, 8 rounds taking turns, a 2-core AVX-512 EPYC; the notes of reports/smollm2-int4-qat).
+instead of two, and a weight-only quantizer later writes one MatMulNBits for both (30 fewer on
+SmolLM2). On 2 cores the decode gain is small: the builder's own SmolLM2 int4, packed so, decoded
+1.004x and 1.043x the unpacked graph in onnxruntime-genai (two timings, the order rotating each
+round), inside the machine's noise (reports/smollm2-int4-qat/notes.md).
 
-It is exact: every output column is computed from the same row of inputs and the same column of
-weights as before, and a block quantizer's blocks run along K, so a weight already on a 4-bit grid
+It changes no weight: every output column is computed from the same row of inputs and the same
+column of weights as before (equal up to the GEMM's float summation order), and a block quantizer's blocks run along K, so a weight already on a 4-bit grid
 (``distill.int4_grid``) stays on it. Only plain MatMuls whose weight is a 2-D float initializer used
 by that node alone are packed, at most one group per input; anything else is left as it was.
 """
