@@ -9,9 +9,10 @@ SmolLM2). On 2 cores the decode gain is small: the builder's own SmolLM2 int4, p
 round), inside the machine's noise (reports/smollm2-int4-qat/notes.md).
 
 It changes no weight: every output column is computed from the same row of inputs and the same
-column of weights as before (equal up to the GEMM's float summation order), and a block quantizer's blocks run along K, so a weight already on a 4-bit grid
-(``distill.int4_grid``) stays on it. Only plain MatMuls whose weight is a 2-D float initializer used
-by that node alone are packed, at most one group per input; anything else is left as it was.
+column of weights as before (equal up to the GEMM's float summation order), and a block
+quantizer's blocks run along K, so a weight already on a 4-bit grid (``distill.int4_grid``) stays
+on it. Only plain MatMuls whose weight is a 2-D float initializer used by that node alone are
+packed, at most one group per input; anything else is left as it was.
 """
 
 from collections import defaultdict
