@@ -102,17 +102,19 @@ def rounded_weights(
     rounded as accuracy_level 4 does; on exit their weights are the rounded values and the inputs are
     left alone. Yields the layers' names."""
     chosen = {name: module for name, module in modules.items() if roundable(module, block_size)}
-    hooks, registered = [], []
+    hooks, registered, opened = [], [], False
     try:
-        # inside the try: should a registration fail partway, the layers already done are restored
+        # inside the try: should a registration fail partway, the layers already done get their own
+        # weights back (nothing was trained through the rounding yet)
         for module in chosen.values():
             parametrize.register_parametrization(module, "weight", GRIDS[grid](block_size))
             registered.append(module)
             if inputs == "int8":
                 hooks.append(module.register_forward_pre_hook(_int8_input_hook(block_size)))
+        opened = True
         yield list(chosen)
     finally:
         for hook in hooks:
             hook.remove()
         for module in registered:
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=opened)

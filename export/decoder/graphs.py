@@ -33,16 +33,19 @@ def _builder(model: Any, path: Path, opset: int) -> tuple[DecoderOnnx, dict]:
         raise ExportError(f"ONNX Runtime's CPU GroupQueryAttention needs a head size that is a multiple of "
                           f"{GQA_HEAD_MULTIPLE} (this model: {shape.head_dim})")  # fmt: skip
     made, packed = build_fused(model, path)
+    graph = "onnxruntime-genai's builder graph"
+    if packed:  # a fault of our packing must not read as the builder's
+        graph += f" (with {len(packed)} groups of MatMuls packed by modelpress)"
     try:
         parity = fused_parity(model, path)
     except Exception as exc:  # noqa: BLE001  (ORT refuses shapes its fused kernels lack, e.g. head sizes)
         path.unlink(missing_ok=True)
         why = str(exc).splitlines()[0][-200:]
-        raise ExportError(f"onnxruntime-genai's builder graph does not run: {why}") from None
+        raise ExportError(f"{graph} does not run: {why}") from None
     if not parity.ok:
         path.unlink(missing_ok=True)
         gaps = ", ".join(f"{d:.2e} (tolerance {t:.2e})" for d, t in zip(parity.max_abs_diff, parity.tolerance))
-        raise ExportError(f"onnxruntime-genai's builder graph differs from torch: logits gaps {gaps}")
+        raise ExportError(f"{graph} differs from torch: logits gaps {gaps}")
     facts = {"exporter": "onnxruntime-genai builder", "decoder_graph": "genai_builder", "packed_matmuls": len(packed)}
     return made, facts
 

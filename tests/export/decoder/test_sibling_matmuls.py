@@ -60,13 +60,58 @@ def test_gate_and_up_become_one_matmul_and_a_split_with_the_same_outputs():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_nothing_is_packed_where_siblings_differ_in_k_or_the_opset_lacks_split_sizes():
-    model = _mlp(opset=11)
-    assert pack_sibling_matmuls(model) == [] and len(model.graph.node) == 9
+def _pair(weights: list[onnx.TensorProto], extra_nodes=(), extra_outputs=(), opset: int = 21) -> onnx.ModelProto:
+    """x -> MatMul(x, a) = ya, MatMul(x, b) = yb, then ``extra_nodes``."""
+    nodes = [helper.make_node("MatMul", ["x", "a"], ["ya"], name="m"), helper.make_node("MatMul", ["x", "b"], ["yb"])]
+    names = ["ya", "yb", *extra_outputs]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, "n"]) for name in names]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])
-    nodes = [helper.make_node("MatMul", ["x", "a"], ["ya"]), helper.make_node("MatMul", ["x", "b"], ["yb"])]
-    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("ya", "yb")]
-    weights = [_weight("a", 16, 4), _weight("b", 16, 4)]
-    weights[1] = numpy_helper.from_array(RNG.standard_normal((16, 4)).astype(np.float16), "b")  # another type
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], outputs, weights))
-    assert pack_sibling_matmuls(model) == [] and [n.op_type for n in model.graph.node] == ["MatMul", "MatMul"]
+    graph = helper.make_graph([*nodes, *extra_nodes], "g", [x], outputs, weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_nothing_is_packed_where_k_or_type_differ_or_the_opset_lacks_split_sizes():
+    assert pack_sibling_matmuls(_mlp(opset=11)) == []
+    other_k = _pair([_weight("a", 16, 4), _weight("b", 8, 4)])  # invalid as a model, but never packed
+    half = numpy_helper.from_array(RNG.standard_normal((16, 4)).astype(np.float16), "b")
+    for model in (other_k, _pair([_weight("a", 16, 4), half])):
+        assert pack_sibling_matmuls(model) == [] and [n.op_type for n in model.graph.node] == ["MatMul", "MatMul"]
+
+
+def test_a_weight_read_elsewhere_is_left_alone():
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["a"], ["inner"])], "branch", [],
+        [helper.make_tensor_value_info("inner", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    flag = numpy_helper.from_array(np.array(True), "flag")
+    read_in_a_branch = helper.make_node("If", ["flag"], ["picked"], then_branch=branch, else_branch=branch)
+    models = [
+        _pair([_weight("a", 16, 4), _weight("b", 16, 4), flag], [read_in_a_branch], ["picked"]),
+        _pair([_weight("a", 16, 4), _weight("b", 16, 4)], extra_outputs=["a"]),  # the weight is an output
+    ]
+    for model in models:
+        assert pack_sibling_matmuls(model) == [] and "a" in {init.name for init in model.graph.initializer}
+
+
+def test_three_siblings_apart_with_readers_between_keep_their_order_and_names_stay_unique():
+    x = RNG.standard_normal((2, 16)).astype(np.float32)
+    between = helper.make_node("Relu", ["ya"], ["r"])  # reads the first sibling before the second is made
+    third = helper.make_node("MatMul", ["x", "c"], ["yc"])
+    clash = helper.make_node("Neg", ["r"], ["m.weight"], name="m+yb+yc")  # the names the packer would make
+    weights = [_weight("a", 16, 4), _weight("b", 16, 4), _weight("c", 16, 2)]
+    model = _pair(weights, [between, third, clash], ["r", "yc", "m.weight"])
+    model.graph.node.insert(1, model.graph.node.pop(2))  # order: m, Relu, second MatMul, third, Neg
+    before = _run_all(model, x)
+    packed = pack_sibling_matmuls(model)
+    assert len(packed) == 1 and packed[0] != "m+yb+yc"
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Split", "Relu", "Neg"]
+    names = [init.name for init in model.graph.initializer] + [o for n in model.graph.node for o in n.output]
+    assert len(names) == len(set(names))
+    for got, want in zip(_run_all(model, x), before):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _run_all(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
