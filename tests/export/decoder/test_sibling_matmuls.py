@@ -101,17 +101,12 @@ def test_three_siblings_apart_with_readers_between_keep_their_order_and_names_st
     weights = [_weight("a", 16, 4), _weight("b", 16, 4), _weight("c", 16, 2)]
     model = _pair(weights, [between, third, clash], ["r", "yc", "m.weight"])
     model.graph.node.insert(1, model.graph.node.pop(2))  # order: m, Relu, second MatMul, third, Neg
-    before = _run_all(model, x)
+    before = _run(model, x)
     packed = pack_sibling_matmuls(model)
     assert len(packed) == 1 and packed[0] != "m+yb+yc"
     onnx.checker.check_model(model)
     assert [n.op_type for n in model.graph.node] == ["MatMul", "Split", "Relu", "Neg"]
     names = [init.name for init in model.graph.initializer] + [o for n in model.graph.node for o in n.output]
     assert len(names) == len(set(names))
-    for got, want in zip(_run_all(model, x), before):
+    for got, want in zip(_run(model, x), before):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-def _run_all(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})
