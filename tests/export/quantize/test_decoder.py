@@ -98,6 +98,8 @@ def test_algorithms_and_excluded_nodes(fp32):
     k_quant, _ = _quantized(fp32, "k_quant", DecoderQuantSpec(algorithm="k_quant", symmetric=False, embedding="float"))
     assert next(d for d in k_quant.decisions if d.role == "embedding").reason == "embedding = float"
 
+    with pytest.raises(InputError, match="no weight node 'gate_proj/MatMul'"):
+        _quantized(fp32, "bad", DecoderQuantSpec(nodes_to_exclude=(first, "gate_proj/MatMul")))
     with pytest.raises(ExportError, match="only the 'default' quantizer"):
         _quantized(fp32, "bad", DecoderQuantSpec(bits=8, algorithm="rtn"))
     with pytest.raises(InputError, match="always writes zero points"):
