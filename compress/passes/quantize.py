@@ -95,7 +95,8 @@ class OnnxQuantSpec(StrictModel):
     reduce_range: int8 weights on 7 bits; ``auto``: on x86 CPUs without VNNI, whose int8 kernels saturate
         at full range (``compress/quant/isa.py``), and at full range elsewhere.
     calibration: how static int8 (and GPTQ) read the calibration split.
-    exclude_nodes: ONNX node names left in float.
+    exclude_nodes: ONNX node names left in float (weight nodes of the fp32 artifact; any other name fails the
+        variant: it would exclude nothing).
     exclude_ops: ONNX op types left in float.
     block_size: int4 weights per scale.
     symmetric: int4 without zero points (refused for ``k_quant`` and ``hqq``, which always write them).

@@ -121,6 +121,17 @@ def _calibrates(spec, scheme: str) -> bool:
     )
 
 
+def check_excluded(graph: onnx.ModelProto, scheme: str, excluded: list[str]) -> None:
+    """Refuse an ``exclude_nodes`` name that is no weight node of ``graph``: it would exclude nothing,
+    silently (a name from another export, or a typo), and the node meant stays quantized."""
+    known = weight_nodes(graph, scheme)
+    unknown = [name for name in excluded if name not in known]
+    if unknown:
+        like = ", ".join(repr(name) for name in known[:2]) or "none"
+        raise InputError(f"exclude_nodes: this graph has no {scheme} weight node {unknown[0]!r}; its weight "
+                         f"nodes are named like {like} (the fp32 artifact's node names)")  # fmt: skip
+
+
 def build_variant(
     spec,
     name: str,
@@ -147,6 +158,7 @@ def build_variant(
         check_tables(graph, spec)  # once, on the prepared graph, not in every budget trial
         # int4 without quantize_embeddings leaves the tables alone: they are no candidates either
         skipped = [*spec.exclude_ops, *(["Gather"] if scheme == "int4" and "Gather" not in int4_ops(spec) else [])]
+        check_excluded(graph, scheme, spec.exclude_nodes)
         nodes = [n for n in weight_nodes(graph, scheme, skipped) if n not in spec.exclude_nodes]
         split = data.resolve(spec.budget_split)
 

@@ -1,6 +1,7 @@
 """Quantized ONNX artifacts: each scheme's graph, calibration methods, auto choice, the budget, failures."""
 
 import collections
+import re
 
 import onnx
 import pytest
@@ -181,3 +182,13 @@ def test_a_quantizer_failure_is_recorded_not_raised(tmp_path, monkeypatch):
     assert artifacts["compressed"]["status"] == "passed"  # the fp32 artifacts are kept
     assert not (tmp_path / "artifacts" / "compressed-int8_dynamic.onnx").exists()
     assert result.failures == [f"compressed-int8_dynamic: {record['error']}"]
+
+
+def test_an_excluded_name_the_graph_lacks_fails_that_artifact_and_names_real_ones(tmp_path):
+    artifacts, _ = quantized("mlp", tmp_path, [{"scheme": "int8_dynamic", "exclude_nodes": ["fc9/MatMul"]}])
+    record = artifacts["compressed-int8_dynamic"]
+    assert record["status"] == "failed" and artifacts["compressed"]["status"] == "passed"
+    assert "has no int8_dynamic weight node 'fc9/MatMul'" in record["error"]
+    named = re.findall(r"'([^']+)'", record["error"].split("named like", 1)[1])
+    fp32_nodes = {n.name for n in onnx.load(str(tmp_path / artifacts["compressed"]["path"])).graph.node}
+    assert named and set(named) <= fp32_nodes  # the names offered are the fp32 graph's own
