@@ -31,6 +31,7 @@ from export.decoder.families import decoder_shape
 from export.decoder.kv_export import DecoderOnnx
 from export.decoder.sibling_matmuls import pack_sibling_matmuls
 from export.errors import ExportError
+from export.onnx.exporter import default_opset
 
 # How long the builder may take before it is called stuck (it runs offline; 135M parameters take ~1 min).
 BUILDER_TIMEOUT_S = 3600
@@ -91,7 +92,7 @@ def build_fused(model: Any, path: Path | str, tokenizer: Any = None) -> tuple[De
         packed = pack_sibling_matmuls(graph)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda target: onnx.save(graph, str(target)))
-    opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(graph)
     names = {
         "input_names": tuple(v.name for v in graph.graph.input),
         "output_names": tuple(v.name for v in graph.graph.output),

@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from export.onnx.exporter import default_opset
+
 SUBGRAPH_TYPES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 SPLIT_SIZES_OPSET = 13  # Split takes its sizes as an input from opset 13 on
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
@@ -85,7 +87,7 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def pack_sibling_matmuls(model: onnx.ModelProto) -> list[str]:
     """Pack ``model``'s sibling weight MatMuls in place (see the module); returns the packed nodes' names."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model)
     if opset < SPLIT_SIZES_OPSET:
         return []
     graph = model.graph

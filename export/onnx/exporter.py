@@ -215,8 +215,12 @@ def file_opset(path: Path) -> int:
     """The default-domain opset the file imports (what a runtime sees, whatever was asked)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return default_opset(onnx.load(str(path), load_external_data=False))
+
+
+def default_opset(model) -> int:
+    """The default-domain opset ``model`` (an onnx.ModelProto) imports, 0 when it imports none."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def _check_opset(path: Path, opset: int) -> None:

@@ -26,7 +26,7 @@ from compress.recipe.schema import Recipe
 from export.measure.benchmark import benchmark_sessions, merge_latency
 from export.measure.edge import merge_support, provider_support, to_ort_format
 from export.measure.guardrail import flag_artifacts
-from export.onnx.exporter import export_onnx
+from export.onnx.exporter import default_opset, export_onnx
 from export.onnx.runtime import default_threads, feed, file_batch_size, make_session, ort_predictor
 from export.onnx.validate import compare_outputs
 from export.runfolder.language import score_language
@@ -77,7 +77,7 @@ def graph_facts(path: Path) -> dict[str, Any]:
         name = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
         dtypes[name] = dtypes.get(name, 0) + 1
     return {
-        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "opset": default_opset(model),
         "input_names": [i.name for i in graph.input if i.name not in weights],
         "output_names": [o.name for o in graph.output],
         "input_shapes": {i.name: _dims(i) for i in graph.input if i.name not in weights},
