@@ -14,6 +14,7 @@ SUITES = {
     "pruned-cnns": "benchmarks.pruned_cnns",
     "qat-digits": "benchmarks.qat_digits",
     "smollm2": "benchmarks.smollm2",
+    "smollm2-qat-trials": "benchmarks.smollm2_qat_trials",
     "smollm2-run": "benchmarks.smollm2_run",
 }
 
