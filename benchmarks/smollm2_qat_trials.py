@@ -20,12 +20,12 @@ import torch
 import yaml
 
 from compress.core.io import write_json_atomic, write_text_atomic
+from compress.models.text import IGNORED
 from compress.recipe.schema import usable_cores
 from export.measure.benchmark import load_per_core
 
 RECIPE = Path(__file__).resolve().parents[1] / "compress" / "recipes" / "smollm2-int4-qat.yaml"
 STEPS, TEXTS = 150, 1200
-IGNORED = -100  # compress.models.text's label of padding
 
 # trial -> the distill settings it changes (the first is the recipe's own, cut to STEPS)
 TRIALS = {
