@@ -29,9 +29,8 @@ from typing import Any
 from compress.core.io import write_atomic
 from export.decoder.families import decoder_shape
 from export.decoder.kv_export import DecoderOnnx
-from export.decoder.sibling_matmuls import pack_sibling_matmuls
+from export.decoder.sibling_matmuls import default_opset, pack_sibling_matmuls
 from export.errors import ExportError
-from export.onnx.exporter import default_opset
 
 # How long the builder may take before it is called stuck (it runs offline; 135M parameters take ~1 min).
 BUILDER_TIMEOUT_S = 3600

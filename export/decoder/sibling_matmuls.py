@@ -25,8 +25,6 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from export.onnx.exporter import default_opset
-
 SUBGRAPH_TYPES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 SPLIT_SIZES_OPSET = 13  # Split takes its sizes as an input from opset 13 on
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
@@ -83,6 +81,12 @@ def _unique(name: str, taken: set[str]) -> str:
         candidate, index = f"{name}_{index}", index + 1
     taken.add(candidate)
     return candidate
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset ``model`` imports, 0 when none. ``export.onnx.exporter`` has the same
+    one-liner; this room cannot import it, since ``export.onnx`` imports ``export.decoder``."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def pack_sibling_matmuls(model: onnx.ModelProto) -> list[str]:
