@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from compress.core.errors import InputError
 from export.errors import ExportError
+from export.quantize.float_nodes import check_excluded
 from export.quantize.tied import (
     SHARED_EMBEDDING,
     SHARED_EMBEDDING_INT4,
@@ -180,11 +180,9 @@ def _plan(weights: _Weights, spec: DecoderQuantSpec, head_on_grid: bool) -> dict
             plan[weights.embedding] = ("embedding", "float", "ORT's quantizer packs Gather tables at 4 bits only")
         else:
             plan[weights.embedding] = ("embedding", "int4", "embedding = quantize (GatherBlockQuantized)")
-    unknown = [name for name in spec.nodes_to_exclude if name not in plan]
-    if unknown:  # a name of another graph (torch's export, or before gate and up were packed) excludes nothing
-        known = ", ".join(repr(name) for name in list(plan)[:2]) or "none"
-        raise InputError(f"exclude_nodes: this decoder graph has no weight node {unknown[0]!r}; its weight "
-                         f"nodes are named like {known} (the artifact record's decisions)")  # fmt: skip
+    # a name of another graph (torch's export, or before gate and up were packed) would exclude nothing
+    check_excluded(spec.nodes_to_exclude, plan, "this decoder graph has no weight node",
+                   "the artifact record's decisions")  # fmt: skip
     for name in spec.nodes_to_exclude:
         plan[name] = (plan[name][0], "float", "nodes_to_exclude")
     return plan

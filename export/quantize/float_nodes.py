@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from compress.core.errors import InputError
 from export.quantize.onnx_quant import ALL_WEIGHT_INPUTS, WEIGHT_INPUTS
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
@@ -62,6 +63,18 @@ def unfuse_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return model
+
+
+def check_excluded(excluded, known, lacks: str, names_from: str) -> None:
+    """Refuse an ``exclude_nodes`` name that is not in ``known`` (the graph's weight nodes, in order): it
+    would exclude nothing, silently (a name from another export, or a typo), and the node meant would
+    stay quantized. ``lacks`` begins the message ("this graph has no int8_dynamic weight node");
+    ``names_from`` says where the user finds the graph's own names."""
+    unknown = [name for name in excluded if name not in known]
+    if unknown:
+        like = ", ".join(repr(name) for name in list(known)[:2]) or "none"
+        raise InputError(f"exclude_nodes: {lacks} {unknown[0]!r}; its weight nodes are named like {like} "
+                         f"({names_from})")  # fmt: skip
 
 
 def float_weight_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:

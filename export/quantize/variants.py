@@ -28,7 +28,7 @@ from export.onnx.runtime import file_batch_size, make_session, ort_predictor
 from export.onnx.scratch import own_cwd
 from export.onnx.validate import quantized_parity
 from export.quantize import int4_algorithms
-from export.quantize.float_nodes import float_reasons, unfuse_gemm
+from export.quantize.float_nodes import check_excluded, float_reasons, unfuse_gemm
 from export.quantize.onnx_quant import (
     PRECISION,
     SCHEMES,
@@ -121,17 +121,6 @@ def _calibrates(spec, scheme: str) -> bool:
     )
 
 
-def check_excluded(graph: onnx.ModelProto, scheme: str, excluded: list[str]) -> None:
-    """Refuse an ``exclude_nodes`` name that is no weight node of ``graph``: it would exclude nothing,
-    silently (a name from another export, or a typo), and the node meant stays quantized."""
-    known = weight_nodes(graph, scheme)
-    unknown = [name for name in excluded if name not in known]
-    if unknown:
-        like = ", ".join(repr(name) for name in known[:2]) or "none"
-        raise InputError(f"exclude_nodes: this graph has no {scheme} weight node {unknown[0]!r}; its weight "
-                         f"nodes are named like {like} (the fp32 artifact's node names)")  # fmt: skip
-
-
 def build_variant(
     spec,
     name: str,
@@ -158,7 +147,8 @@ def build_variant(
         check_tables(graph, spec)  # once, on the prepared graph, not in every budget trial
         # int4 without quantize_embeddings leaves the tables alone: they are no candidates either
         skipped = [*spec.exclude_ops, *(["Gather"] if scheme == "int4" and "Gather" not in int4_ops(spec) else [])]
-        check_excluded(graph, scheme, spec.exclude_nodes)
+        check_excluded(spec.exclude_nodes, weight_nodes(graph, scheme), f"this graph has no {scheme} weight node",
+                       "the fp32 artifact's node names")  # fmt: skip
         nodes = [n for n in weight_nodes(graph, scheme, skipped) if n not in spec.exclude_nodes]
         split = data.resolve(spec.budget_split)
 
